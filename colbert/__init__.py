@@ -1,0 +1,1 @@
+"""ColBERT late interaction over the prefix-tuned encoders of dpr.models."""

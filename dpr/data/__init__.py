@@ -1,0 +1,1 @@
+"""Readers, the sharded iterator and batching for DPR training data."""

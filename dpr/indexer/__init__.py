@@ -1,0 +1,1 @@
+"""dpr.indexer."""

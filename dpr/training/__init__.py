@@ -1,0 +1,1 @@
+"""Device/AMP/DDP seam, trainer, validation and checkpoints."""
