@@ -1,0 +1,151 @@
+"""Checkpoint folders: exact round trip, tuned weights only, conflicting flags, atomic writes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import BertConfig, BertModel
+
+from dpr.atomic import atomic_directory
+from dpr.models.biencoder import build_biencoder
+from dpr.models.serialization import CheckpointMismatchError
+from dpr.options import ConfigError, EncoderConfig, add_encoder_params, add_tuning_params
+from dpr.training.checkpoint import (CheckpointError, TrainingPosition, load_biencoder, load_training_state,
+                                     read_checkpoint_info, save_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37, max_position_embeddings=64)
+    path = str(tmp_path_factory.mktemp("tiny-bert"))
+    BertModel(config, add_pooling_layer=False).save_pretrained(path)
+    return path
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_encoder_params(parser)
+    add_tuning_params(parser)
+    return parser.parse_args(argv)
+
+
+def tokens():
+    ids = torch.tensor([[2, 17, 33, 41, 3], [2, 8, 3, 0, 0]])
+    return ids, (ids > 0).long(), torch.zeros_like(ids)
+
+
+def perturb(model):
+    with torch.no_grad():
+        for name in model.tuned_names:
+            dict(model.named_parameters())[name].add_(torch.randn_like(dict(model.named_parameters())[name]) * 0.3)
+
+
+@pytest.mark.parametrize("tuning", ["prefix", "prompt", "adapter", "bitfit", "finetune"])
+def test_save_load_reproduces_embeddings_exactly(tmp_path, tiny_model_dir, tuning):
+    cfg = EncoderConfig(pretrained_model_cfg=tiny_model_dir, tuning=tuning, pre_seq_len=4, sequence_length=32,
+                        prefix_mlp=True, projection_dim=8, adapter_size=4)
+    model = build_biencoder(cfg).eval()
+    perturb(model)
+    path = save_checkpoint(str(tmp_path / "ckpt"), model, position=TrainingPosition(2, 5, 40))
+    loaded, info = load_biencoder(path)
+    loaded.eval()
+    ids, mask, seg = tokens()
+    with torch.no_grad():
+        assert torch.equal(model.encode_query(ids, mask, seg), loaded.encode_query(ids, mask, seg))
+        assert torch.equal(model.encode_passage(ids, mask, seg), loaded.encode_passage(ids, mask, seg))
+    assert info.position == TrainingPosition(2, 5, 40)
+    assert info.encoder == model.config and info.encoder.pooling == "cls"   # 'auto' stored resolved
+    stored = load_file(os.path.join(path, "model.safetensors"))
+    assert set(stored) == set(model.tuned_names)
+    if tuning != "finetune" and tuning != "bitfit":
+        assert not any(".backbone." in name for name in stored)
+
+
+def test_prefix_checkpoint_of_bert_base_size_is_a_few_megabytes(tmp_path):
+    torch.manual_seed(0)
+    path = str(tmp_path / "bert-base-shaped")
+    BertModel(BertConfig(), add_pooling_layer=False).save_pretrained(path)       # 12 layers, hidden 768
+    model = build_biencoder(EncoderConfig(pretrained_model_cfg=path, tuning="prefix", pre_seq_len=64))
+    ckpt = save_checkpoint(str(tmp_path / "ckpt"), model)
+    size = os.path.getsize(os.path.join(ckpt, "model.safetensors"))
+    # 2 sides x 64 positions x 12 layers x 2 (key, value) x 768 floats x 4 bytes = 9.4 MB
+    assert 9_000_000 < size < 10_000_000
+
+
+def test_optimizer_and_scheduler_state_round_trip_without_pickle(tmp_path, tiny_model_dir):
+    model = build_biencoder(EncoderConfig(pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4,
+                                          sequence_length=32))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda step: 1.0 / (step + 1))
+    ids, mask, seg = tokens()
+    model.encode_query(ids, mask, seg).sum().backward()
+    optim.step(); sched.step()
+    path = save_checkpoint(str(tmp_path / "ckpt"), model, optimizer=optim, scheduler=sched)
+    state = load_training_state(path)
+    fresh = torch.optim.AdamW(params, lr=1e-3)
+    fresh.load_state_dict(state["optimizer"])
+    for a, b in zip(optim.state_dict()["state"].values(), fresh.state_dict()["state"].values()):
+        assert torch.equal(a["exp_avg"], b["exp_avg"])
+    assert state["scheduler"]["last_epoch"] == 1
+
+
+def test_flags_that_contradict_the_checkpoint_raise_naming_both_values(tmp_path, tiny_model_dir):
+    prefix = build_biencoder(EncoderConfig(pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4,
+                                           sequence_length=32))
+    prefix_path = save_checkpoint(str(tmp_path / "prefix"), prefix)
+    with pytest.raises(ConfigError, match=r"--pre_seq_len is 16 but .* pre_seq_len=4"):
+        load_biencoder(prefix_path, parse(["--pre_seq_len", "16"]))
+    finetune = build_biencoder(EncoderConfig(pretrained_model_cfg=tiny_model_dir, sequence_length=32))
+    finetune_path = save_checkpoint(str(tmp_path / "finetune"), finetune)
+    with pytest.raises(ConfigError, match=r"tuning mode .* is 'prefix' but .* tuning='finetune'"):
+        load_biencoder(finetune_path, parse(["--prefix"]))
+    # Repeating the stored values, or changing what does not alter the network, is fine.
+    model, _ = load_biencoder(prefix_path, parse(["--prefix", "--pre_seq_len", "4", "--sequence_length", "16"]))
+    assert model.config.sequence_length == 16 and model.config.pre_seq_len == 4
+
+
+def test_two_modes_at_once_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit):
+        parse(["--prefix", "--bitfit"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_not_a_checkpoint_and_tampered_files_are_refused(tmp_path, tiny_model_dir):
+    with pytest.raises(CheckpointError, match="no config.json"):
+        read_checkpoint_info(str(tmp_path))
+    model = build_biencoder(EncoderConfig(pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4,
+                                          sequence_length=32))
+    path = save_checkpoint(str(tmp_path / "ckpt"), model)
+    weights = os.path.join(path, "model.safetensors")
+    state = load_file(weights)
+    state["question_encoder.backbone.embeddings.word_embeddings.weight"] = torch.zeros(99, 32)
+    save_file(state, weights)
+    with pytest.raises(CheckpointMismatchError, match="unexpected"):
+        load_biencoder(path)
+    config_path = os.path.join(path, "config.json")
+    config = json.load(open(config_path))
+    config["backbone"]["hidden_size"] = 768
+    json.dump(config, open(config_path, "w"))
+    with pytest.raises(CheckpointMismatchError, match="hidden_size: checkpoint 768, backbone 32"):
+        load_biencoder(path)
+
+
+def test_a_crash_while_writing_keeps_the_previous_folder(tmp_path):
+    target = tmp_path / "ckpt"
+    with atomic_directory(str(target)) as tmp:
+        (tmp_path / "ckpt-probe").write_text("")
+        open(os.path.join(tmp, "a.txt"), "w").write("old")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(str(target)) as tmp:
+            open(os.path.join(tmp, "a.txt"), "w").write("new")
+            raise RuntimeError("crash")
+    assert (target / "a.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "ckpt-probe"]   # no temp leftovers
