@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
@@ -171,3 +172,154 @@ def encoder_config_from_args(args: argparse.Namespace,
             if name not in ARCHITECTURE_FIELDS and value != getattr(stored, name):
                 logger.info("overriding %s from %s: %r -> %r", name, source, getattr(stored, name), value)
     return dataclasses.replace(base, **given)
+
+
+def parse_upsample_rates(value: str) -> tuple[int, ...]:
+    """Parse upsample rates such as ``"1,4"``, ``"[1, 4]"`` or ``"1 4"`` into positive ints.
+
+    Usable as an argparse ``type=``; never evaluates the string. Raises
+    argparse.ArgumentTypeError on anything else.
+    """
+    body = value.strip()
+    if len(body) >= 2 and (body[0], body[-1]) in (("[", "]"), ("(", ")")):
+        body = body[1:-1].strip()
+    parts = [p.strip() for p in body.split(",")] if "," in body else body.split()
+    if not parts or any(not re.fullmatch(r"\+?\d+", p) for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"upsample rates: expected positive integers separated by commas or spaces "
+            f"(e.g. '1,4' or '[1, 4]'), found {value!r}"
+        )
+    rates = tuple(int(p) for p in parts)
+    if any(rate < 1 for rate in rates):
+        raise argparse.ArgumentTypeError(f"upsample rates must be >= 1, found {value!r}")
+    return rates
+
+
+def parse_betas(value: str) -> tuple[float, float]:
+    """argparse type for --adam_betas: '(0.9, 0.999)', '0.9,0.999' or '0.9 0.999' (never eval)."""
+    parts = value.strip().strip("()[]").replace(",", " ").split()
+    try:
+        betas = tuple(float(p) for p in parts)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--adam_betas {value!r}: expected two numbers like '(0.9, 0.999)'") from err
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise argparse.ArgumentTypeError(f"--adam_betas {value!r}: expected two numbers in [0, 1)")
+    return betas  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings (DPR / PT-Retrieval flag names). Stored in checkpoints for the record."""
+
+    train_file: tuple[str, ...] = ()
+    dev_file: tuple[str, ...] = ()
+    train_files_upsample_rates: tuple[int, ...] | None = None
+    output_dir: str = "outputs"
+    checkpoint_file_name: str = "dpr_biencoder"
+    batch_size: int = 16
+    dev_batch_size: int = 16
+    seed: int = 0
+    learning_rate: float = 1e-5
+    adam_eps: float = 1e-8
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 100
+    warmup_percentage: float | None = None
+    gradient_accumulation_steps: int = 1
+    num_train_epochs: int = 3
+    hard_negatives: int = 1
+    other_negatives: int = 0
+    shuffle_positive_ctx: bool = False
+    insert_title: bool = True
+    ctx_field: str = "text"
+    log_batch_step: int = 100
+    train_rolling_loss_step: int = 100
+    eval_per_epoch: int = 1
+    val_av_rank_start_epoch: int = 10_000
+    val_av_rank_hard_neg: int = 30
+    val_av_rank_other_neg: int = 30
+    val_av_rank_bsz: int = 128
+    val_av_rank_max_qs: int = 10_000
+    keep_checkpoints: int = 2
+    fix_ctx_encoder: bool = False
+    precision: str = "fp32"
+    no_cuda: bool = False
+    local_rank: int = -1
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "dev_batch_size", "gradient_accumulation_steps", "num_train_epochs",
+                    "log_batch_step", "train_rolling_loss_step", "eval_per_epoch", "val_av_rank_bsz",
+                    "val_av_rank_max_qs")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("hard_negatives", "other_negatives", "warmup_steps", "keep_checkpoints",
+                     "val_av_rank_hard_neg", "val_av_rank_other_neg"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"--learning_rate must be > 0, got {self.learning_rate}")
+        if self.warmup_percentage is not None and not 0.0 <= self.warmup_percentage <= 1.0:
+            raise ConfigError(f"--warmup_percentage must be in [0, 1], got {self.warmup_percentage}")
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise ConfigError(f"precision {self.precision!r} is not fp32, fp16 or bf16")
+        if not self.train_file:
+            raise ConfigError("--train_file is required (one or more files or glob patterns)")
+
+    def warmup_for(self, total_steps: int) -> int:
+        """Warmup steps: --warmup_percentage of all optimizer steps when given, else --warmup_steps."""
+        if self.warmup_percentage is not None:
+            return int(self.warmup_percentage * total_steps)
+        return self.warmup_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def add_training_params(parser: argparse.ArgumentParser) -> None:
+    """Training flags with PT-Retrieval's names and defaults (batch size aside: 16, not 2)."""
+    d = argparse.Namespace(**{f.name: f.default for f in dataclasses.fields(TrainConfig)})
+    g = parser.add_argument_group("data")
+    g.add_argument("--train_file", nargs="+", required=True, help="DPR JSON/JSONL files or glob patterns")
+    g.add_argument("--dev_file", nargs="+", default=[], help="dev files or glob patterns (validation)")
+    g.add_argument("--train_files_upsample_rates", type=parse_upsample_rates, default=None,
+                   help="one integer per --train_file pattern, e.g. '1,4'")
+    g.add_argument("--hard_negatives", type=int, default=d.hard_negatives)
+    g.add_argument("--other_negatives", type=int, default=d.other_negatives)
+    g.add_argument("--shuffle_positive_ctx", action="store_true")
+    g.add_argument("--ctx_field", choices=("text", "title", "abstract"), default=d.ctx_field,
+                   help="passage field used as the passage text")
+    g.add_argument("--no_title", dest="insert_title", action="store_false", help="encode passages without titles")
+    t = parser.add_argument_group("training")
+    t.add_argument("--output_dir", default=d.output_dir)
+    t.add_argument("--checkpoint_file_name", default=d.checkpoint_file_name)
+    for name in ("batch_size", "dev_batch_size", "seed", "warmup_steps", "gradient_accumulation_steps",
+                 "num_train_epochs", "log_batch_step", "train_rolling_loss_step", "eval_per_epoch",
+                 "val_av_rank_start_epoch", "val_av_rank_hard_neg", "val_av_rank_other_neg", "val_av_rank_bsz",
+                 "val_av_rank_max_qs", "keep_checkpoints"):
+        t.add_argument(f"--{name}", type=int, default=getattr(d, name))
+    for name in ("learning_rate", "adam_eps", "weight_decay", "max_grad_norm"):
+        t.add_argument(f"--{name}", type=float, default=getattr(d, name))
+    t.add_argument("--adam_betas", type=parse_betas, default=d.adam_betas)
+    t.add_argument("--warmup_percentage", type=float, default=None,
+                   help="warmup as a share of all steps (overrides --warmup_steps)")
+    t.add_argument("--dropout", type=float, default=None, help="backbone dropout (0.1)")
+    t.add_argument("--fix_ctx_encoder", action="store_true", help="train the question side only")
+    t.add_argument("--global_loss_buf_sz", type=int, default=None,
+                   help="accepted for compatibility; not needed (tensors are gathered directly)")
+    h = parser.add_argument_group("hardware")
+    h.add_argument("--fp16", dest="precision", action="store_const", const="fp16", default="fp32",
+                   help="fp16 autocast + loss scaling (CUDA only)")
+    h.add_argument("--bf16", dest="precision", action="store_const", const="bf16",
+                   help="bf16 autocast (CUDA; on CPU it is very slow)")
+    h.add_argument("--no_cuda", action="store_true")
+    h.add_argument("--local_rank", type=int, default=-1, help="set by old launchers; torchrun uses env vars")
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    for name in ("train_file", "dev_file", "train_files_upsample_rates"):
+        if values.get(name) is not None:
+            values[name] = tuple(values[name])
+    return TrainConfig(**values)

@@ -7,7 +7,6 @@ bytes, so a compressed file is read whatever its suffix.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import glob
@@ -16,11 +15,12 @@ import itertools
 import json
 import logging
 import os
-import re
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
+
+from dpr.options import parse_upsample_rates  # noqa: F401  (re-exported: flag parsing lives in options)
 
 logger = logging.getLogger(__name__)
 
@@ -130,27 +130,6 @@ def _expand_pattern(pattern: str) -> list[str]:
     if not matches:
         raise FileNotFoundError(f"no file matches the pattern {pattern!r}")
     return matches
-
-
-def parse_upsample_rates(value: str) -> tuple[int, ...]:
-    """Parse upsample rates such as ``"1,4"``, ``"[1, 4]"`` or ``"1 4"`` into positive ints.
-
-    Usable as an argparse ``type=``; never evaluates the string. Raises
-    argparse.ArgumentTypeError on anything else.
-    """
-    body = value.strip()
-    if len(body) >= 2 and (body[0], body[-1]) in (("[", "]"), ("(", ")")):
-        body = body[1:-1].strip()
-    parts = [p.strip() for p in body.split(",")] if "," in body else body.split()
-    if not parts or any(not re.fullmatch(r"\+?\d+", p) for p in parts):
-        raise argparse.ArgumentTypeError(
-            f"upsample rates: expected positive integers separated by commas or spaces "
-            f"(e.g. '1,4' or '[1, 4]'), found {value!r}"
-        )
-    rates = tuple(int(p) for p in parts)
-    if any(rate < 1 for rate in rates):
-        raise argparse.ArgumentTypeError(f"upsample rates must be >= 1, found {value!r}")
-    return rates
 
 
 # ------------------------------------------------------------------------- DPR retriever records

@@ -1,0 +1,213 @@
+"""The bi-encoder training loop: in-batch negatives, gradient accumulation, validate_and_save, resume.
+
+Resuming is exact: the data order depends only on (seed, epoch), negative sampling on
+(seed, epoch, iteration, rank), and dropout is re-seeded from the same tuple before every step, so a
+run restarted from a checkpoint continues bit-for-bit like one that never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from collections import deque
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dpr.data.batching import build_biencoder_batch
+from dpr.data.iterator import ShardedDataIterator
+from dpr.data.readers import BiEncoderSample
+from dpr.models.biencoder import BiEncoder
+from dpr.options import TrainConfig
+from dpr.training.checkpoint import TrainingPosition, checkpoint_name, save_checkpoint
+from dpr.training.distributed import (DistributedContext, autocast, barrier, global_biencoder_loss,
+                                      make_grad_scaler, unwrap, wrap_ddp)
+from dpr.training.run_dir import BestRecord, append_history, prune_checkpoints, read_best, update_best
+from dpr.training.validation import ValidationResult, validate_average_rank, validate_nll
+
+logger = logging.getLogger(__name__)
+
+NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; no weight decay on biases and LayerNorm (as BERT/DPR)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if name.endswith(NO_DECAY) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, eps=cfg.adam_eps,
+                             betas=cfg.adam_betas)
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup from 0 over ``warmup`` steps, then linear decay to 0 at ``total`` steps."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def eval_points(iterations_per_epoch: int, eval_per_epoch: int) -> set[int]:
+    """Iteration indices after which to validate: ``eval_per_epoch`` evenly spaced, always the last."""
+    n = min(eval_per_epoch, iterations_per_epoch)
+    return {math.ceil(iterations_per_epoch * k / n) - 1 for k in range(1, n + 1)}
+
+
+def optimizer_steps_per_epoch(iterations: int, accumulation: int, evals: set[int]) -> int:
+    """Optimizer steps in one epoch: every ``accumulation`` batches, and at each validation point."""
+    steps, pending = 0, 0
+    for i in range(iterations):
+        pending += 1
+        if pending == accumulation or i in evals:
+            steps, pending = steps + 1, 0
+    return steps
+
+
+def step_seed(seed: int, epoch: int, iteration: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, iteration, rank]).generate_state(1)[0])
+
+
+class BiEncoderTrainer:
+    """Trains a BiEncoder on DPR samples; ``run`` returns the best checkpoint record (if validated)."""
+
+    def __init__(self, cfg: TrainConfig, model: BiEncoder, tokenizer: Any, train: Sequence[BiEncoderSample],
+                 dev: Sequence[BiEncoderSample], ctx: DistributedContext,
+                 start: TrainingPosition = TrainingPosition(), training_state: dict[str, Any] | None = None) -> None:
+        self.cfg, self.tokenizer, self.dev, self.ctx = cfg, tokenizer, dev, ctx
+        self.model = model.to(ctx.device)
+        if cfg.fix_ctx_encoder:
+            if model.ctx_encoder is model.question_encoder:
+                raise ValueError("--fix_ctx_encoder cannot be used with --share_encoder (one encoder for both)")
+            for name, param in model.named_parameters():   # only the question side's tuned parameters train
+                param.requires_grad_(name in model.tuned_names and name.startswith("question_encoder."))
+        self.ddp_model = wrap_ddp(self.model, ctx)
+        self.iterator = ShardedDataIterator(train, cfg.batch_size, shard_id=ctx.rank, num_shards=ctx.world_size,
+                                            shuffle=True, seed=cfg.seed)
+        self.evals = eval_points(self.iterator.iterations_per_epoch, cfg.eval_per_epoch)
+        self.total_steps = cfg.num_train_epochs * optimizer_steps_per_epoch(
+            self.iterator.iterations_per_epoch, cfg.gradient_accumulation_steps, self.evals)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = linear_schedule(self.optimizer, cfg.warmup_for(self.total_steps), self.total_steps)
+        self.scaler = make_grad_scaler(cfg.precision, ctx.device)
+        if training_state is not None:
+            self.optimizer.load_state_dict(training_state["optimizer"])
+            self.scheduler.load_state_dict(training_state["scheduler"])
+        self.position = start
+        self.pending = 0                        # micro-batches accumulated since the last optimizer step
+        self.losses: deque[float] = deque(maxlen=cfg.train_rolling_loss_step)
+        logger.info("%d training samples, %d iterations per epoch per rank, %d optimizer steps in all, "
+                    "warmup %d", len(train), self.iterator.iterations_per_epoch, self.total_steps,
+                    cfg.warmup_for(self.total_steps))
+
+    def run(self) -> BestRecord | None:
+        epoch, start_iteration = self.position.epoch, self.position.iteration
+        if start_iteration >= self.iterator.iterations_per_epoch:
+            epoch, start_iteration = epoch + 1, 0
+        for current in range(epoch, self.cfg.num_train_epochs):
+            self._train_epoch(current, start_iteration if current == epoch else 0)
+        return read_best(self.cfg.output_dir)
+
+    def _train_epoch(self, epoch: int, start_iteration: int) -> None:
+        self.model.train()
+        iterations = self.iterator.iterations_per_epoch
+        # Redirected output (logs, CI) gets a line every 30 s rather than one per batch.
+        bar = tqdm(total=iterations, initial=start_iteration, desc=f"epoch {epoch}", unit="batch",
+                   disable=not self.ctx.is_main, dynamic_ncols=True,
+                   mininterval=0.1 if sys.stderr.isatty() else 30.0)
+        started, seen = time.perf_counter(), 0
+        for shard_batch in self.iterator.iterate(epoch, start_iteration):
+            i = shard_batch.iteration
+            loss = self._micro_step(epoch, shard_batch.items, i)
+            self.losses.append(loss)
+            seen += len(shard_batch.items) * self.ctx.world_size
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if self.pending == self.cfg.gradient_accumulation_steps or i in self.evals:
+                self._optimizer_step()
+            self.position = TrainingPosition(epoch, i + 1, self.position.global_step)
+            if (i + 1) % self.cfg.log_batch_step == 0:
+                logger.info("epoch %d step %d/%d: loss %.4f (rolling %.4f), lr %.3g, %.1f samples/s", epoch, i + 1,
+                            iterations, loss, sum(self.losses) / len(self.losses),
+                            self.scheduler.get_last_lr()[0], seen / (time.perf_counter() - started))
+            if i in self.evals:
+                self.validate_and_save()
+                self.model.train()
+        bar.close()
+
+    def _micro_step(self, epoch: int, samples: list[BiEncoderSample], iteration: int) -> float:
+        cfg, ctx = self.cfg, self.ctx
+        rng = self.iterator.batch_rng(epoch, iteration)
+        batch = build_biencoder_batch(samples, self.tokenizer, rng, max_length=self.model.config.sequence_length,
+                                      hard_negatives=cfg.hard_negatives, other_negatives=cfg.other_negatives,
+                                      shuffle_positives=cfg.shuffle_positive_ctx, shuffle_negatives=True,
+                                      insert_title=cfg.insert_title)
+        torch.manual_seed(step_seed(cfg.seed, epoch, iteration, ctx.rank))   # dropout, reproducible on resume
+        device = ctx.device
+        with autocast(device, cfg.precision):
+            q, c = self.ddp_model(batch.question_ids.to(device), batch.question_mask.to(device),
+                                  batch.question_segments.to(device), batch.context_ids.to(device),
+                                  batch.context_mask.to(device), batch.context_segments.to(device))
+        loss, _ = global_biencoder_loss(q.float(), c.float(), batch.positive_idx.to(device), ctx)
+        self.scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
+        self.pending += 1
+        return float(loss.detach())
+
+    def _optimizer_step(self) -> None:
+        if self.pending == 0:
+            return
+        if self.pending != self.cfg.gradient_accumulation_steps:
+            # A validation point cut the accumulation short: average over the batches actually seen.
+            scale = self.cfg.gradient_accumulation_steps / self.pending
+            for param in self.model.parameters():
+                if param.grad is not None:
+                    param.grad.mul_(scale)
+        self.scaler.unscale_(self.optimizer)
+        if self.cfg.max_grad_norm > 0:                     # clipped once per optimizer step, not per micro-batch
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                           self.cfg.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.pending = 0
+        self.position = TrainingPosition(self.position.epoch, self.position.iteration, self.position.global_step + 1)
+
+    def validate(self) -> ValidationResult | None:
+        if not self.dev:
+            return None
+        cfg, model = self.cfg, unwrap(self.ddp_model)
+        common = dict(max_length=model.config.sequence_length, insert_title=cfg.insert_title, ctx=self.ctx,
+                      precision=cfg.precision)
+        if self.position.epoch >= cfg.val_av_rank_start_epoch:
+            return validate_average_rank(model, self.dev, self.tokenizer, hard_negatives=cfg.val_av_rank_hard_neg,
+                                         other_negatives=cfg.val_av_rank_other_neg, batch_size=cfg.val_av_rank_bsz,
+                                         max_questions=cfg.val_av_rank_max_qs, **common)
+        return validate_nll(model, self.dev, self.tokenizer, batch_size=cfg.dev_batch_size,
+                            hard_negatives=cfg.hard_negatives, other_negatives=cfg.other_negatives,
+                            seed=cfg.seed, **common)
+
+    def validate_and_save(self) -> None:
+        """Validate, write a checkpoint, keep the best by the current metric, prune the others."""
+        result = self.validate()
+        pos = self.position
+        path = os.path.join(self.cfg.output_dir, checkpoint_name(self.cfg.checkpoint_file_name, pos.epoch, pos.iteration))
+        if self.ctx.is_main:
+            save_checkpoint(path, unwrap(self.ddp_model), optimizer=self.optimizer, scheduler=self.scheduler,
+                            position=pos, training=self.cfg.to_dict())
+            if result is not None:
+                append_history(self.cfg.output_dir, {"metric": result.metric, "value": result.value,
+                                                     "epoch": pos.epoch, "iteration": pos.iteration,
+                                                     "global_step": pos.global_step, **result.details,
+                                                     "train_loss": sum(self.losses) / max(len(self.losses), 1)})
+                update_best(self.cfg.output_dir, BestRecord(path, result.metric, result.value, pos.epoch,
+                                                            pos.iteration, pos.global_step))
+            prune_checkpoints(self.cfg.output_dir, self.cfg.checkpoint_file_name, self.cfg.keep_checkpoints)
+        barrier(self.ctx)
