@@ -1,0 +1,37 @@
+"""Installs the dpr and colbert packages and the top-level command-line tools."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="ptv2-retrieval",
+    version="0.1.0",
+    description="Dense passage retrieval (DPR, ColBERT) with prefix-tuned (P-tuning v2) BERT encoders",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["dpr", "dpr.*", "colbert", "colbert.*"]),
+    py_modules=["train_dense_encoder", "generate_embeddings", "dense_retriever"],
+    install_requires=[
+        # torch is pinned by the install command (torch==2.13.0, a CPU wheel here); any 2.x >= 2.3 works.
+        "torch>=2.3",
+        # 4.46 (tuple-era BertModel) through 5.x (DynamicCache only) are tested: see README.
+        "transformers>=4.46,<6",
+        "faiss-cpu>=1.8",
+        "numpy>=1.24",
+        "tqdm>=4.60",
+        "jsonlines>=3.1",
+        "safetensors>=0.4",
+        "ir-measures>=0.3.1",
+    ],
+    extras_require={
+        "dev": ["pytest>=7"],
+        "plot": ["matplotlib>=3.7"],
+    },
+    entry_points={
+        "console_scripts": [
+            "dpr-train=train_dense_encoder:cli",
+            "dpr-embed=generate_embeddings:cli",
+            "dpr-retrieve=dense_retriever:cli",
+        ],
+    },
+)
