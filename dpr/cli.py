@@ -8,6 +8,7 @@ from typing import Callable
 
 import transformers
 
+from dpr.data.bm25 import MissingDependencyError
 from dpr.data.readers import DataFormatError
 from dpr.embeddings_io import EmbeddingsError
 from dpr.models.hub import ModelNotFoundError

@@ -1,0 +1,117 @@
+"""Evaluation questions: DPR QA files (``question<TAB>answers``) and BEIR queries with their qrels.
+
+Answers are parsed as JSON, else as a Python list literal with ``ast.literal_eval`` (never ``eval``).
+Every problem raises :class:`DataFormatError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from dpr.data.readers import DataFormatError
+from dpr.evaluation.metrics import read_qrels_tsv
+from dpr.evaluation.qa_validation import parse_answers
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QAPair:
+    """One open-domain QA question with its gold answers (strings or, for --match regex, patterns)."""
+
+    question: str
+    answers: tuple[str, ...]
+    line: int
+
+
+def read_qa_tsv(path: str) -> list[QAPair]:
+    """Read a DPR QA file (``nq-test.csv`` is really TSV): ``question<TAB>["answer 1", "answer 2"]``.
+
+    Uses csv quoting like DPR (its files were written that way). A line without an answers column, or
+    whose answers list is empty or unparsable, raises DataFormatError naming ``path:line``.
+    """
+    pairs: list[QAPair] = []
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        try:
+            for row in reader:
+                if not row or not any(cell.strip() for cell in row):
+                    continue
+                pairs.append(_qa_pair(row, path, reader.line_num))
+        except csv.Error as err:
+            raise DataFormatError(f"{path}:{reader.line_num}: malformed TSV: {err}") from err
+        except UnicodeDecodeError as err:
+            raise DataFormatError(f"{path}: not UTF-8 text: {err}") from err
+    if not pairs:
+        raise DataFormatError(f"{path}: no questions found (empty QA file)")
+    return pairs
+
+
+def _qa_pair(row: list[str], path: str, line: int) -> QAPair:
+    question = row[0].strip()
+    if not question:
+        raise DataFormatError(f"{path}:{line}: column 1: expected a question, found an empty string")
+    if len(row) < 2 or not row[1].strip():
+        raise DataFormatError(f"{path}:{line}: expected 'question<TAB>answers', found no answers column "
+                              f"after {question[:60]!r}")
+    try:
+        answers = parse_answers(row[1], path, line)
+    except ValueError as err:          # parse_answers names path:line already
+        raise DataFormatError(str(err)) from err
+    return QAPair(question, tuple(answers), line)
+
+
+def beir_paths(folder: str, split: str) -> tuple[str, str]:
+    """``(queries.jsonl, qrels/<split>.tsv)`` of a BEIR folder; FileNotFoundError naming what is absent."""
+    queries = os.path.join(folder, "queries.jsonl")
+    qrels = os.path.join(folder, "qrels", f"{split}.tsv")
+    for path in (queries, qrels):
+        if not os.path.isfile(path):
+            splits = sorted(f[:-4] for f in os.listdir(os.path.join(folder, "qrels"))
+                            if f.endswith(".tsv")) if os.path.isdir(os.path.join(folder, "qrels")) else []
+            extra = f" (splits found: {', '.join(splits)})" if splits and path == qrels else ""
+            raise FileNotFoundError(f"BEIR folder {folder}: {path} does not exist{extra}")
+    return queries, qrels
+
+
+def read_beir_qrels(path: str) -> dict[str, dict[str, int]]:
+    """BEIR qrels as ``query id -> doc id -> relevance``; errors name ``path:line``."""
+    try:
+        return read_qrels_tsv(path)
+    except ValueError as err:
+        raise DataFormatError(str(err)) from err
+
+
+def read_beir_queries(path: str, only: Collection[str] | None = None) -> dict[str, str]:
+    """``query id -> text`` from a BEIR ``queries.jsonl``, keeping only ids in ``only`` when given.
+
+    A query id in ``only`` that the file lacks raises DataFormatError (it would silently score 0).
+    """
+    queries: dict[str, str] = {}
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataFormatError(f"{path}:{line_no}: malformed JSON: {err.msg}") from err
+            qid, text = (obj.get("_id"), obj.get("text")) if isinstance(obj, dict) else (None, None)
+            if isinstance(qid, bool) or not isinstance(qid, (str, int)) or not isinstance(text, str):
+                raise DataFormatError(f"{path}:{line_no}: expected {{\"_id\": ..., \"text\": \"...\"}}, "
+                                      f"found {line.strip()[:80]!r}")
+            if only is None or str(qid) in only:
+                queries[str(qid)] = text
+    if only is not None:
+        missing = sorted(set(only) - set(queries))
+        if missing:
+            raise DataFormatError(f"{path}: {len(missing)} judged query ids have no query text "
+                                  f"(e.g. {missing[:5]})")
+    if not queries:
+        raise DataFormatError(f"{path}: no queries found")
+    return queries

@@ -1,0 +1,309 @@
+"""The passage-embedding shard format: safe to read (no pickle), atomic to write, self-describing.
+
+One shard is a folder ``<out_file>_<shard_id>/`` (DPR's naming, so ``--encoded_ctx_file
+"<out_file>_*"`` globs every shard) holding::
+
+    vectors.npy    (count, dim) float32, or float16 with --fp16_storage; read with allow_pickle=False
+    ids.json       JSON list of ``count`` passage ids (strings), row i is the vector of ids[i]
+    meta.json      the header: format, version, encoder config, backbone fingerprint, checkpoint path,
+                   passage-encoder digest, dim, count, dtype, shard_id / num_shards, passage range
+
+The folder is written with :func:`dpr.atomic.atomic_directory`, so the three files appear together or
+not at all (a crash can never pair new vectors with old ids). Every reader check names the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dpr.atomic import atomic_directory
+from dpr.options import ARCHITECTURE_FIELDS
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "dpr-ptv2-embeddings"
+VERSION = 1
+VECTORS_FILE = "vectors.npy"
+IDS_FILE = "ids.json"
+META_FILE = "meta.json"
+STORAGE_DTYPES = ("float32", "float16")
+# Encoder settings that change a passage's vector (besides the weights, which the digest covers).
+IDENTITY_FIELDS = tuple(f for f in ARCHITECTURE_FIELDS if f != "share_encoder") + ("do_lower_case",)
+
+
+class EmbeddingsError(ValueError):
+    """An embeddings shard that is missing, damaged, or does not fit the others or the encoder."""
+
+
+@dataclass(frozen=True)
+class ShardHeader:
+    """What ``meta.json`` records about one shard. ``start``/``end``: its rows of the source corpus."""
+
+    encoder: dict[str, Any]
+    backbone: dict[str, Any]
+    encoder_digest: str
+    checkpoint: str | None
+    dim: int
+    count: int
+    dtype: str
+    shard_id: int
+    num_shards: int
+    start: int
+    end: int
+    total_passages: int
+    ctx_file: str
+    insert_title: bool = True
+    format: str = FORMAT
+    version: int = VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def shard_range(total: int, shard_id: int, num_shards: int) -> tuple[int, int]:
+    """Rows ``[start, end)`` of shard ``shard_id``: contiguous, sizes differ by at most one, none dropped.
+
+    The first ``total % num_shards`` shards get one extra row (DPR's ``int(N / num_shards)`` lost them).
+    """
+    if num_shards < 1 or not 0 <= shard_id < num_shards:
+        raise ValueError(f"--shard_id must be in [0, --num_shards={num_shards}), found {shard_id}")
+    base, extra = divmod(total, num_shards)
+    start = shard_id * base + min(shard_id, extra)
+    return start, start + base + (1 if shard_id < extra else 0)
+
+
+def encoder_digest(encoder: nn.Module) -> str:
+    """SHA-256 over every parameter of ``encoder`` (names, shapes, dtypes, bytes).
+
+    Identifies the passage encoder that made a set of embeddings independently of where its
+    checkpoint lives: a copied checkpoint matches, a re-initialised random prefix does not.
+    """
+    digest = hashlib.sha256()
+    for name, param in sorted(encoder.named_parameters(), key=lambda item: item[0]):
+        tensor = param.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def shard_path(out_file: str, shard_id: int) -> str:
+    return f"{out_file}_{shard_id}"
+
+
+def write_shard(path: str, vectors: np.ndarray, ids: Sequence[str], header: ShardHeader) -> str:
+    """Write one shard folder atomically; ``vectors`` (count, dim) are stored as ``header.dtype``."""
+    if header.dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage dtype must be one of {STORAGE_DTYPES}, found {header.dtype!r}")
+    if vectors.shape != (header.count, header.dim) or len(ids) != header.count:
+        raise ValueError(f"shard {path}: header says ({header.count}, {header.dim}), got vectors "
+                         f"{vectors.shape} and {len(ids)} ids")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"shard {path}: duplicate passage ids in rows {header.start}..{header.end - 1}")
+    with np.errstate(over="ignore"):          # overflow is checked just below, with a clearer message
+        stored = vectors.astype(header.dtype, copy=False)
+    if not np.isfinite(stored).all():
+        # fp16 overflows above 65504: refuse rather than store infinities the index would rank first
+        raise ValueError(f"shard {path}: vectors hold NaN or infinite values as {header.dtype}")
+    with atomic_directory(path) as tmp:
+        np.save(os.path.join(tmp, VECTORS_FILE), stored, allow_pickle=False)
+        with open(os.path.join(tmp, IDS_FILE), "w", encoding="utf-8") as handle:
+            json.dump(list(ids), handle, ensure_ascii=False)
+        with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as handle:
+            json.dump(header.to_dict(), handle, indent=2, sort_keys=True)
+    logger.info("wrote %d x %d %s embeddings to %s", header.count, header.dim, header.dtype, path)
+    return path
+
+
+@dataclass(frozen=True)
+class EmbeddingShard:
+    """A validated shard folder; vectors and ids are read on demand (vectors memory-mapped)."""
+
+    path: str
+    header: ShardHeader
+
+    @property
+    def meta_path(self) -> str:
+        return os.path.join(self.path, META_FILE)
+
+    def vectors(self) -> np.ndarray:
+        """The (count, dim) vectors as stored (float32 or float16), memory-mapped read-only."""
+        return _load_vectors(self.path, self.header)
+
+    def ids(self) -> list[str]:
+        return _load_ids(self.path, self.header)
+
+    def chunks(self, size: int) -> Iterator[tuple[np.ndarray, list[str]]]:
+        """(≤size, dim) float32 vectors with their ids, so a large shard is never copied whole."""
+        vectors, ids = self.vectors(), self.ids()
+        for start in range(0, len(ids), size):
+            yield np.asarray(vectors[start:start + size], dtype=np.float32), ids[start:start + size]
+
+
+def _read_header(path: str) -> ShardHeader:
+    meta_path = os.path.join(path, META_FILE)
+    if not os.path.isfile(meta_path):
+        hint = (" (a DPR pickle? this format needs no pickle: regenerate with generate_embeddings.py)"
+                if os.path.isfile(path) else "")
+        raise EmbeddingsError(f"{path} is not an embeddings shard folder: no {META_FILE}{hint}")
+    try:
+        with open(meta_path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as err:
+        raise EmbeddingsError(f"{meta_path}:{err.lineno}: invalid JSON: {err.msg}") from err
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise EmbeddingsError(f"{meta_path}: format {found!r}, expected {FORMAT!r}")
+    if data.get("version", 0) > VERSION:
+        raise EmbeddingsError(f"{meta_path}: version {data['version']} is newer than this code ({VERSION})")
+    names = {f.name for f in dataclasses.fields(ShardHeader)}
+    required = {f.name for f in dataclasses.fields(ShardHeader) if f.default is dataclasses.MISSING}
+    missing, unknown = sorted(required - set(data)), sorted(set(data) - names)
+    if missing or unknown:
+        raise EmbeddingsError(f"{meta_path}: missing keys {missing}, unknown keys {unknown}")
+    header = ShardHeader(**data)
+    if header.dtype not in STORAGE_DTYPES:
+        raise EmbeddingsError(f"{meta_path}: dtype {header.dtype!r}, expected one of {STORAGE_DTYPES}")
+    return header
+
+
+def _load_vectors(path: str, header: ShardHeader) -> np.ndarray:
+    vectors_path = os.path.join(path, VECTORS_FILE)
+    if not os.path.isfile(vectors_path):
+        raise EmbeddingsError(f"{vectors_path}: missing (the shard has {META_FILE} but no vectors)")
+    try:
+        vectors = np.load(vectors_path, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:        # numpy raises ValueError for pickled object arrays and bad headers
+        raise EmbeddingsError(f"{vectors_path}: not a plain numpy array file: {err}") from err
+    expected = (header.count, header.dim)
+    if vectors.shape != expected or vectors.dtype != np.dtype(header.dtype):
+        raise EmbeddingsError(f"{vectors_path}: holds {vectors.dtype} {vectors.shape}, but "
+                              f"{os.path.join(path, META_FILE)} says {header.dtype} {expected}")
+    return vectors
+
+
+def _load_ids(path: str, header: ShardHeader) -> list[str]:
+    ids_path = os.path.join(path, IDS_FILE)
+    if not os.path.isfile(ids_path):
+        raise EmbeddingsError(f"{ids_path}: missing: the {header.count} vectors have no passage ids")
+    try:
+        with open(ids_path, encoding="utf-8") as handle:
+            ids = json.load(handle)
+    except json.JSONDecodeError as err:
+        raise EmbeddingsError(f"{ids_path}:{err.lineno}: invalid JSON: {err.msg}") from err
+    if not isinstance(ids, list):
+        raise EmbeddingsError(f"{ids_path}: expected a JSON list of passage ids, found {type(ids).__name__}")
+    if len(ids) != header.count:
+        what = "missing" if len(ids) < header.count else "extra"
+        raise EmbeddingsError(f"{ids_path}: holds {len(ids)} ids for {header.count} vectors "
+                              f"({abs(header.count - len(ids))} {what})")
+    for row, pid in enumerate(ids):
+        if not isinstance(pid, str) or not pid:
+            raise EmbeddingsError(f"{ids_path}: row {row}: expected a non-empty string id, found {pid!r}")
+    return ids
+
+
+def read_shard(path: str) -> EmbeddingShard:
+    """Open one shard folder, checking its header, vectors and ids agree (ids are read, vectors mapped)."""
+    path = path.rstrip(os.sep)
+    header = _read_header(path)
+    _load_vectors(path, header)
+    _load_ids(path, header)
+    return EmbeddingShard(path, header)
+
+
+def _expand(patterns: str | Sequence[str]) -> list[str]:
+    """Shard folders matched by glob patterns; a match inside a shard folder counts as the folder."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    folders: list[str] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not matches:
+            raise FileNotFoundError(f"no embeddings shard matches {pattern!r}")
+        for match in matches:
+            folder = os.path.dirname(match) if os.path.basename(match) in (VECTORS_FILE, IDS_FILE, META_FILE) \
+                else match
+            if folder not in folders:
+                folders.append(folder)
+    return folders
+
+
+def find_shards(patterns: str | Sequence[str], allow_partial: bool = False) -> list[EmbeddingShard]:
+    """Read every shard the patterns match, sorted by shard id, and check they form one corpus.
+
+    All shards must come from the same encoder, have the same dimension and the same ``num_shards``,
+    and no shard id may repeat. A missing shard id is an error unless ``allow_partial``.
+    """
+    shards = sorted((read_shard(p) for p in _expand(patterns)), key=lambda s: (s.header.shard_id, s.path))
+    first = shards[0]
+    for shard in shards[1:]:
+        _check_same_corpus(first, shard)
+    seen = [s.header.shard_id for s in shards]
+    duplicated = sorted({i for i in seen if seen.count(i) > 1})
+    if duplicated:
+        paths = [s.path for s in shards if s.header.shard_id in duplicated]
+        raise EmbeddingsError(f"shard id(s) {duplicated} appear more than once: {paths}")
+    absent = sorted(set(range(first.header.num_shards)) - set(seen))
+    if absent:
+        message = (f"{len(shards)} of {first.header.num_shards} shards found; shard id(s) {absent} of "
+                   f"{first.header.ctx_file} are missing next to {first.path}")
+        if not allow_partial:
+            raise EmbeddingsError(message + " (their passages could never be retrieved; pass "
+                                  "--allow_partial_corpus to search the shards that exist)")
+        logger.warning("%s", message)
+    return shards
+
+
+def _check_same_corpus(a: EmbeddingShard, b: EmbeddingShard) -> None:
+    ha, hb = a.header, b.header
+    if ha.dim != hb.dim:
+        raise EmbeddingsError(f"{b.meta_path}: dimension {hb.dim} does not match {a.meta_path}: {ha.dim}")
+    diffs = _identity_diffs(ha, hb.encoder, hb.backbone, hb.encoder_digest)
+    if diffs:
+        raise EmbeddingsError(f"{b.meta_path} and {a.meta_path} were made by different encoders: "
+                              f"{'; '.join(diffs)}")
+    if ha.num_shards != hb.num_shards or ha.total_passages != hb.total_passages:
+        raise EmbeddingsError(f"{b.meta_path}: shard {hb.shard_id} of {hb.num_shards} over {hb.total_passages} "
+                              f"passages, but {a.meta_path}: shard {ha.shard_id} of {ha.num_shards} over "
+                              f"{ha.total_passages}; mix of two embedding runs?")
+
+
+def _identity_diffs(header: ShardHeader, encoder: dict[str, Any], backbone: dict[str, Any],
+                    digest: str) -> list[str]:
+    """Human-readable differences between a header's encoder and another one (empty when equal)."""
+    diffs = [f"{name}: {header.encoder.get(name)!r} vs {encoder.get(name)!r}" for name in IDENTITY_FIELDS
+             if header.encoder.get(name) != encoder.get(name)]
+    diffs += [f"backbone {key}: {header.backbone.get(key)!r} vs {backbone.get(key)!r}"
+              for key in sorted(set(header.backbone) | set(backbone)) if header.backbone.get(key) != backbone.get(key)]
+    if not diffs and header.encoder_digest != digest:
+        diffs.append(f"passage-encoder weights differ (digest {header.encoder_digest[:12]} vs {digest[:12]})")
+    return diffs
+
+
+def check_encoder_match(shard: EmbeddingShard, encoder: dict[str, Any], backbone: dict[str, Any], digest: str,
+                        checkpoint: str | None) -> None:
+    """Refuse embeddings made by another passage encoder than the query encoder's (config or weights).
+
+    ``encoder`` / ``backbone`` / ``digest`` describe the query-side model; the error names the shard's
+    header file, the embeddings' checkpoint and the query encoder's, and each differing value.
+    """
+    diffs = _identity_diffs(shard.header, encoder, backbone, digest)
+    if diffs:
+        made_by = shard.header.checkpoint or f"base model {shard.header.encoder.get('pretrained_model_cfg')}"
+        query_by = checkpoint or f"base model {encoder.get('pretrained_model_cfg')}"
+        raise EmbeddingsError(
+            f"{shard.meta_path}: these embeddings were made by another encoder than the query encoder "
+            f"(embeddings: {made_by}; query encoder: {query_by}): {'; '.join(diffs)}. Regenerate the "
+            f"embeddings with this encoder or pass the --model_file they were made with")

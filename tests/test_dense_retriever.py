@@ -1,0 +1,205 @@
+"""dense_retriever.py: checkpoint -> embeddings -> retrieval in QA and BEIR mode, index shards, bad input."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import generate_embeddings
+from dense_retriever import main
+from dpr.cli import run_cli
+from dpr.embeddings_io import find_shards
+from dpr.evaluation.metrics import evaluate_run
+from dpr.evaluation.retrieval_eval import calibration_inputs
+from dpr.indexer.faiss_index import IndexParams, brute_force_topk
+from dpr.models.biencoder import build_biencoder
+from dpr.options import EncoderConfig
+from dpr.retrieval import group_shards, search_groups
+from dpr.training.checkpoint import save_checkpoint
+
+TOPICS = ["Paris is the capital of France", "The Nile flows through Egypt", "Mozart composed The Magic Flute",
+          "Mount Everest is in the Himalayas", "Photosynthesis needs sunlight", "Tokyo hosted the 2020 Olympics",
+          "Shakespeare wrote Hamlet", "Penguins live in Antarctica", "Café culture thrives in Vienna",
+          "The Danube reaches the Black Sea", "Copper conducts electricity well"]
+QUESTIONS = [("what is the capital of france?", '["Paris"]'), ("who wrote hamlet?", "['Shakespeare']"),
+             ("where do penguins live?", '["Antarctica", "the south pole"]'), ("where is the cafe?", '["Café"]')]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A prefix checkpoint, an 11-passage corpus embedded in 3 shards, a QA file and a BEIR folder."""
+    root = tmp_path_factory.mktemp("retrieval")
+    torch.manual_seed(0)
+    model = build_biencoder(EncoderConfig(pretrained_model_cfg="bert-tiny", tuning="prefix", sequence_length=64))
+    ckpt = save_checkpoint(str(root / "dpr_biencoder.0.1"), model)
+    corpus = root / "psgs.tsv"
+    corpus.write_text("id\ttext\ttitle\n" + "".join(f"{i}\t{t}.\tdoc {i}\n" for i, t in enumerate(TOPICS)))
+    for shard_id in range(3):
+        assert generate_embeddings.main(["--model_file", ckpt, "--ctx_file", str(corpus), "--out_file",
+                                         str(root / "emb"), "--shard_id", str(shard_id), "--num_shards", "3",
+                                         "--no_progress"]) == 0
+    qa = root / "qa.tsv"
+    qa.write_text("".join(f"{q}\t{a}\n" for q, a in QUESTIONS))
+    beir = root / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": q}) + "\n"
+                                                for i, (q, _) in enumerate(QUESTIONS)))
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\t0\t1\nq1\t6\t1\nq2\t7\t2\n")
+    return {"root": root, "ckpt": ckpt, "corpus": str(corpus), "emb": str(root / "emb_*"), "qa": str(qa),
+            "beir": str(beir)}
+
+
+def _qa_args(s, out, *extra):
+    return ["--model_file", s["ckpt"], "--encoded_ctx_file", s["emb"], "--qa_file", s["qa"], "--out_file", str(out),
+            "--n-docs", "11", "--no_cuda", "--no_progress", *extra]
+
+
+def test_qa_mode_writes_dpr_results_and_metrics(setup, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    plot = tmp_path / "reliability.png"
+    assert main(_qa_args(setup, out, "--reliability_plot", str(plot))) == 0
+    records = json.loads(out.read_text())
+    assert [r["question"] for r in records] == [q for q, _ in QUESTIONS]
+    assert records[3]["answers"] == ["Café"]
+    for record in records:
+        ctxs = record["ctxs"]
+        assert sorted(c["id"] for c in ctxs) == sorted(str(i) for i in range(len(TOPICS)))
+        assert [c["score"] for c in ctxs] == sorted((c["score"] for c in ctxs), reverse=True)
+        assert set(ctxs[0]) == {"id", "title", "text", "score", "has_answer"}
+    assert {c["id"] for c in records[0]["ctxs"] if c["has_answer"]} == {"0"}
+    assert {c["id"] for c in records[3]["ctxs"] if c["has_answer"]} == {"8"}     # NFC/NFD-safe unicode match
+    metrics = json.loads((tmp_path / "results.json.metrics.json").read_text())
+    accuracy = metrics["top_k_accuracy"]
+    assert list(accuracy) == [str(k) for k in range(1, 12)] and accuracy["11"] == 1.0
+    assert 0.0 <= metrics["ece_top5"] <= 1.0 and plot.stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "top-1 " in printed and "top-5 " in printed and "ECE" in printed
+
+
+def test_beir_mode_writes_trec_run_and_metrics(setup, tmp_path, capsys):
+    run = tmp_path / "run.trec"
+    assert main(["--model_file", setup["ckpt"], "--encoded_ctx_file", setup["emb"], "--beir_dir", setup["beir"],
+                 "--out_file", str(run), "--n-docs", "11", "--no_progress"]) == 0
+    lines = run.read_text().splitlines()
+    assert len(lines) == 3 * 11 and lines[0].split()[1] == "Q0" and lines[0].split()[3] == "1"
+    assert {line.split()[0] for line in lines} == {"q0", "q1", "q2"}        # only judged queries are run
+    metrics = json.loads((tmp_path / "run.trec.metrics.json").read_text())["metrics"]
+    assert "R@100" not in metrics                   # k > --n-docs is not reported (it would undercount)
+    ranked = {}
+    for line in lines:
+        qid, _, doc, rank, score, _ = line.split()
+        ranked.setdefault(qid, {})[doc] = float(score)
+    qrels = {"q0": {"0": 1}, "q1": {"6": 1}, "q2": {"7": 2}}
+    assert metrics == evaluate_run(qrels, ranked, (1, 3, 5, 10), ignore_identical_ids=True)
+    # hand check: P@1 is the share of queries whose first passage is the judged one, R@10 whether it is in the top 10
+    first = {qid: max(docs, key=docs.get) for qid, docs in ranked.items()}
+    assert metrics["P@1"] == pytest.approx(sum(first[q] in qrels[q] for q in qrels) / 3)
+    top10 = {qid: sorted(docs, key=docs.get, reverse=True)[:10] for qid, docs in ranked.items()}
+    assert metrics["R@10"] == pytest.approx(sum(next(iter(qrels[q])) in top10[q] for q in qrels) / 3)
+    assert "nDCG@10" in capsys.readouterr().out
+
+
+def test_index_shards_searched_separately_equal_one_index(setup, tmp_path):
+    one, three = tmp_path / "one.json", tmp_path / "three.json"
+    assert main(_qa_args(setup, one)) == 0
+    assert main(_qa_args(setup, three, "--num_index_shards", "3")) == 0
+    a, b = json.loads(one.read_text()), json.loads(three.read_text())
+    assert [[c["id"] for c in r["ctxs"]] for r in a] == [[c["id"] for c in r["ctxs"]] for r in b]
+    np.testing.assert_allclose([[c["score"] for c in r["ctxs"]] for r in a],
+                               [[c["score"] for c in r["ctxs"]] for r in b], atol=1e-6)
+
+
+def test_search_groups_equal_brute_force(setup):
+    shards = find_shards(setup["emb"])
+    vectors = np.concatenate([s.vectors() for s in shards])                     # (11, 128)
+    ids = [pid for s in shards for pid in s.ids()]
+    queries = np.random.default_rng(0).standard_normal((5, vectors.shape[1])).astype(np.float32)  # (5, 128)
+    expected_scores, expected_ids = brute_force_topk(queries, vectors, ids, 4)
+    for groups in (1, 2, 3):
+        scores, found = search_groups(group_shards(shards, groups), queries, 4, "flat", IndexParams(), buffer=2)
+        assert found == expected_ids
+        np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-5)
+
+
+def test_saved_index_is_reused_and_checked(setup, tmp_path, capsys):
+    index_dir = tmp_path / "index"
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    common = ["--save_or_load_index", "--index_path", str(index_dir), "--index_type", "hnsw", "--hnsw_m", "8"]
+    assert main(_qa_args(setup, first, *common)) == 0
+    assert (index_dir / "embeddings.json").is_file()
+    assert main(_qa_args(setup, second, *common)) == 0
+    assert json.loads(first.read_text()) == json.loads(second.read_text())
+    code = run_cli(main, _qa_args(setup, second, "--save_or_load_index", "--index_path", str(index_dir)))
+    assert code == 2 and "embeddings.json: the index" in capsys.readouterr().err
+
+
+def test_embeddings_from_another_model_config_are_refused(setup, tmp_path, capsys):
+    assert generate_embeddings.main(["--pretrained_model_cfg", "bert-tiny", "--sequence_length", "64", "--ctx_file",
+                                     setup["corpus"], "--out_file", str(tmp_path / "base"), "--no_progress"]) == 0
+    code = run_cli(main, ["--model_file", setup["ckpt"], "--encoded_ctx_file", str(tmp_path / "base_*"),
+                          "--qa_file", setup["qa"], "--no_progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "base_0/meta.json" in err and "tuning: 'finetune' vs 'prefix'" in err
+    assert "base model bert-tiny" in err and setup["ckpt"] in err
+
+
+def test_random_prefix_without_checkpoint_is_refused(setup, tmp_path, capsys):
+    # two runs without --model_file each draw a new random prefix: their vectors must never be mixed
+    flags = ["--pretrained_model_cfg", "bert-tiny", "--prefix", "--sequence_length", "64", "--no_progress"]
+    assert generate_embeddings.main(flags + ["--ctx_file", setup["corpus"], "--out_file", str(tmp_path / "r")]) == 0
+    code = run_cli(main, flags + ["--encoded_ctx_file", str(tmp_path / "r_*"), "--qa_file", setup["qa"]])
+    assert code == 2 and "passage-encoder weights differ" in capsys.readouterr().err
+
+
+def test_missing_ids_and_missing_shard_are_named(setup, tmp_path, capsys):
+    copy = tmp_path / "emb"
+    for shard in find_shards(setup["emb"]):
+        shutil.copytree(shard.path, tmp_path / os.path.basename(shard.path))
+    os.remove(tmp_path / "emb_1" / "ids.json")
+    args = ["--model_file", setup["ckpt"], "--encoded_ctx_file", str(copy) + "_*", "--qa_file", setup["qa"],
+            "--no_progress"]
+    assert run_cli(main, args) == 2 and "emb_1/ids.json: missing" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "emb_1")
+    assert run_cli(main, args) == 2 and "shard id(s) [1]" in capsys.readouterr().err
+
+
+def test_qa_line_without_answers_is_named(setup, tmp_path, capsys):
+    qa = tmp_path / "qa.tsv"
+    qa.write_text('who wrote hamlet?\t["Shakespeare"]\nwhere is paris?\n')
+    code = run_cli(main, ["--model_file", setup["ckpt"], "--encoded_ctx_file", setup["emb"], "--qa_file", str(qa)])
+    assert code == 2 and f"{qa}:2: expected 'question<TAB>answers'" in capsys.readouterr().err
+    qa.write_text("who wrote hamlet?\t[]\n")
+    code = run_cli(main, ["--model_file", setup["ckpt"], "--encoded_ctx_file", setup["emb"], "--qa_file", str(qa)])
+    assert code == 2 and f"{qa}:1: the answers list is empty" in capsys.readouterr().err
+
+
+def test_ctx_file_without_the_retrieved_passages_is_named(setup, tmp_path, capsys):
+    other = tmp_path / "other.tsv"
+    other.write_text("id\ttext\ttitle\n0\tonly one passage\tT\n")
+    code = run_cli(main, _qa_args(setup, tmp_path / "r.json", "--ctx_file", str(other)))
+    assert code == 2 and f"{other}: 10 retrieved passage ids are not in this file" in capsys.readouterr().err
+
+
+def test_exactly_one_mode(setup, capsys):
+    code = run_cli(main, ["--encoded_ctx_file", setup["emb"]])
+    assert code == 2 and "exactly one of --qa_file" in capsys.readouterr().err
+
+
+def test_regex_match_mode(setup, tmp_path):
+    qa = tmp_path / "trec.tsv"
+    qa.write_text('capital of france?\t["Par(is|ee)"]\nwho composed?\t["mo[sz]art"]\n')
+    out = tmp_path / "r.json"
+    assert main(["--model_file", setup["ckpt"], "--encoded_ctx_file", setup["emb"], "--qa_file", str(qa),
+                 "--match", "regex", "--out_file", str(out), "--n-docs", "11", "--no_progress"]) == 0
+    records = json.loads(out.read_text())
+    assert [{c["id"] for c in r["ctxs"] if c["has_answer"]} for r in records] == [{"0"}, {"2"}]
+
+
+def test_calibration_inputs_leave_out_short_rows():
+    scores = np.array([[3.0, 2.0, 1.0], [2.0, -np.inf, -np.inf]], dtype=np.float32)   # (2, 3)
+    top, correct = calibration_inputs(scores, [[True, False, False], [False]], depth=5)
+    np.testing.assert_array_equal(top, [[3.0, 2.0, 1.0]])
+    np.testing.assert_array_equal(correct, [[True, False, False]])

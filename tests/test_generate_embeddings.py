@@ -1,0 +1,120 @@
+"""generate_embeddings.py: shards cover every passage once, the checkpoint decides the model, bad input is named."""
+
+import gzip
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from dpr.cli import run_cli
+from dpr.embeddings_io import find_shards, read_shard
+from dpr.models.biencoder import build_biencoder
+from dpr.options import EncoderConfig
+from dpr.training.checkpoint import save_checkpoint
+from generate_embeddings import main
+
+SCIFACT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "scifact", "corpus.jsonl")
+N = 10      # not divisible by 3
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_biencoder(EncoderConfig(pretrained_model_cfg="bert-tiny", tuning="prefix", sequence_length=64))
+    return save_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "dpr_biencoder.0.1"), model)
+
+
+def _write_tsv(path, n=N, compress=False):
+    lines = ["id\ttext\ttitle"] + [f"p{i}\tpassage number {i} about topic {'word ' * i}\tTitle {i}" for i in range(n)]
+    data = ("\n".join(lines) + "\n").encode()
+    path.write_bytes(gzip.compress(data) if compress else data)
+    return str(path)
+
+
+def test_three_shards_hold_every_passage_once(tmp_path, checkpoint, capsys):
+    corpus = _write_tsv(tmp_path / "psgs.tsv.gz", compress=True)
+    out = str(tmp_path / "emb" / "psgs")
+    for shard_id in range(3):
+        assert main(["--model_file", checkpoint, "--ctx_file", corpus, "--out_file", out, "--shard_id",
+                     str(shard_id), "--num_shards", "3", "--batch_size", "4", "--no_cuda", "--no_progress"]) == 0
+    shards = find_shards(out + "_*")
+    ids = [pid for shard in shards for pid in shard.ids()]
+    assert ids == [f"p{i}" for i in range(N)] and len(set(ids)) == N
+    assert [s.header.count for s in shards] == [4, 3, 3]
+    assert [(s.header.start, s.header.end) for s in shards] == [(0, 4), (4, 7), (7, 10)]
+    header = shards[0].header
+    assert header.encoder["tuning"] == "prefix" and header.checkpoint == os.path.abspath(checkpoint)
+    assert header.dim == 128 and header.dtype == "float32" and header.total_passages == N
+    printed = capsys.readouterr().out
+    assert "shape (3, 128), dtype float32" in printed
+    assert "trainable" in printed and "parameters (" in printed and "passages/s" in printed
+
+
+def test_shards_equal_one_run(tmp_path, checkpoint):
+    corpus = _write_tsv(tmp_path / "psgs.tsv")
+    common = ["--model_file", checkpoint, "--ctx_file", corpus, "--no_progress", "--batch_size", "3"]
+    assert main(common + ["--out_file", str(tmp_path / "all")]) == 0
+    for shard_id in range(3):
+        assert main(common + ["--out_file", str(tmp_path / "part"), "--shard_id", str(shard_id), "--num_shards", "3"]) == 0
+    whole = read_shard(str(tmp_path / "all_0")).vectors()
+    parts = np.concatenate([s.vectors() for s in find_shards(str(tmp_path / "part_*"))])
+    np.testing.assert_allclose(parts, whole, atol=1e-5, rtol=0)
+
+
+def test_beir_folder_base_model_and_fp16_storage(tmp_path, capsys):
+    folder = tmp_path / "beir"
+    folder.mkdir()
+    docs = [{"_id": f"d{i}", "title": f"T{i}", "text": f"document {i} text"} for i in range(5)]
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    assert main(["--pretrained_model_cfg", "bert-tiny", "--sequence_length", "32", "--ctx_file", str(folder),
+                 "--out_file", str(tmp_path / "beir_emb"), "--max_passages", "4", "--fp16_storage",
+                 "--no_progress"]) == 0
+    shard = read_shard(str(tmp_path / "beir_emb_0"))
+    assert shard.ids() == ["d0", "d1", "d2", "d3"] and shard.vectors().dtype == np.float16
+    assert shard.header.checkpoint is None and shard.header.encoder["tuning"] == "finetune"
+    # the base model's two sides share one backbone: counted once, all of it "trainable" (not frozen)
+    assert re.search(r"trainable ([\d,]+) of \1 parameters \(100\.00%\)", capsys.readouterr().out)
+
+
+@pytest.mark.skipif(not os.path.isfile(SCIFACT), reason="shared SciFact data not present")
+def test_real_beir_corpus_slice(tmp_path):
+    assert main(["--pretrained_model_cfg", "bert-tiny", "--sequence_length", "64", "--ctx_file", SCIFACT,
+                 "--out_file", str(tmp_path / "sf"), "--max_passages", "6", "--num_shards", "4", "--shard_id", "1",
+                 "--no_progress"]) == 0
+    shard = read_shard(str(tmp_path / "sf_1"))
+    assert (shard.header.start, shard.header.end, shard.header.total_passages) == (2, 4, 6)
+
+
+def test_empty_corpus_is_named(tmp_path, capsys):
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("id\ttext\ttitle\n")
+    code = run_cli(main, ["--pretrained_model_cfg", "bert-tiny", "--ctx_file", str(empty), "--out_file",
+                          str(tmp_path / "e"), "--no_progress"])
+    assert code == 2
+    assert f"{empty}: no passages found (empty corpus)" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "e_0")
+
+
+def test_bad_row_is_named_with_its_line(tmp_path, capsys):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("id\ttext\ttitle\np1\tfine\tT\np2\n")
+    code = run_cli(main, ["--pretrained_model_cfg", "bert-tiny", "--ctx_file", str(bad), "--out_file",
+                          str(tmp_path / "b"), "--num_shards", "2", "--no_progress"])
+    assert code == 2 and f"{bad}:3: expected" in capsys.readouterr().err
+
+
+def test_flags_that_contradict_the_checkpoint_are_refused(tmp_path, checkpoint, capsys):
+    corpus = _write_tsv(tmp_path / "psgs.tsv", n=3)
+    code = run_cli(main, ["--model_file", checkpoint, "--pre_seq_len", "4", "--ctx_file", corpus,
+                          "--out_file", str(tmp_path / "x"), "--no_progress"])
+    assert code == 2 and "--pre_seq_len is 4" in capsys.readouterr().err
+
+
+def test_shard_id_out_of_range(tmp_path, capsys):
+    corpus = _write_tsv(tmp_path / "psgs.tsv", n=3)
+    code = run_cli(main, ["--pretrained_model_cfg", "bert-tiny", "--ctx_file", corpus, "--out_file",
+                          str(tmp_path / "x"), "--shard_id", "3", "--num_shards", "3"])
+    assert code == 2 and "--shard_id must be in [0, --num_shards=3)" in capsys.readouterr().err
