@@ -129,7 +129,7 @@ class BiEncoderTrainer:
             self.losses.append(loss)
             seen += len(shard_batch.items) * self.ctx.world_size
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
             if self.pending == self.cfg.gradient_accumulation_steps or i in self.evals:
                 self._optimizer_step()
             self.position = TrainingPosition(epoch, i + 1, self.position.global_step)

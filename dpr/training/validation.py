@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
-from dpr.data.batching import build_biencoder_batch, tokenize_passages, tokenize_questions
+from dpr.data.batching import build_biencoder_batch
 from dpr.data.iterator import ShardedDataIterator, batch_rng
 from dpr.data.readers import BiEncoderSample, Passage
+from dpr.encoding import encode_texts
 from dpr.models.biencoder import BiEncoder
 from dpr.training.distributed import DistributedContext, all_reduce_sum, autocast, gather_with_grad
 
@@ -28,10 +29,6 @@ class ValidationResult:
     metric: str            # "nll" or "average_rank"
     value: float
     details: dict[str, float]
-
-
-def _to(device: torch.device, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in tensors.items()}
 
 
 @torch.inference_mode()
@@ -70,17 +67,6 @@ def validate_nll(model: BiEncoder, samples: Sequence[BiEncoderSample], tokenizer
     return ValidationResult("nll", loss, {"accuracy": accuracy, "questions": questions})
 
 
-def _encode_in_batches(encode: Callable[..., torch.Tensor], tokenize: Callable[[list], dict[str, torch.Tensor]],
-                       items: list, batch_size: int, ctx: DistributedContext, precision: str) -> torch.Tensor:
-    """Encode ``items`` in batches; returns ``(len(items), D)`` float32 vectors (empty: ``(0, 0)``)."""
-    chunks = []
-    for start in range(0, len(items), batch_size):
-        tokens = _to(ctx.device, tokenize(items[start:start + batch_size]))
-        with autocast(ctx.device, precision):
-            chunks.append(encode(tokens["input_ids"], tokens["attention_mask"], tokens["token_type_ids"]).float())
-    return torch.cat(chunks) if chunks else torch.zeros(0, 0, device=ctx.device)
-
-
 @torch.inference_mode()
 def validate_average_rank(model: BiEncoder, samples: Sequence[BiEncoderSample], tokenizer: Any, *,
                           hard_negatives: int, other_negatives: int, batch_size: int, max_questions: int,
@@ -97,10 +83,13 @@ def validate_average_rank(model: BiEncoder, samples: Sequence[BiEncoderSample], 
         passages.append(sample.positive_passages[0])
         passages.extend(sample.hard_negative_passages[:hard_negatives])
         passages.extend(sample.negative_passages[:other_negatives])
-    q_local = _encode_in_batches(model.encode_query, lambda xs: tokenize_questions(
-        tokenizer, [s.question for s in xs], max_length), mine, batch_size, ctx, precision)
-    c_local = _encode_in_batches(model.encode_passage, lambda xs: tokenize_passages(
-        tokenizer, xs, max_length, insert_title=insert_title), passages, batch_size, ctx, precision)
+    common = dict(max_length=max_length, batch_size=batch_size, device=ctx.device, precision=precision,
+                  insert_title=insert_title)
+    q_local = torch.from_numpy(encode_texts(model, tokenizer, [s.question for s in mine], "question",
+                                            **common)).to(ctx.device)                     # (Q_local, D)
+    c_local = torch.from_numpy(encode_texts(model, tokenizer, passages, "passage", **common)).to(ctx.device)
+    if not mine:   # more ranks than dev questions: this rank contributes nothing, but with the right width
+        q_local = c_local = torch.zeros(0, model.question_encoder.output_dim, device=ctx.device)
     q_all, _ = gather_with_grad(q_local, ctx)                                  # (Q, D)
     c_all, offset_c = gather_with_grad(c_local, ctx)                           # (C, D)
     gold_all, _ = gather_with_grad(torch.tensor(gold, device=ctx.device) + offset_c, ctx)   # (Q,)
