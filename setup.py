@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["dpr", "dpr.*", "colbert", "colbert.*"]),
-    py_modules=["train_dense_encoder", "generate_embeddings", "dense_retriever"],
+    py_modules=["train_dense_encoder", "generate_embeddings", "dense_retriever", "prepare_data", "download_data"],
     install_requires=[
         # torch is pinned by the install command (torch==2.13.0, a CPU wheel here); any 2.x >= 2.3 works.
         "torch>=2.3",
@@ -22,6 +22,9 @@ setup(
         "jsonlines>=3.1",
         "safetensors>=0.4",
         "ir-measures>=0.3.1",
+        # BM25 hard negatives and baselines (prepare_data.py); PyStemmer gives bm25s its English stemmer.
+        "bm25s>=0.3",
+        "PyStemmer>=2.2",
     ],
     extras_require={
         "dev": ["pytest>=7"],
@@ -32,6 +35,8 @@ setup(
             "dpr-train=train_dense_encoder:cli",
             "dpr-embed=generate_embeddings:cli",
             "dpr-retrieve=dense_retriever:cli",
+            "dpr-prepare=prepare_data:cli",
+            "dpr-download=download_data:cli",
         ],
     },
 )

@@ -18,7 +18,7 @@ from dpr.training.checkpoint import CheckpointError
 
 # Errors caused by the user's input: reported as one line, exit status 2, no traceback.
 USER_ERRORS = (ConfigError, ModelNotFoundError, DataFormatError, CheckpointError, CheckpointMismatchError,
-               EmbeddingsError, FileNotFoundError)
+               EmbeddingsError, FileNotFoundError, MissingDependencyError)
 
 
 def setup_logging(verbose: bool = False) -> None:
