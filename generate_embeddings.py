@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
                            batch_size=args.batch_size, device=device, precision=args.precision,
                            insert_title=insert_title, progress=args.progress)          # (n, D) float32
     seconds = time.perf_counter() - began
-    header = ShardHeader(encoder=model.config.to_dict(), backbone=backbone_fingerprint(model.backbone),
+    # The passage side's own config: with --tune_side question it is the base model's, so indexes match.
+    header = ShardHeader(encoder=model.config.passage_config().to_dict(),
+                         backbone=backbone_fingerprint(model.backbone),
                          encoder_digest=encoder_digest(model.ctx_encoder), checkpoint=loaded.checkpoint,
                          dim=int(vectors.shape[1]), count=len(ids),
                          dtype="float16" if args.fp16_storage else "float32", shard_id=args.shard_id,

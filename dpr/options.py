@@ -22,6 +22,7 @@ TUNING_MODES = ("finetune", "prefix", "prompt", "bitfit", "adapter")
 FROZEN_BACKBONE_MODES = ("prefix", "prompt", "adapter")
 POOLING_MODES = ("auto", "cls", "mean")
 PROMPT_ENCODERS = ("none", "lstm", "mlp")
+TUNE_SIDES = ("both", "question")
 DEFAULT_MODEL = "minilm-l6"
 
 Tuning = Literal["finetune", "prefix", "prompt", "bitfit", "adapter"]
@@ -51,6 +52,7 @@ class EncoderConfig:
     do_lower_case: bool = False
     dropout: float = 0.1
     gradient_checkpointing: bool = False
+    tune_side: str = "both"
 
     def __post_init__(self) -> None:
         if self.tuning not in TUNING_MODES:
@@ -76,6 +78,12 @@ class EncoderConfig:
             # question and passage sides identical, which is never what a user of these modes wants.
             raise ConfigError(f"--share_encoder applies to fine-tuning and --bitfit, not --{self.tuning} "
                               f"(its backbone is always shared)")
+        if self.tune_side not in TUNE_SIDES:
+            raise ConfigError(f"--tune_side {self.tune_side!r} is not one of {', '.join(TUNE_SIDES)}")
+        if self.tune_side == "question" and (self.projection_dim or self.share_encoder):
+            # The passage side is the fixed base encoder: it has no projection and is never shared.
+            raise ConfigError("--tune_side question keeps the passage encoder fixed; it cannot be combined "
+                              f"with --projection_dim {self.projection_dim} or --share_encoder")
         if self.gradient_checkpointing and self.tuning in ("prefix", "adapter"):
             # BERT's checkpointed layers drop past_key_values, and adapter hooks would not run on the
             # recomputation: either would silently train the wrong model, so refuse.
@@ -85,6 +93,18 @@ class EncoderConfig:
     @property
     def frozen_backbone(self) -> bool:
         return self.tuning in FROZEN_BACKBONE_MODES
+
+    def passage_config(self) -> "EncoderConfig":
+        """The config of the passage side alone: what a passage index made with this model records.
+
+        With ``tune_side='question'`` the passage side is the untouched base model, so it equals the
+        config of a zero-shot base encoder and an index built before training stays valid.
+        """
+        if self.tune_side == "both":
+            return self
+        return EncoderConfig(pretrained_model_cfg=self.pretrained_model_cfg, pooling=self.pooling,
+                             sequence_length=self.sequence_length, do_lower_case=self.do_lower_case,
+                             dropout=self.dropout)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -101,7 +121,7 @@ class EncoderConfig:
 # Fields that define the network: a flag that contradicts the checkpoint here is an error. The rest
 # (sequence length, dropout, ...) may be changed when a checkpoint is reused.
 ARCHITECTURE_FIELDS = ("pretrained_model_cfg", "tuning", "pre_seq_len", "prefix_mlp", "prefix_hidden_size",
-                       "prompt_encoder", "adapter_size", "pooling", "projection_dim", "share_encoder")
+                       "prompt_encoder", "adapter_size", "pooling", "projection_dim", "share_encoder", "tune_side")
 _FLAG_NAMES = {"tuning": "the tuning mode (--prefix/--prompt/--bitfit/--adapter, none = fine-tuning)"}
 
 
@@ -123,6 +143,9 @@ def add_encoder_params(parser: argparse.ArgumentParser) -> None:
                        help="one encoder for questions and passages (fine-tuning and BitFit)")
     group.add_argument("--gradient_checkpointing", action="store_const", const=True, default=None,
                        help="trade compute for activation memory (not with --prefix or --adapter)")
+    group.add_argument("--tune_side", choices=TUNE_SIDES, default=None,
+                       help="both (default) or question: tune only the question encoder; passages keep the "
+                            "base model's vectors, so an existing passage index stays valid")
 
 
 def add_tuning_params(parser: argparse.ArgumentParser) -> None:
@@ -243,6 +266,7 @@ class TrainConfig:
     val_av_rank_max_qs: int = 10_000
     keep_checkpoints: int = 2
     fix_ctx_encoder: bool = False
+    ctx_embeddings: tuple[str, ...] = ()
     precision: str = "fp32"
     no_cuda: bool = False
     local_rank: int = -1
@@ -306,6 +330,9 @@ def add_training_params(parser: argparse.ArgumentParser) -> None:
                    help="warmup as a share of all steps (overrides --warmup_steps)")
     t.add_argument("--dropout", type=float, default=None, help="backbone dropout (0.1)")
     t.add_argument("--fix_ctx_encoder", action="store_true", help="train the question side only")
+    t.add_argument("--ctx_embeddings", nargs="+", default=[],
+                   help="with --tune_side question: passage vectors from generate_embeddings.py shards "
+                        "(globs) instead of encoding the training passages once before training")
     t.add_argument("--global_loss_buf_sz", type=int, default=None,
                    help="accepted for compatibility; not needed (tensors are gathered directly)")
     h = parser.add_argument_group("hardware")
@@ -319,7 +346,7 @@ def add_training_params(parser: argparse.ArgumentParser) -> None:
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-    for name in ("train_file", "dev_file", "train_files_upsample_rates"):
+    for name in ("train_file", "dev_file", "train_files_upsample_rates", "ctx_embeddings"):
         if values.get(name) is not None:
             values[name] = tuple(values[name])
     return TrainConfig(**values)

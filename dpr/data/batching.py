@@ -8,6 +8,7 @@ of the batch, never to ``max_length``, and always on the right so [CLS] stays at
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ class BiEncoderBatch:
     context_segments: torch.Tensor  # (C, Tc) long
     positive_idx: torch.Tensor  # (B,) long: row of each question's positive in the context tensors
     hard_negative_idx: list[list[int]]  # per question, rows of its hard negatives
+    contexts: list[Passage] = dataclasses.field(default_factory=list)  # the C passages, row order
 
 
 def _check_max_length(max_length: int) -> None:
@@ -166,6 +168,7 @@ def build_biencoder_batch(
     shuffle_positives: bool = False,
     shuffle_negatives: bool = True,
     insert_title: bool = True,
+    tokenize_contexts: bool = True,
 ) -> BiEncoderBatch:
     """Build one batch: B questions and their contexts ``[positive, other negs, hard negs]``.
 
@@ -193,7 +196,9 @@ def build_biencoder_batch(
         hard_negative_idx.append(list(range(first_hard, first_hard + len(hards))))
         contexts.extend([positive, *others, *hards])
     questions = tokenize_questions(tokenizer, [s.question for s in samples], max_length)
-    ctx = tokenize_passages(tokenizer, contexts, max_length, insert_title=insert_title)
+    # Without tokenize_contexts (passage vectors come from a cache) the context tensors are empty.
+    ctx = (tokenize_passages(tokenizer, contexts, max_length, insert_title=insert_title) if tokenize_contexts
+           else dict.fromkeys(("input_ids", "attention_mask", "token_type_ids"), torch.zeros(0, 0, dtype=torch.long)))
     return BiEncoderBatch(
         question_ids=questions["input_ids"],
         question_mask=questions["attention_mask"],
@@ -203,4 +208,5 @@ def build_biencoder_batch(
         context_segments=ctx["token_type_ids"],
         positive_idx=torch.tensor(positive_idx, dtype=torch.long),  # (B,)
         hard_negative_idx=hard_negative_idx,
+        contexts=contexts,
     )

@@ -55,10 +55,14 @@ class BiEncoder(nn.Module):
         return questions @ passages.T
 
     def forward(self, q_ids: torch.Tensor, q_mask: torch.Tensor, q_segments: torch.Tensor | None,
-                c_ids: torch.Tensor, c_mask: torch.Tensor, c_segments: torch.Tensor | None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both sides in one call (what DDP wraps): returns ``(B, D)`` and ``(C, D)`` vectors."""
-        return self.encode_query(q_ids, q_mask, q_segments), self.encode_passage(c_ids, c_mask, c_segments)
+                c_ids: torch.Tensor | None = None, c_mask: torch.Tensor | None = None,
+                c_segments: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Both sides in one call (what DDP wraps): ``(B, D)`` and ``(C, D)`` vectors.
+
+        Without passage tokens only the questions are encoded (passage vectors come from a cache).
+        """
+        passages = self.encode_passage(c_ids, c_mask, c_segments) if c_ids is not None else None
+        return self.encode_query(q_ids, q_mask, q_segments), passages
 
 
 def resolve_config(config: EncoderConfig) -> EncoderConfig:
@@ -111,7 +115,12 @@ def build_biencoder_from_backbone(config: EncoderConfig, backbone: BertModel,
         prompt_init = prompt_init_embeddings(backbone.embeddings.word_embeddings.weight, prompt_init_ids,
                                              config.pre_seq_len)
     question = TunedEncoder(backbone, config, prompt_init)
-    if config.frozen_backbone:
+    if config.tune_side == "question":
+        # The passage side is the plain base encoder and never trains; it shares the backbone when
+        # that stays frozen, else keeps a frozen copy of the original weights.
+        ctx_backbone = backbone if config.frozen_backbone else copy.deepcopy(backbone).requires_grad_(False)
+        ctx = TunedEncoder(ctx_backbone, config.passage_config())
+    elif config.frozen_backbone:
         ctx = TunedEncoder(backbone, config, prompt_init)          # same backbone object: one copy
     elif config.share_encoder:
         ctx = question

@@ -27,6 +27,7 @@ from dpr.options import TrainConfig
 from dpr.training.checkpoint import TrainingPosition, checkpoint_name, save_checkpoint
 from dpr.training.distributed import (DistributedContext, autocast, barrier, global_biencoder_loss,
                                       make_grad_scaler, unwrap, wrap_ddp)
+from dpr.training.passage_cache import PassageVectorCache
 from dpr.training.run_dir import BestRecord, append_history, prune_checkpoints, read_best, update_best
 from dpr.training.validation import ValidationResult, validate_average_rank, validate_nll
 
@@ -88,6 +89,7 @@ class BiEncoderTrainer:
                 raise ValueError("--fix_ctx_encoder cannot be used with --share_encoder (one encoder for both)")
             for name, param in model.named_parameters():   # only the question side's tuned parameters train
                 param.requires_grad_(name in model.tuned_names and name.startswith("question_encoder."))
+        self.cache = self._passage_cache(train) if model.config.tune_side == "question" else None
         self.ddp_model = wrap_ddp(self.model, ctx)
         self.iterator = ShardedDataIterator(train, cfg.batch_size, shard_id=ctx.rank, num_shards=ctx.world_size,
                                             shuffle=True, seed=cfg.seed)
@@ -106,6 +108,14 @@ class BiEncoderTrainer:
         logger.info("%d training samples, %d iterations per epoch per rank, %d optimizer steps in all, "
                     "warmup %d", len(train), self.iterator.iterations_per_epoch, self.total_steps,
                     cfg.warmup_for(self.total_steps))
+
+    def _passage_cache(self, train: Sequence[BiEncoderSample]) -> PassageVectorCache:
+        """Fixed passage vectors for question-side training: from --ctx_embeddings, or encoded once now."""
+        if self.cfg.ctx_embeddings:
+            return PassageVectorCache.from_shards(self.cfg.ctx_embeddings, self.model, train, self.ctx.device)
+        return PassageVectorCache.encode(self.model, self.tokenizer, train, batch_size=self.cfg.val_av_rank_bsz,
+                                         insert_title=self.cfg.insert_title, device=self.ctx.device,
+                                         precision=self.cfg.precision)
 
     def run(self) -> BestRecord | None:
         epoch, start_iteration = self.position.epoch, self.position.iteration
@@ -148,13 +158,18 @@ class BiEncoderTrainer:
         batch = build_biencoder_batch(samples, self.tokenizer, rng, max_length=self.model.config.sequence_length,
                                       hard_negatives=cfg.hard_negatives, other_negatives=cfg.other_negatives,
                                       shuffle_positives=cfg.shuffle_positive_ctx, shuffle_negatives=True,
-                                      insert_title=cfg.insert_title)
+                                      insert_title=cfg.insert_title, tokenize_contexts=self.cache is None)
         torch.manual_seed(step_seed(cfg.seed, epoch, iteration, ctx.rank))   # dropout, reproducible on resume
         device = ctx.device
         with autocast(device, cfg.precision):
-            q, c = self.ddp_model(batch.question_ids.to(device), batch.question_mask.to(device),
-                                  batch.question_segments.to(device), batch.context_ids.to(device),
-                                  batch.context_mask.to(device), batch.context_segments.to(device))
+            if self.cache is not None:     # question-side tuning: passages are looked up, not encoded
+                q, _ = self.ddp_model(batch.question_ids.to(device), batch.question_mask.to(device),
+                                      batch.question_segments.to(device))
+                c = self.cache.lookup(batch.contexts)                          # (C, D)
+            else:
+                q, c = self.ddp_model(batch.question_ids.to(device), batch.question_mask.to(device),
+                                      batch.question_segments.to(device), batch.context_ids.to(device),
+                                      batch.context_mask.to(device), batch.context_segments.to(device))
         loss, _ = global_biencoder_loss(q.float(), c.float(), batch.positive_idx.to(device), ctx)
         self.scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
         self.pending += 1
