@@ -149,3 +149,17 @@ def test_a_crash_while_writing_keeps_the_previous_folder(tmp_path):
             raise RuntimeError("crash")
     assert (target / "a.txt").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "ckpt-probe"]   # no temp leftovers
+
+
+def test_a_training_output_folder_means_its_best_checkpoint(tmp_path, tiny_model_dir):
+    model = build_biencoder(EncoderConfig(pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4,
+                                          sequence_length=32))
+    best = save_checkpoint(str(tmp_path / "run" / "dpr_biencoder.1.5"), model)
+    save_checkpoint(str(tmp_path / "run" / "dpr_biencoder.2.5"), build_biencoder(model.config))
+    (tmp_path / "run" / "best_checkpoint.json").write_text(json.dumps({"path": best}))
+    assert read_checkpoint_info(str(tmp_path / "run")).path == best
+    loaded, _ = load_biencoder(str(tmp_path / "run"))
+    assert torch.equal(dict(loaded.named_parameters())["question_encoder.prefix.embedding.weight"],
+                       dict(model.named_parameters())["question_encoder.prefix.embedding.weight"])
+    with pytest.raises(CheckpointError, match="nor a training output folder"):
+        read_checkpoint_info(str(tmp_path))

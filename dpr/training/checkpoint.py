@@ -35,6 +35,7 @@ VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"
+BEST_FILE = "best_checkpoint.json"     # in a training output folder: which checkpoint is the best
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,24 @@ def save_checkpoint(path: str, model: BiEncoder, *, optimizer: torch.optim.Optim
     return path
 
 
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint folder as given, or the best checkpoint of a training output folder."""
+    best_file = os.path.join(path, BEST_FILE)
+    if not os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isfile(best_file):
+        with open(best_file, encoding="utf-8") as handle:
+            best = json.load(handle)["path"]
+        logger.info("%s is a training output folder; using its best checkpoint %s", path, best)
+        return best
+    return path
+
+
 def read_checkpoint_info(path: str) -> CheckpointInfo:
-    """Read and validate ``config.json`` of a checkpoint folder."""
+    """Read and validate ``config.json`` of a checkpoint folder (or of a run folder's best checkpoint)."""
+    path = resolve_checkpoint(path)
     config_path = os.path.join(path, CONFIG_FILE)
     if not os.path.isfile(config_path):
-        raise CheckpointError(f"{path} is not a checkpoint folder (no {CONFIG_FILE})")
+        raise CheckpointError(f"{path} is not a checkpoint folder (no {CONFIG_FILE}) nor a training output "
+                              f"folder (no {BEST_FILE})")
     try:
         with open(config_path, encoding="utf-8") as handle:
             config = json.load(handle)
@@ -127,6 +141,7 @@ def load_biencoder(path: str, args: argparse.Namespace | None = None) -> tuple[B
     dropout); a contradicting architecture flag raises ConfigError naming both values.
     """
     info = read_checkpoint_info(path)
+    path = info.path
     encoder = info.encoder if args is None else encoder_config_from_args(args, info.encoder, source=path)
     model = build_biencoder(encoder)
     check_backbone(info.backbone, model.backbone, path)

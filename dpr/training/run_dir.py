@@ -15,11 +15,10 @@ import shutil
 from dataclasses import asdict, dataclass
 
 from dpr.atomic import atomic_file
-from dpr.training.checkpoint import CheckpointError, read_checkpoint_info
+from dpr.training.checkpoint import BEST_FILE, CheckpointError, read_checkpoint_info
 
 logger = logging.getLogger(__name__)
 
-BEST_FILE = "best_checkpoint.json"
 HISTORY_FILE = "validation_log.jsonl"
 
 
