@@ -27,7 +27,10 @@ setup(
         "PyStemmer>=2.2",
     ],
     extras_require={
-        "dev": ["pytest>=7"],
+        "dev": ["pytest>=7", "peft>=0.21"],
+        # Only to load exported prefixes in PEFT (export/import itself needs no PEFT). 0.21 is the version
+        # tested: it offsets the position_ids a caller passes (see dpr/models/peft_interop.py).
+        "peft": ["peft>=0.21"],
         "plot": ["matplotlib>=3.7"],
     },
     entry_points={

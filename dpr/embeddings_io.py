@@ -98,6 +98,19 @@ def encoder_digest(encoder: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def passage_identity(model: Any) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """What a shard records about the passage encoder of a BiEncoder, for ``check_encoder_match``:
+    (the passage side's own config, backbone fingerprint, passage-encoder digest).
+
+    The passage side's config (``EncoderConfig.passage_config``) is the base model's for a
+    question-side checkpoint, so an index built before training matches it.
+    """
+    from dpr.models.serialization import backbone_fingerprint   # models import nothing from here
+
+    return (model.config.passage_config().to_dict(), backbone_fingerprint(model.backbone),
+            encoder_digest(model.ctx_encoder))
+
+
 def shard_path(out_file: str, shard_id: int) -> str:
     return f"{out_file}_{shard_id}"
 

@@ -1,4 +1,7 @@
-"""After training: load an encoder for inference, and search embedding shards with FAISS indexes.
+"""After training: load an encoder (or several task encoders) for inference, and search embedding shards.
+
+:class:`TaskEncoder` serves several task checkpoints (prefix, prompt or adapter) on ONE frozen backbone
+(:class:`dpr.models.tasks.TaskLibrary`) and encodes texts with whichever task a call names.
 
 Embedding shards can be searched as one index or as several index groups, one at a time: each group is
 built (or loaded), searched, and freed before the next, and the per-group top-k lists are merged with
@@ -14,7 +17,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,13 +25,15 @@ import numpy as np
 import torch
 
 from dpr.atomic import atomic_directory
-from dpr.embeddings_io import EmbeddingShard, EmbeddingsError, encoder_digest
+from dpr.data.readers import Passage
+from dpr.embeddings_io import EmbeddingShard, EmbeddingsError, passage_identity
+from dpr.encoding import Side, encode_texts
 from dpr.indexer.faiss_index import DenseIndex, IndexParams, merge_topk
 from dpr.models.biencoder import BiEncoder, build_biencoder
-from dpr.models.hub import load_tokenizer
-from dpr.models.serialization import backbone_fingerprint
-from dpr.options import ConfigError, encoder_config_from_args
-from dpr.training.checkpoint import load_biencoder
+from dpr.models.hub import load_backbone, load_tokenizer
+from dpr.models.tasks import TaskLibrary
+from dpr.options import ARCHITECTURE_FIELDS, ConfigError, EncoderConfig, encoder_config_from_args
+from dpr.training.checkpoint import WEIGHTS_FILE, CheckpointInfo, load_biencoder, read_checkpoint_info
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +51,7 @@ class InferenceModel:
 
     def identity(self) -> tuple[dict[str, Any], dict[str, Any], str]:
         """(encoder config dict, backbone fingerprint, passage-encoder digest): what embeddings record."""
-        return (self.model.config.to_dict(), backbone_fingerprint(self.model.backbone),
-                encoder_digest(self.model.ctx_encoder))
+        return passage_identity(self.model)
 
 
 def select_device(no_cuda: bool, precision: str) -> torch.device:
@@ -66,7 +70,7 @@ def load_inference_model(args: argparse.Namespace, device: torch.device) -> Infe
     """
     if args.model_file:
         model, info = load_biencoder(args.model_file, args)
-        checkpoint, training = os.path.abspath(args.model_file), info.training
+        checkpoint, training = os.path.abspath(info.path), info.training
     else:
         config = encoder_config_from_args(args)
         if config.tuning in ("finetune", "bitfit") and getattr(args, "share_encoder", None) is None:
@@ -78,6 +82,90 @@ def load_inference_model(args: argparse.Namespace, device: torch.device) -> Infe
     tokenizer = load_tokenizer(model.config.pretrained_model_cfg, model.config.do_lower_case)
     model.to(device).eval()
     return InferenceModel(model, tokenizer, checkpoint, training)
+
+
+class TaskEncoder:
+    """Several task checkpoints on one frozen backbone, encoding texts with the task a call names.
+
+    >>> encoder = TaskEncoder.from_checkpoints({"scifact": "ckpt/scifact", "nq": "ckpt/nq"})
+    >>> vectors = encoder.encode(["what causes scurvy?"], task="scifact")       # (1, D) float32
+
+    The backbone ``pretrained_model_cfg`` is loaded once; every registered checkpoint must have been
+    trained on it (checked by name and shape). Switching tasks between calls moves no backbone weights.
+    """
+
+    def __init__(self, pretrained_model_cfg: str, device: torch.device | str = "cpu") -> None:
+        # Dropout settings do not matter: the backbone only ever runs in eval mode here.
+        self.library = TaskLibrary(load_backbone(pretrained_model_cfg), pretrained_model_cfg).to(device)
+        self._checkpoints: dict[str, str] = {}
+        self._tokenizers: dict[bool, Any] = {}       # by do_lower_case: tasks may differ only in that
+
+    @classmethod
+    def from_checkpoints(cls, checkpoints: Mapping[str, str], device: torch.device | str = "cpu") -> "TaskEncoder":
+        """Load the backbone named by the first checkpoint and register every ``{task: checkpoint folder}``."""
+        if not checkpoints:
+            raise ConfigError("a task encoder needs at least one task checkpoint")
+        first = read_checkpoint_info(next(iter(checkpoints.values())))
+        encoder = cls(first.encoder.pretrained_model_cfg, device)
+        for name, path in checkpoints.items():
+            encoder.register(name, path)
+        return encoder
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """Registered task names, in registration order."""
+        return self.library.tasks
+
+    def register(self, name: str, checkpoint_path: str, config: EncoderConfig | None = None) -> CheckpointInfo:
+        """Register the checkpoint folder ``checkpoint_path`` as task ``name``.
+
+        ``config`` (default: the checkpoint's) may change settings that do not alter the network, such
+        as ``sequence_length``; an architecture field that differs from the checkpoint's is an error.
+        """
+        info = read_checkpoint_info(checkpoint_path)
+        if config is None:
+            config = info.encoder
+        diffs = [f"{f}: {getattr(config, f)!r} vs checkpoint {getattr(info.encoder, f)!r}"
+                 for f in ARCHITECTURE_FIELDS if getattr(config, f) != getattr(info.encoder, f)]
+        if diffs:
+            raise ConfigError(f"task {name!r}: config contradicts {checkpoint_path} ({'; '.join(diffs)})")
+        self.library.add(name, config, info.backbone, os.path.join(checkpoint_path, WEIGHTS_FILE), checkpoint_path)
+        self._checkpoints[name] = os.path.abspath(checkpoint_path)
+        return info
+
+    def unregister(self, name: str) -> None:
+        self.library.remove(name)
+        del self._checkpoints[name]
+
+    def model(self, task: str) -> BiEncoder:
+        return self.library.model(task)
+
+    def checkpoint(self, task: str) -> str:
+        """Absolute path of the checkpoint registered as ``task``."""
+        self.library.model(task)                 # unknown names get the error listing registered tasks
+        return self._checkpoints[task]
+
+    def identity(self, task: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+        """The passage-encoder identity of ``task``, to check against an index (``check_encoder_match``)."""
+        return passage_identity(self.library.model(task))
+
+    def tokenizer(self, do_lower_case: bool) -> Any:
+        if do_lower_case not in self._tokenizers:
+            self._tokenizers[do_lower_case] = load_tokenizer(self.library.model_name, do_lower_case)
+        return self._tokenizers[do_lower_case]
+
+    def encode(self, texts: Sequence[str] | Sequence[Passage], task: str, side: Side = "question", *,
+               batch_size: int = 32, max_length: int | None = None, precision: str = "fp32",
+               progress: bool = False) -> np.ndarray:
+        """Encode questions (strings) or passages with task ``task``; returns (N, D) float32 in input order.
+
+        ``max_length`` defaults to the task's ``sequence_length``.
+        """
+        model = self.library.model(task)
+        config = model.config
+        return encode_texts(model, self.tokenizer(config.do_lower_case), texts, side,
+                            max_length=max_length or config.sequence_length, batch_size=batch_size,
+                            device=self.library.device, precision=precision, progress=progress)
 
 
 def group_shards(shards: Sequence[EmbeddingShard], num_groups: int) -> list[list[EmbeddingShard]]:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from dpr.atomic import atomic_directory
-from dpr.embeddings_io import encoder_digest
+from dpr.embeddings_io import passage_identity
 from dpr.models.biencoder import BiEncoder, build_biencoder
 from dpr.models.serialization import backbone_fingerprint, check_backbone, load_tuned_weights, save_tuned_weights
 from dpr.options import EncoderConfig, encoder_config_from_args
@@ -74,8 +74,7 @@ def save_checkpoint(path: str, model: BiEncoder, *, optimizer: torch.optim.Optim
         "backbone": backbone_fingerprint(model.backbone),
         "tuned_parameters": list(model.tuned_names),
         # Which passage encoder an index must come from to be searched with this checkpoint.
-        "passage_encoder": {"config": model.config.passage_config().to_dict(),
-                            "digest": encoder_digest(model.ctx_encoder)},
+        "passage_encoder": dict(zip(("config", "backbone", "digest"), passage_identity(model))),
         "position": asdict(position),
         "training": training or {},
     }

@@ -16,10 +16,9 @@ import numpy as np
 import torch
 
 from dpr.data.readers import BiEncoderSample, Passage
-from dpr.embeddings_io import EmbeddingsError, check_encoder_match, encoder_digest, find_shards
+from dpr.embeddings_io import EmbeddingsError, check_encoder_match, find_shards, passage_identity
 from dpr.encoding import encode_texts
 from dpr.models.biencoder import BiEncoder
-from dpr.models.serialization import backbone_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +71,7 @@ class PassageVectorCache:
                     device: torch.device) -> "PassageVectorCache":
         """Read the vectors of the training passages from embedding shards of the same passage encoder."""
         shards = find_shards(list(patterns))
-        identity = (model.config.passage_config().to_dict(), backbone_fingerprint(model.backbone),
-                    encoder_digest(model.ctx_encoder))
+        identity = passage_identity(model)
         for shard in shards:
             check_encoder_match(shard, *identity, None)
         wanted = _all_passages(samples)
