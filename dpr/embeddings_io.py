@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from dpr.atomic import atomic_directory
-from dpr.options import ARCHITECTURE_FIELDS
+from dpr.options import ARCHITECTURE_FIELDS, EncoderConfig
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ META_FILE = "meta.json"
 STORAGE_DTYPES = ("float32", "float16")
 # Encoder settings that change a passage's vector (besides the weights, which the digest covers).
 IDENTITY_FIELDS = tuple(f for f in ARCHITECTURE_FIELDS if f != "share_encoder") + ("do_lower_case",)
+_DEFAULTS = EncoderConfig().to_dict()
 
 
 class EmbeddingsError(ValueError):
@@ -296,8 +297,10 @@ def _check_same_corpus(a: EmbeddingShard, b: EmbeddingShard) -> None:
 def _identity_diffs(header: ShardHeader, encoder: dict[str, Any], backbone: dict[str, Any],
                     digest: str) -> list[str]:
     """Human-readable differences between a header's encoder and another one (empty when equal)."""
-    diffs = [f"{name}: {header.encoder.get(name)!r} vs {encoder.get(name)!r}" for name in IDENTITY_FIELDS
-             if header.encoder.get(name) != encoder.get(name)]
+    # A field missing from an older header (or config) holds its default value.
+    ours, theirs = {**_DEFAULTS, **header.encoder}, {**_DEFAULTS, **encoder}
+    diffs = [f"{name}: {ours.get(name)!r} vs {theirs.get(name)!r}" for name in IDENTITY_FIELDS
+             if ours.get(name) != theirs.get(name)]
     diffs += [f"backbone {key}: {header.backbone.get(key)!r} vs {backbone.get(key)!r}"
               for key in sorted(set(header.backbone) | set(backbone)) if header.backbone.get(key) != backbone.get(key)]
     if not diffs and header.encoder_digest != digest:

@@ -53,6 +53,7 @@ class EncoderConfig:
     dropout: float = 0.1
     gradient_checkpointing: bool = False
     tune_side: str = "both"
+    normalize: bool | None = None          # L2-normalise the output; None = auto (sentence-transformers)
 
     def __post_init__(self) -> None:
         if self.tuning not in TUNING_MODES:
@@ -103,8 +104,8 @@ class EncoderConfig:
         if self.tune_side == "both":
             return self
         return EncoderConfig(pretrained_model_cfg=self.pretrained_model_cfg, pooling=self.pooling,
-                             sequence_length=self.sequence_length, do_lower_case=self.do_lower_case,
-                             dropout=self.dropout)
+                             normalize=self.normalize, sequence_length=self.sequence_length,
+                             do_lower_case=self.do_lower_case, dropout=self.dropout)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -121,7 +122,8 @@ class EncoderConfig:
 # Fields that define the network: a flag that contradicts the checkpoint here is an error. The rest
 # (sequence length, dropout, ...) may be changed when a checkpoint is reused.
 ARCHITECTURE_FIELDS = ("pretrained_model_cfg", "tuning", "pre_seq_len", "prefix_mlp", "prefix_hidden_size",
-                       "prompt_encoder", "adapter_size", "pooling", "projection_dim", "share_encoder", "tune_side")
+                       "prompt_encoder", "adapter_size", "pooling", "projection_dim", "share_encoder", "tune_side",
+                       "normalize")
 _FLAG_NAMES = {"tuning": "the tuning mode (--prefix/--prompt/--bitfit/--adapter, none = fine-tuning)"}
 
 
@@ -139,6 +141,10 @@ def add_encoder_params(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--pooling", choices=POOLING_MODES, default=None,
                        help="cls (DPR) or mean (sentence-transformers); auto picks mean for "
                             "sentence-transformers folders, else cls")
+    group.add_argument("--normalize", dest="normalize", action="store_const", const=True, default=None,
+                       help="L2-normalise the vectors (cosine similarity); default: on when the model folder's "
+                            "sentence-transformers modules include Normalize (minilm-l6), else off")
+    group.add_argument("--no_normalize", dest="normalize", action="store_const", const=False)
     group.add_argument("--share_encoder", action="store_const", const=True, default=None,
                        help="one encoder for questions and passages (fine-tuning and BitFit)")
     group.add_argument("--gradient_checkpointing", action="store_const", const=True, default=None,
@@ -265,6 +271,7 @@ class TrainConfig:
     val_av_rank_bsz: int = 128
     val_av_rank_max_qs: int = 10_000
     keep_checkpoints: int = 2
+    loss_scale: float | None = None        # scores x scale in the loss; None: 20 for normalised vectors, else 1
     fix_ctx_encoder: bool = False
     ctx_embeddings: tuple[str, ...] = ()
     precision: str = "fp32"
@@ -282,6 +289,8 @@ class TrainConfig:
                      "val_av_rank_hard_neg", "val_av_rank_other_neg"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if self.loss_scale is not None and self.loss_scale <= 0:
+            raise ConfigError(f"--loss_scale must be > 0, got {self.loss_scale}")
         if self.learning_rate <= 0:
             raise ConfigError(f"--learning_rate must be > 0, got {self.learning_rate}")
         if self.warmup_percentage is not None and not 0.0 <= self.warmup_percentage <= 1.0:
@@ -290,6 +299,12 @@ class TrainConfig:
             raise ConfigError(f"precision {self.precision!r} is not fp32, fp16 or bf16")
         if not self.train_file:
             raise ConfigError("--train_file is required (one or more files or glob patterns)")
+
+    def scale_for(self, normalized: bool) -> float:
+        """The loss scale: --loss_scale, else 20 for L2-normalised vectors (as sentence-transformers' MNRL)."""
+        if self.loss_scale is not None:
+            return self.loss_scale
+        return 20.0 if normalized else 1.0
 
     def warmup_for(self, total_steps: int) -> int:
         """Warmup steps: --warmup_percentage of all optimizer steps when given, else --warmup_steps."""
@@ -326,6 +341,9 @@ def add_training_params(parser: argparse.ArgumentParser) -> None:
     for name in ("learning_rate", "adam_eps", "weight_decay", "max_grad_norm"):
         t.add_argument(f"--{name}", type=float, default=getattr(d, name))
     t.add_argument("--adam_betas", type=parse_betas, default=d.adam_betas)
+    t.add_argument("--loss_scale", type=float, default=None,
+                   help="multiply scores by this in the loss (inverse temperature); default 20 when vectors "
+                        "are L2-normalised (cosine scores lie in [-1, 1]), else 1")
     t.add_argument("--warmup_percentage", type=float, default=None,
                    help="warmup as a share of all steps (overrides --warmup_steps)")
     t.add_argument("--dropout", type=float, default=None, help="backbone dropout (0.1)")

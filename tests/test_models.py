@@ -237,3 +237,22 @@ def test_real_bert_tiny_in_every_mode():
         assert model.config.pooling == "cls"
         frozen = dataclasses.replace(cfg).frozen_backbone
         assert (model.question_encoder.backbone is model.ctx_encoder.backbone) == frozen
+
+
+def test_normalize_auto_follows_the_sentence_transformers_modules():
+    from dpr.models.biencoder import resolve_config
+    assert resolve_config(EncoderConfig(pretrained_model_cfg="minilm-l6")).normalize is True    # has 2_Normalize
+    assert resolve_config(EncoderConfig(pretrained_model_cfg="bert-tiny")).normalize is False
+    assert resolve_config(EncoderConfig(pretrained_model_cfg="minilm-l6", normalize=False)).normalize is False
+    model = make("prefix", normalize=True).eval()
+    ids, mask, seg = batch()
+    with torch.no_grad():
+        norms = model.encode_passage(ids, mask, seg).norm(dim=-1)
+    torch.testing.assert_close(norms, torch.ones(2))
+
+
+def test_loss_scale_defaults_to_20_for_normalised_vectors():
+    from dpr.options import TrainConfig
+    assert TrainConfig(train_file=("x",)).scale_for(True) == 20.0
+    assert TrainConfig(train_file=("x",)).scale_for(False) == 1.0
+    assert TrainConfig(train_file=("x",), loss_scale=5.0).scale_for(True) == 5.0

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import BertModel
 
 from dpr.models.encoder import TunedEncoder
-from dpr.models.hub import default_pooling, load_backbone
+from dpr.models.hub import default_normalize, default_pooling, load_backbone
 from dpr.models.prefix import prompt_init_embeddings
 from dpr.options import ConfigError, EncoderConfig
 
@@ -66,11 +66,14 @@ class BiEncoder(nn.Module):
 
 
 def resolve_config(config: EncoderConfig) -> EncoderConfig:
-    """Replace ``pooling='auto'`` by what the model calls for (mean for sentence-transformers)."""
+    """Resolve the 'auto' settings from the model folder: pooling (mean for sentence-transformers) and
+    L2 normalisation (on when its sentence-transformers modules include Normalize)."""
     if config.pooling == "auto":
-        pooling = default_pooling(config.pretrained_model_cfg)
-        logger.info("pooling auto -> %s for %s", pooling, config.pretrained_model_cfg)
-        return dataclasses.replace(config, pooling=pooling)
+        config = dataclasses.replace(config, pooling=default_pooling(config.pretrained_model_cfg))
+        logger.info("pooling auto -> %s for %s", config.pooling, config.pretrained_model_cfg)
+    if config.normalize is None:
+        config = dataclasses.replace(config, normalize=default_normalize(config.pretrained_model_cfg))
+        logger.info("normalize auto -> %s for %s", config.normalize, config.pretrained_model_cfg)
     return config
 
 
@@ -101,6 +104,8 @@ def build_biencoder_from_backbone(config: EncoderConfig, backbone: BertModel,
     """
     if config.pooling == "auto":
         raise ConfigError("pooling must be resolved before building (see resolve_config)")
+    if config.normalize is None:       # a bare backbone has no sentence-transformers folder to ask
+        config = dataclasses.replace(config, normalize=False)
     check_positions(config, backbone.config.max_position_embeddings)
     if config.gradient_checkpointing:
         # Non-reentrant checkpointing lets gradients reach a soft prompt fed through inputs_embeds.

@@ -122,8 +122,12 @@ class TunedEncoder(nn.Module):
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Encode ``(B, T)`` token tensors into ``(B, D)`` vectors."""
         states = self.token_states(input_ids, attention_mask, token_type_ids)  # (B, T, H)
-        pooled = pool(states, attention_mask, self.config.pooling)             # (B, H)
-        return self.projection(pooled) if self.projection is not None else pooled
+        vectors = pool(states, attention_mask, self.config.pooling)            # (B, H)
+        if self.projection is not None:
+            vectors = self.projection(vectors)                                 # (B, D)
+        if self.config.normalize:
+            vectors = torch.nn.functional.normalize(vectors, dim=-1)           # cosine models
+        return vectors
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:

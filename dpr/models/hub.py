@@ -115,3 +115,12 @@ def default_pooling(name: str) -> str:
         if cfg.get("pooling_mode_mean_tokens"):
             return "mean"
     return "cls"
+
+
+def default_normalize(name: str) -> bool:
+    """True when the folder's sentence-transformers pipeline ends in a Normalize module (cosine models)."""
+    modules = os.path.join(resolve_model_path(name), "modules.json")
+    if not os.path.isfile(modules):
+        return False
+    with open(modules, encoding="utf-8") as handle:
+        return any(str(m.get("type", "")).endswith(".Normalize") for m in json.load(handle))

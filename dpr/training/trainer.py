@@ -89,6 +89,7 @@ class BiEncoderTrainer:
                 raise ValueError("--fix_ctx_encoder cannot be used with --share_encoder (one encoder for both)")
             for name, param in model.named_parameters():   # only the question side's tuned parameters train
                 param.requires_grad_(name in model.tuned_names and name.startswith("question_encoder."))
+        self.scale = cfg.scale_for(bool(model.config.normalize))
         self.cache = self._passage_cache(train) if model.config.tune_side == "question" else None
         self.ddp_model = wrap_ddp(self.model, ctx)
         self.iterator = ShardedDataIterator(train, cfg.batch_size, shard_id=ctx.rank, num_shards=ctx.world_size,
@@ -106,8 +107,8 @@ class BiEncoderTrainer:
         self.pending = 0                        # micro-batches accumulated since the last optimizer step
         self.losses: deque[float] = deque(maxlen=cfg.train_rolling_loss_step)
         logger.info("%d training samples, %d iterations per epoch per rank, %d optimizer steps in all, "
-                    "warmup %d", len(train), self.iterator.iterations_per_epoch, self.total_steps,
-                    cfg.warmup_for(self.total_steps))
+                    "warmup %d, loss scale %g", len(train), self.iterator.iterations_per_epoch, self.total_steps,
+                    cfg.warmup_for(self.total_steps), self.scale)
 
     def _passage_cache(self, train: Sequence[BiEncoderSample]) -> PassageVectorCache:
         """Fixed passage vectors for question-side training: from --ctx_embeddings, or encoded once now."""
@@ -170,7 +171,8 @@ class BiEncoderTrainer:
                 q, c = self.ddp_model(batch.question_ids.to(device), batch.question_mask.to(device),
                                       batch.question_segments.to(device), batch.context_ids.to(device),
                                       batch.context_mask.to(device), batch.context_segments.to(device))
-        loss, _ = global_biencoder_loss(q.float(), c.float(), batch.positive_idx.to(device), ctx)
+        # Scaling the questions scales every score: the inverse temperature of the softmax.
+        loss, _ = global_biencoder_loss(q.float() * self.scale, c.float(), batch.positive_idx.to(device), ctx)
         self.scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
         self.pending += 1
         return float(loss.detach())
@@ -207,7 +209,7 @@ class BiEncoderTrainer:
                                          max_questions=cfg.val_av_rank_max_qs, **common)
         return validate_nll(model, self.dev, self.tokenizer, batch_size=cfg.dev_batch_size,
                             hard_negatives=cfg.hard_negatives, other_negatives=cfg.other_negatives,
-                            seed=cfg.seed, **common)
+                            seed=cfg.seed, scale=self.scale, **common)
 
     def validate_and_save(self) -> None:
         """Validate, write a checkpoint, keep the best by the current metric, prune the others."""

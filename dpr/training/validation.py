@@ -34,8 +34,11 @@ class ValidationResult:
 @torch.inference_mode()
 def validate_nll(model: BiEncoder, samples: Sequence[BiEncoderSample], tokenizer: Any, *, batch_size: int,
                  max_length: int, hard_negatives: int, other_negatives: int, insert_title: bool, seed: int,
-                 ctx: DistributedContext, precision: str = "fp32") -> ValidationResult:
-    """Mean in-batch NLL and top-1 accuracy over the dev questions (no shuffling of negatives)."""
+                 ctx: DistributedContext, precision: str = "fp32", scale: float = 1.0) -> ValidationResult:
+    """Mean in-batch NLL and top-1 accuracy over the dev questions (no shuffling of negatives).
+
+    ``scale`` multiplies the scores as in training (the loss's inverse temperature).
+    """
     model.eval()
     iterator = ShardedDataIterator(samples, batch_size, shard_id=ctx.rank, num_shards=ctx.world_size,
                                    shuffle=False, seed=seed)
@@ -53,7 +56,7 @@ def validate_nll(model: BiEncoder, samples: Sequence[BiEncoderSample], tokenizer
                                    batch.question_segments.to(ctx.device))
             c = model.encode_passage(batch.context_ids.to(ctx.device), batch.context_mask.to(ctx.device),
                                      batch.context_segments.to(ctx.device))
-        scores = (q @ c.T).float()                                             # (B, C)
+        scores = scale * (q @ c.T).float()                                     # (B, C)
         log_probs = torch.log_softmax(scores, dim=1)
         positive = batch.positive_idx.to(ctx.device)
         total_loss += float(-log_probs.gather(1, positive[:, None]).sum())
