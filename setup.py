@@ -10,7 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["dpr", "dpr.*", "colbert", "colbert.*"]),
-    py_modules=["train_dense_encoder", "generate_embeddings", "dense_retriever", "prepare_data", "download_data"],
+    py_modules=["train_dense_encoder", "generate_embeddings", "dense_retriever", "prepare_data", "download_data",
+                "quickstart", "export_peft"],
     install_requires=[
         # torch is pinned by the install command (torch==2.13.0, a CPU wheel here); any 2.x >= 2.3 works.
         "torch>=2.3",
