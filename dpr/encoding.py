@@ -96,8 +96,11 @@ def side_functions(model: nn.Module, tokenizer: Any, side: Side, max_length: int
     if side == "question":
         return model.encode_query, lambda texts: tokenize_questions(tokenizer, texts, max_length)
     if side == "passage":
+        # The model's own title format, so passages are encoded as the model was trained / evaluated.
+        title_mode = getattr(getattr(model, "config", None), "title_mode", "pair")
         return model.encode_passage, lambda passages: tokenize_passages(tokenizer, passages, max_length,
-                                                                        insert_title=insert_title)
+                                                                        insert_title=insert_title,
+                                                                        title_mode=title_mode)
     raise ValueError(f"side must be 'question' or 'passage', found {side!r}")
 
 

@@ -23,6 +23,7 @@ FROZEN_BACKBONE_MODES = ("prefix", "prompt", "adapter")
 POOLING_MODES = ("auto", "cls", "mean")
 PROMPT_ENCODERS = ("none", "lstm", "mlp")
 TUNE_SIDES = ("both", "question")
+TITLE_MODES = ("auto", "pair", "concat")
 DEFAULT_MODEL = "minilm-l6"
 
 Tuning = Literal["finetune", "prefix", "prompt", "bitfit", "adapter"]
@@ -54,6 +55,7 @@ class EncoderConfig:
     gradient_checkpointing: bool = False
     tune_side: str = "both"
     normalize: bool | None = None          # L2-normalise the output; None = auto (sentence-transformers)
+    title_mode: str = "auto"               # passages as a title/text pair (DPR) or "title text" (concat)
 
     def __post_init__(self) -> None:
         if self.tuning not in TUNING_MODES:
@@ -79,6 +81,8 @@ class EncoderConfig:
             # question and passage sides identical, which is never what a user of these modes wants.
             raise ConfigError(f"--share_encoder applies to fine-tuning and --bitfit, not --{self.tuning} "
                               f"(its backbone is always shared)")
+        if self.title_mode not in TITLE_MODES:
+            raise ConfigError(f"--title_mode {self.title_mode!r} is not one of {', '.join(TITLE_MODES)}")
         if self.tune_side not in TUNE_SIDES:
             raise ConfigError(f"--tune_side {self.tune_side!r} is not one of {', '.join(TUNE_SIDES)}")
         if self.tune_side == "question" and (self.projection_dim or self.share_encoder):
@@ -104,7 +108,8 @@ class EncoderConfig:
         if self.tune_side == "both":
             return self
         return EncoderConfig(pretrained_model_cfg=self.pretrained_model_cfg, pooling=self.pooling,
-                             normalize=self.normalize, sequence_length=self.sequence_length,
+                             normalize=self.normalize, title_mode=self.title_mode,
+                             sequence_length=self.sequence_length,
                              do_lower_case=self.do_lower_case, dropout=self.dropout)
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,7 +128,7 @@ class EncoderConfig:
 # (sequence length, dropout, ...) may be changed when a checkpoint is reused.
 ARCHITECTURE_FIELDS = ("pretrained_model_cfg", "tuning", "pre_seq_len", "prefix_mlp", "prefix_hidden_size",
                        "prompt_encoder", "adapter_size", "pooling", "projection_dim", "share_encoder", "tune_side",
-                       "normalize")
+                       "normalize", "title_mode")
 _FLAG_NAMES = {"tuning": "the tuning mode (--prefix/--prompt/--bitfit/--adapter, none = fine-tuning)"}
 
 
@@ -145,6 +150,10 @@ def add_encoder_params(parser: argparse.ArgumentParser) -> None:
                        help="L2-normalise the vectors (cosine similarity); default: on when the model folder's "
                             "sentence-transformers modules include Normalize (minilm-l6), else off")
     group.add_argument("--no_normalize", dest="normalize", action="store_const", const=False)
+    group.add_argument("--title_mode", choices=TITLE_MODES, default=None,
+                       help="pair: [CLS] title [SEP] text [SEP] (DPR); concat: 'title text' as one segment "
+                            "(how sentence-transformers models are evaluated on BEIR); auto: concat for "
+                            "sentence-transformers folders, else pair")
     group.add_argument("--share_encoder", action="store_const", const=True, default=None,
                        help="one encoder for questions and passages (fine-tuning and BitFit)")
     group.add_argument("--gradient_checkpointing", action="store_const", const=True, default=None,

@@ -162,3 +162,15 @@ def test_invalid_batches(tokenizer) -> None:
         tokenize_passages(tokenizer, [Passage("x")], max_length=1)
     minimal = tokenize_questions(tokenizer, ["many words here"], max_length=3)
     assert minimal["input_ids"].shape == (1, 3)
+
+
+def test_concat_title_mode_joins_title_and_text_into_one_segment(tokenizer) -> None:
+    passages = [Passage(text="the text part", title="A Title"), Passage(text="no title here")]
+    out = tokenize_passages(tokenizer, passages, max_length=32, title_mode="concat")
+    expected = tokenizer(["A Title the text part", "no title here"], padding=True, return_tensors="pt")
+    assert torch.equal(out["input_ids"], expected["input_ids"])
+    assert int(out["token_type_ids"].sum()) == 0          # one segment, unlike the DPR pair
+    pair = tokenize_passages(tokenizer, passages, max_length=32, title_mode="pair")
+    assert int(pair["token_type_ids"].sum()) > 0
+    with pytest.raises(ValueError, match="title_mode"):
+        tokenize_passages(tokenizer, passages, max_length=32, title_mode="joined")

@@ -256,3 +256,10 @@ def test_loss_scale_defaults_to_20_for_normalised_vectors():
     assert TrainConfig(train_file=("x",)).scale_for(True) == 20.0
     assert TrainConfig(train_file=("x",)).scale_for(False) == 1.0
     assert TrainConfig(train_file=("x",), loss_scale=5.0).scale_for(True) == 5.0
+
+
+def test_title_mode_auto_is_concat_for_sentence_transformers_models():
+    from dpr.models.biencoder import resolve_config
+    assert resolve_config(EncoderConfig(pretrained_model_cfg="minilm-l6")).title_mode == "concat"
+    assert resolve_config(EncoderConfig(pretrained_model_cfg="bert-tiny")).title_mode == "pair"
+    assert make("prefix").config.title_mode == "pair"

@@ -107,10 +107,13 @@ def tokenize_questions(
 
 
 def tokenize_passages(
-    tokenizer: Any, passages: Sequence[Passage], max_length: int, insert_title: bool = True
+    tokenizer: Any, passages: Sequence[Passage], max_length: int, insert_title: bool = True,
+    title_mode: str = "pair",
 ) -> dict[str, torch.Tensor]:
     """Tokenize passages as ``[CLS] title [SEP] text [SEP]`` (segments 0 then 1), or
-    ``[CLS] text [SEP]`` when the title is empty or ``insert_title`` is False.
+    ``[CLS] text [SEP]`` when the title is empty or ``insert_title`` is False. With
+    ``title_mode="concat"`` the title is joined to the text (``"title text"``) as one segment, as
+    sentence-transformers models are used on BEIR.
 
     Only the text is truncated, unless the title alone leaves no room. Padded to the longest
     sequence (at most ``max_length``). Returns ``input_ids``, ``attention_mask``,
@@ -119,6 +122,11 @@ def tokenize_passages(
     _check_max_length(max_length)
     if not passages:
         raise ValueError("tokenize_passages: no passages given")
+    if title_mode not in ("pair", "concat"):
+        raise ValueError(f"title_mode must be pair or concat, found {title_mode!r}")
+    if title_mode == "concat":
+        passages = [Passage(text=f"{p.title} {p.text}".strip() if insert_title else p.text,
+                            passage_id=p.passage_id) for p in passages]
     cls_id, sep_id, pad_id = _special_ids(tokenizer)
     texts = _word_pieces(tokenizer, [p.text for p in passages], max_length - _SPECIALS_SINGLE)
     titled = [i for i, p in enumerate(passages) if insert_title and p.title]
@@ -169,6 +177,7 @@ def build_biencoder_batch(
     shuffle_negatives: bool = True,
     insert_title: bool = True,
     tokenize_contexts: bool = True,
+    title_mode: str = "pair",
 ) -> BiEncoderBatch:
     """Build one batch: B questions and their contexts ``[positive, other negs, hard negs]``.
 
@@ -197,7 +206,8 @@ def build_biencoder_batch(
         contexts.extend([positive, *others, *hards])
     questions = tokenize_questions(tokenizer, [s.question for s in samples], max_length)
     # Without tokenize_contexts (passage vectors come from a cache) the context tensors are empty.
-    ctx = (tokenize_passages(tokenizer, contexts, max_length, insert_title=insert_title) if tokenize_contexts
+    ctx = (tokenize_passages(tokenizer, contexts, max_length, insert_title=insert_title, title_mode=title_mode)
+           if tokenize_contexts
            else dict.fromkeys(("input_ids", "attention_mask", "token_type_ids"), torch.zeros(0, 0, dtype=torch.long)))
     return BiEncoderBatch(
         question_ids=questions["input_ids"],

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import BertModel
 
 from dpr.models.encoder import TunedEncoder
-from dpr.models.hub import default_normalize, default_pooling, load_backbone
+from dpr.models.hub import default_normalize, default_pooling, default_title_mode, load_backbone
 from dpr.models.prefix import prompt_init_embeddings
 from dpr.options import ConfigError, EncoderConfig
 
@@ -66,14 +66,18 @@ class BiEncoder(nn.Module):
 
 
 def resolve_config(config: EncoderConfig) -> EncoderConfig:
-    """Resolve the 'auto' settings from the model folder: pooling (mean for sentence-transformers) and
-    L2 normalisation (on when its sentence-transformers modules include Normalize)."""
+    """Resolve the 'auto' settings from the model folder: pooling (mean for sentence-transformers),
+    L2 normalisation (on when its sentence-transformers modules include Normalize) and the title mode
+    (concat for sentence-transformers)."""
     if config.pooling == "auto":
         config = dataclasses.replace(config, pooling=default_pooling(config.pretrained_model_cfg))
         logger.info("pooling auto -> %s for %s", config.pooling, config.pretrained_model_cfg)
     if config.normalize is None:
         config = dataclasses.replace(config, normalize=default_normalize(config.pretrained_model_cfg))
         logger.info("normalize auto -> %s for %s", config.normalize, config.pretrained_model_cfg)
+    if config.title_mode == "auto":
+        config = dataclasses.replace(config, title_mode=default_title_mode(config.pretrained_model_cfg))
+        logger.info("title_mode auto -> %s for %s", config.title_mode, config.pretrained_model_cfg)
     return config
 
 
@@ -106,6 +110,8 @@ def build_biencoder_from_backbone(config: EncoderConfig, backbone: BertModel,
         raise ConfigError("pooling must be resolved before building (see resolve_config)")
     if config.normalize is None:       # a bare backbone has no sentence-transformers folder to ask
         config = dataclasses.replace(config, normalize=False)
+    if config.title_mode == "auto":
+        config = dataclasses.replace(config, title_mode="pair")
     check_positions(config, backbone.config.max_position_embeddings)
     if config.gradient_checkpointing:
         # Non-reentrant checkpointing lets gradients reach a soft prompt fed through inputs_embeds.

@@ -124,3 +124,8 @@ def default_normalize(name: str) -> bool:
         return False
     with open(modules, encoding="utf-8") as handle:
         return any(str(m.get("type", "")).endswith(".Normalize") for m in json.load(handle))
+
+
+def default_title_mode(name: str) -> str:
+    """'concat' for sentence-transformers folders (trained on single texts), else 'pair' (DPR)."""
+    return "concat" if os.path.isfile(os.path.join(resolve_model_path(name), "modules.json")) else "pair"

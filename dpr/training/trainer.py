@@ -159,7 +159,8 @@ class BiEncoderTrainer:
         batch = build_biencoder_batch(samples, self.tokenizer, rng, max_length=self.model.config.sequence_length,
                                       hard_negatives=cfg.hard_negatives, other_negatives=cfg.other_negatives,
                                       shuffle_positives=cfg.shuffle_positive_ctx, shuffle_negatives=True,
-                                      insert_title=cfg.insert_title, tokenize_contexts=self.cache is None)
+                                      insert_title=cfg.insert_title, tokenize_contexts=self.cache is None,
+                                      title_mode=self.model.config.title_mode)
         torch.manual_seed(step_seed(cfg.seed, epoch, iteration, ctx.rank))   # dropout, reproducible on resume
         device = ctx.device
         with autocast(device, cfg.precision):

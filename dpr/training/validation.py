@@ -50,7 +50,7 @@ def validate_nll(model: BiEncoder, samples: Sequence[BiEncoderSample], tokenizer
         batch = build_biencoder_batch(items, tokenizer, batch_rng(seed, 0, shard_batch.iteration, ctx.rank),
                                       max_length=max_length, hard_negatives=hard_negatives,
                                       other_negatives=other_negatives, shuffle_negatives=False,
-                                      insert_title=insert_title)
+                                      insert_title=insert_title, title_mode=model.config.title_mode)
         with autocast(ctx.device, precision):
             q = model.encode_query(batch.question_ids.to(ctx.device), batch.question_mask.to(ctx.device),
                                    batch.question_segments.to(ctx.device))
