@@ -203,3 +203,13 @@ def test_calibration_inputs_leave_out_short_rows():
     top, correct = calibration_inputs(scores, [[True, False, False], [False]], depth=5)
     np.testing.assert_array_equal(top, [[3.0, 2.0, 1.0]])
     np.testing.assert_array_equal(correct, [[True, False, False]])
+
+
+def test_beir_paths_accept_prepare_data_outputs(tmp_path):
+    from dpr.data.queries import beir_paths
+    (tmp_path / "squad-test-queries.jsonl").write_text('{"_id": "q1", "text": "x"}\n')
+    (tmp_path / "squad-test-qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tp1\t1\n")
+    assert beir_paths(str(tmp_path), "test") == (str(tmp_path / "squad-test-queries.jsonl"),
+                                                 str(tmp_path / "squad-test-qrels.tsv"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        beir_paths(str(tmp_path), "dev")

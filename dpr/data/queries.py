@@ -7,6 +7,7 @@ Every problem raises :class:`DataFormatError` naming the file and line.
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import logging
 import os
@@ -67,9 +68,14 @@ def _qa_pair(row: list[str], path: str, line: int) -> QAPair:
 
 
 def beir_paths(folder: str, split: str) -> tuple[str, str]:
-    """``(queries.jsonl, qrels/<split>.tsv)`` of a BEIR folder; FileNotFoundError naming what is absent."""
+    """``(queries.jsonl, qrels/<split>.tsv)`` of a BEIR folder, or the ``NAME-<split>-queries.jsonl`` /
+    ``NAME-<split>-qrels.tsv`` pair that prepare_data.py writes; FileNotFoundError naming what is absent."""
     queries = os.path.join(folder, "queries.jsonl")
     qrels = os.path.join(folder, "qrels", f"{split}.tsv")
+    if not os.path.isfile(queries):
+        prepared = sorted(glob.glob(os.path.join(glob.escape(folder), f"*-{split}-queries.jsonl")))
+        if len(prepared) == 1:
+            return prepared[0], prepared[0][: -len("queries.jsonl")] + "qrels.tsv"
     for path in (queries, qrels):
         if not os.path.isfile(path):
             splits = sorted(f[:-4] for f in os.listdir(os.path.join(folder, "qrels"))
