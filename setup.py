@@ -11,7 +11,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["dpr", "dpr.*", "colbert", "colbert.*"]),
     py_modules=["train_dense_encoder", "generate_embeddings", "dense_retriever", "prepare_data", "download_data",
-                "quickstart", "export_peft"],
+                "quickstart", "export_peft", "train_colbert", "index_colbert", "retrieve_colbert",
+                "make_colbert_triples"],
     install_requires=[
         # torch is pinned by the install command (torch==2.13.0, a CPU wheel here); any 2.x >= 2.3 works.
         "torch>=2.3",
@@ -41,6 +42,9 @@ setup(
             "dpr-retrieve=dense_retriever:cli",
             "dpr-prepare=prepare_data:cli",
             "dpr-download=download_data:cli",
+            "colbert-train=train_colbert:cli",
+            "colbert-index=index_colbert:cli",
+            "colbert-retrieve=retrieve_colbert:cli",
         ],
     },
 )

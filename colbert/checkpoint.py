@@ -1,0 +1,174 @@
+"""ColBERT checkpoint folders, mirroring ``dpr.training.checkpoint``.
+
+Layout of ``<output_dir>/colbert-<step>/`` (written atomically)::
+
+    config.json          format, the full ColBERT config (encoder, query_maxlen, doc_maxlen, dim,
+                         similarity, mask_punctuation), backbone shape, tuned parameter names, step,
+                         training config
+    model.safetensors    the tuned weights only (prefix + linear layer in prefix mode)
+    training_state.pt    optimizer, scheduler and loss-scaler state (read with weights_only=True)
+
+Loading rebuilds the model from ``config.json`` alone; a flag that contradicts it is an error naming both
+values, and weights that do not fit exactly are refused (never loaded non-strictly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from colbert.model import ColBERT, build_colbert
+from colbert.options import ColBERTConfig, colbert_config_from_args
+from dpr.atomic import atomic_directory
+from dpr.models.serialization import CheckpointMismatchError, backbone_fingerprint, check_backbone
+from dpr.options import ConfigError
+from dpr.training.checkpoint import CheckpointError, load_training_state
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "colbert-ptv2-checkpoint"
+VERSION = 1
+PREFIX = "colbert"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+STATE_FILE = "training_state.pt"     # the same name dpr uses, so its weights_only reader applies
+
+__all__ = [
+    "CheckpointInfo",
+    "checkpoint_path",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_colbert",
+    "load_training_state",
+    "prune_checkpoints",
+    "read_checkpoint_info",
+    "save_colbert",
+]
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: str
+    config: ColBERTConfig
+    backbone: dict[str, Any]
+    step: int
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+def checkpoint_path(output_dir: str, step: int) -> str:
+    return os.path.join(output_dir, f"{PREFIX}-{step}")
+
+
+def save_colbert(path: str, model: ColBERT, *, step: int = 0, training: dict[str, Any] | None = None,
+                 state: dict[str, Any] | None = None) -> str:
+    """Write a checkpoint folder atomically; ``state`` holds optimizer / scheduler / scaler state dicts."""
+    params = dict(model.named_parameters())
+    weights = {name: params[name].detach().to("cpu").contiguous() for name in model.tuned_names}
+    config = {"format": FORMAT, "version": VERSION, "colbert": model.config.to_dict(),
+              "backbone": backbone_fingerprint(model.backbone), "tuned_parameters": list(model.tuned_names),
+              "step": step, "training": training or {}}
+    with atomic_directory(path) as tmp:
+        with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as handle:
+            json.dump(config, handle, indent=2, sort_keys=True)
+        save_file(weights, os.path.join(tmp, WEIGHTS_FILE), metadata={"format": "pt"})
+        if state is not None:
+            torch.save(state, os.path.join(tmp, STATE_FILE))
+    logger.info("saved checkpoint %s", path)
+    return path
+
+
+def read_checkpoint_info(path: str) -> CheckpointInfo:
+    """Read and validate ``config.json`` of a ColBERT checkpoint folder."""
+    config_path = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        raise CheckpointError(f"{path} is not a checkpoint folder (no {CONFIG_FILE})")
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config_path}: not valid JSON ({err})") from err
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        found = config.get("format") if isinstance(config, dict) else None
+        hint = " (a DPR checkpoint: use dense_retriever.py)" if found == "dpr-ptv2-checkpoint" else ""
+        raise CheckpointError(f"{config_path}: format {found!r}, expected {FORMAT!r}{hint}")
+    if config.get("version", 0) > VERSION:
+        raise CheckpointError(f"{config_path}: version {config['version']} is newer than this code ({VERSION})")
+    for key in ("colbert", "backbone", "step"):
+        if key not in config:
+            raise CheckpointError(f"{config_path}: missing key {key!r}")
+    return CheckpointInfo(path=path, config=ColBERTConfig.from_dict(config["colbert"], config_path),
+                          backbone=config["backbone"], step=int(config["step"]),
+                          training=config.get("training") or {})
+
+
+def _load_weights(model: ColBERT, path: str) -> None:
+    """Load tuned weights; every tuned parameter must be in the file with its shape, nothing else."""
+    state = load_file(path)
+    expected = set(model.tuned_names)
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise CheckpointMismatchError(f"{path} does not fit a {model.config.encoder.tuning} ColBERT: "
+                                      f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in model.tuned_names:
+            if params[name].shape != state[name].shape:
+                raise CheckpointMismatchError(f"{path}: {name} has shape {tuple(state[name].shape)}, the model "
+                                              f"expects {tuple(params[name].shape)}")
+            params[name].copy_(state[name])
+
+
+def load_colbert(path: str, args: argparse.Namespace | None = None) -> tuple[ColBERT, CheckpointInfo]:
+    """Rebuild the ColBERT stored at ``path`` and load its weights.
+
+    ``args`` may set what does not change the network (dropout); any other typed flag must agree
+    with the stored config, else ConfigError names both values.
+    """
+    info = read_checkpoint_info(path)
+    config = info.config if args is None else colbert_config_from_args(args, info.config, source=path)
+    model = build_colbert(config)
+    check_backbone(info.backbone, model.backbone, path)
+    _load_weights(model, os.path.join(path, WEIGHTS_FILE))
+    logger.info("loaded %s ColBERT %s (step %d)", config.encoder.tuning, path, info.step)
+    return model, info
+
+
+def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
+    """(step, path) of the readable ``colbert-<step>`` checkpoints in ``output_dir``, oldest first."""
+    if not os.path.isdir(output_dir):
+        return []
+    pattern = re.compile(re.escape(PREFIX) + r"-\d+$")
+    found = []
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if pattern.match(name) and os.path.isdir(path):
+            try:
+                found.append((read_checkpoint_info(path).step, path))
+            except (CheckpointError, ConfigError) as err:
+                logger.warning("ignoring unreadable checkpoint %s: %s", path, err)
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    found = list_checkpoints(output_dir)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(output_dir: str, keep: int) -> list[str]:
+    """Delete all but the ``keep`` most recent checkpoints (``keep`` 0 keeps all); returns the deleted."""
+    if keep < 1:
+        return []
+    doomed = [path for _, path in list_checkpoints(output_dir)[:-keep]]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+        logger.info("deleted old checkpoint %s", path)
+    return doomed

@@ -1,0 +1,145 @@
+"""ColBERT training: pairwise softmax loss over (query, positive, negative) triples, optional in-batch negatives.
+
+Every optimizer step takes ``bsize`` triples, cut into ``accum`` micro-batches (ColBERT v1's meaning of
+the two flags). The triples are read as a stream of per-epoch permutations seeded by ``(seed, epoch)``
+and dropout is re-seeded from ``(seed, step)``, so a run resumed from a checkpoint continues exactly as
+one that never stopped. Gradients are clipped once per optimizer step, after unscaling.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from colbert.checkpoint import checkpoint_path, prune_checkpoints, save_colbert
+from colbert.data import Triple
+from colbert.losses import in_batch_loss, pairwise_softmax_loss
+from colbert.model import ColBERT
+from colbert.options import ColBERTTrainConfig
+from colbert.scoring import maxsim, maxsim_all
+from colbert.tokenization import ColBERTTokenizer
+from dpr.training.distributed import autocast, make_grad_scaler
+
+logger = logging.getLogger(__name__)
+
+
+def batch_indices(step: int, bsize: int, count: int, seed: int) -> list[int]:
+    """The triples of optimizer step ``step``: positions ``[step*bsize, (step+1)*bsize)`` of the stream
+    ``perm(seed, 0) + perm(seed, 1) + ...`` of per-epoch permutations of ``range(count)``."""
+    indices, position = [], step * bsize
+    while len(indices) < bsize:
+        epoch, offset = divmod(position, count)
+        perm = np.random.default_rng([seed, epoch]).permutation(count)
+        take = min(bsize - len(indices), count - offset)
+        indices.extend(perm[offset:offset + take].tolist())
+        position += take
+    return indices
+
+
+def batch_loss(model: ColBERT, tokenizer: ColBERTTokenizer, triples: Sequence[Triple], *,
+               in_batch_negatives: bool = False, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The training loss ``()`` of a list of triples (no backward; the caller sets modes and autocast)."""
+    queries = tokenizer.queries([t.query for t in triples])                                # (B, Lq) each
+    docs = tokenizer.docs([t.positive for t in triples] + [t.negative for t in triples])  # (2B, Ld) each
+    q, d = model(queries["input_ids"].to(device), queries["attention_mask"].to(device),
+                 docs["input_ids"].to(device), docs["attention_mask"].to(device))          # (B, Lq, dim), (2B, Ld, dim)
+    q, d, mask = q.float(), d.float(), docs["score_mask"].to(device)                       # MaxSim in fp32
+    if in_batch_negatives:
+        return in_batch_loss(maxsim_all(q, d, mask, model.config.similarity))              # (B, 2B) -> ()
+    batch = len(triples)
+    positive = maxsim(q, d[:batch], mask[:batch], model.config.similarity)                 # (B,)
+    negative = maxsim(q, d[batch:], mask[batch:], model.config.similarity)                 # (B,)
+    return pairwise_softmax_loss(positive, negative)
+
+
+def _warmup_factor(warmup: int) -> Callable[[int], float]:
+    """LambdaLR factor: linear warmup over ``warmup`` steps, then constant (ColBERT v1 keeps the rate fixed)."""
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / (warmup + 1)) if warmup else 1.0
+    return factor
+
+
+class ColBERTTrainer:
+    """Trains a ColBERT on triples; ``run`` returns the path of the last checkpoint written."""
+
+    def __init__(self, cfg: ColBERTTrainConfig, model: ColBERT, tokenizer: ColBERTTokenizer,
+                 triples: Sequence[Triple], device: torch.device, start_step: int = 0,
+                 training_state: dict[str, Any] | None = None) -> None:
+        if not triples:
+            raise ValueError("no training triples")
+        self.cfg, self.tokenizer, self.triples, self.device = cfg, tokenizer, triples, device
+        self.model = model.to(device)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, eps=1e-8, weight_decay=0.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_factor(cfg.warmup))
+        self.scaler = make_grad_scaler(cfg.precision, device)
+        self.amp = autocast(device, cfg.precision)           # built once, entered per micro-batch
+        if training_state is not None:
+            self.optimizer.load_state_dict(training_state["optimizer"])
+            self.scheduler.load_state_dict(training_state["scheduler"])
+            if training_state.get("scaler"):
+                self.scaler.load_state_dict(training_state["scaler"])
+        self.step = start_step
+        self.losses: deque[float] = deque(maxlen=cfg.log_every)
+
+    def train_step(self) -> float:
+        """One optimizer step over ``bsize`` triples in ``accum`` micro-batches; returns the mean loss."""
+        cfg = self.cfg
+        self.model.train()
+        torch.manual_seed(int(np.random.SeedSequence([cfg.seed, self.step]).generate_state(1)[0]))  # dropout
+        chosen = [self.triples[i] for i in batch_indices(self.step, cfg.bsize, len(self.triples), cfg.seed)]
+        part = cfg.bsize // cfg.accum
+        total = 0.0
+        for start in range(0, cfg.bsize, part):
+            with self.amp:
+                loss = batch_loss(self.model, self.tokenizer, chosen[start:start + part],
+                                  in_batch_negatives=cfg.in_batch_negatives, device=self.device)
+            self.scaler.scale(loss / cfg.accum).backward()
+            total += float(loss.detach()) / cfg.accum
+        self.scaler.unscale_(self.optimizer)
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return total
+
+    def save(self) -> str:
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "scaler": self.scaler.state_dict()}
+        path = save_colbert(checkpoint_path(self.cfg.output_dir, self.step), self.model, step=self.step,
+                            training=self.cfg.to_dict(), state=state)
+        prune_checkpoints(self.cfg.output_dir, self.cfg.keep_checkpoints)
+        return path
+
+    def run(self, progress: bool = True) -> str:
+        """Train up to ``maxsteps`` optimizer steps, saving every ``save_every`` and at the end."""
+        cfg = self.cfg
+        last = None
+        bar = tqdm(total=cfg.maxsteps, initial=self.step, desc="training", unit="step", disable=not progress,
+                   mininterval=0.1 if sys.stderr.isatty() else 30.0)
+        started, first = time.perf_counter(), self.step
+        while self.step < cfg.maxsteps:
+            loss = self.train_step()
+            self.losses.append(loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            if self.step % cfg.log_every == 0 or self.step == cfg.maxsteps:
+                rate = (self.step - first) * cfg.bsize / (time.perf_counter() - started)
+                logger.info("step %d/%d: loss %.4f (mean of last %d %.4f), lr %.3g, %.1f triples/s", self.step,
+                            cfg.maxsteps, loss, len(self.losses), sum(self.losses) / len(self.losses),
+                            self.scheduler.get_last_lr()[0], rate)
+            if self.step % cfg.save_every == 0 or self.step == cfg.maxsteps:
+                last = self.save()
+        bar.close()
+        return last if last is not None else self.save()

@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Encode a collection with a ColBERT checkpoint and build its token index.
+
+  python index_colbert.py --checkpoint runs/colbert/colbert-2000 --collection data/scifact/scifact-passages.tsv \\
+      --index_root indexes --index_name scifact [--partitions 1024 --sample 0.3]
+
+The collection is encoded in shards of --shard_size documents (fp16 token vectors and document lengths,
+safetensors); without --partitions the FAISS index is exact (flat), with it IVF-PQ trained on a --sample
+of the token vectors. The index records the full ColBERT config and a digest of the weights, so retrieval
+with another model is refused. The folder <index_root>/<index_name> is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from colbert.checkpoint import load_colbert
+from colbert.data import iter_collection
+from colbert.encoding import select_device
+from colbert.faiss_index import FaissSettings
+from colbert.index import build_index
+from colbert.options import add_colbert_model_params
+from colbert.tokenization import ColBERTTokenizer
+from dpr.cli import run_cli, setup_logging
+from dpr.models.encoder import trainable_report
+from dpr.models.hub import load_tokenizer
+from dpr.options import ConfigError
+
+logger = logging.getLogger("index_colbert")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_colbert_model_params(parser)
+    g = parser.add_argument_group("indexing")
+    g.add_argument("--collection", required=True,
+                   help="collection.tsv (pid<TAB>passage[<TAB>title]), DPR passages TSV or BEIR corpus.jsonl")
+    g.add_argument("--index_root", required=True)
+    g.add_argument("--index_name", required=True)
+    g.add_argument("--partitions", type=int, default=0, help="IVF cells (0 = exact flat index, for small corpora)")
+    g.add_argument("--sample", type=float, default=1.0, help="share of token vectors IVF-PQ trains on")
+    g.add_argument("--pq_m", type=int, default=16, help="PQ sub-quantisers (must divide --dim)")
+    g.add_argument("--pq_nbits", type=int, default=8, help="bits per PQ code")
+    g.add_argument("--shard_size", type=int, default=100_000, help="documents per shard")
+    g.add_argument("--bsize", type=int, default=64, help="documents per encoder batch")
+    g.add_argument("--amp", dest="precision", action="store_const", const="fp16", default="fp32",
+                   help="fp16 autocast (CUDA only)")
+    g.add_argument("--no_cuda", action="store_true")
+    g.add_argument("--no_progress", dest="progress", action="store_false")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    if not args.checkpoint:
+        raise ConfigError("--checkpoint is required (train_colbert.py --maxsteps 0 writes an untrained one)")
+    if args.bsize < 1:
+        raise ConfigError(f"--bsize must be >= 1, got {args.bsize}")
+    settings = FaissSettings(partitions=args.partitions, sample=args.sample, pq_m=args.pq_m, nbits=args.pq_nbits)
+    device = select_device(args.no_cuda, args.precision)
+    model, _ = load_colbert(args.checkpoint, args)
+    model.to(device)
+    logger.info("%s", trainable_report(model))
+    encoder = model.config.encoder
+    tokenizer = ColBERTTokenizer.from_config(load_tokenizer(encoder.pretrained_model_cfg, encoder.do_lower_case),
+                                             model.config)
+    index_dir = os.path.join(args.index_root, args.index_name)
+    provenance = {"checkpoint": os.path.abspath(args.checkpoint), "collection": os.path.abspath(args.collection)}
+    meta = build_index(model, tokenizer, iter_collection(args.collection), index_dir, settings=settings,
+                       shard_size=args.shard_size, batch_size=args.bsize, precision=args.precision,
+                       provenance=provenance, progress=args.progress)
+    print(f"index {index_dir}: {meta['num_docs']} documents, {meta['num_embeddings']} token vectors "
+          f"({meta['num_embeddings'] / meta['num_docs']:.1f} per document), {len(meta['shards'])} shard(s), "
+          f"FAISS {settings.kind}")
+    return 0
+
+
+def cli() -> None:
+    sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

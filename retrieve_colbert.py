@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Retrieve with a ColBERT index (end to end or brute force), or re-rank a given run; evaluate.
+
+  end to end:   --index_root R --index_name N --queries Q [--nprobe 10 --faiss_depth 1024] --depth 1000
+  brute force:  --index_root R --index_name N --queries Q --brute_force     (exact MaxSim, small corpora)
+  re-rank:      --topk RUN --queries Q  (--index_root R --index_name N, or --checkpoint C --collection F)
+
+--queries is queries.tsv (qid<TAB>query) or a BEIR queries.jsonl; with --qrels (BEIR TSV or TREC qrels)
+only judged queries are searched and MRR@10, Recall@50/200/1000 and nDCG@10 are printed (the metrics code
+of dpr.evaluation). Writes <output_dir>/ranking.tsv (qid pid rank score), ranking.trec and metrics.json.
+The checkpoint defaults to the one the index was built with; another one is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+
+from colbert.checkpoint import load_colbert
+from colbert.data import read_collection, read_queries
+from colbert.encoding import encode_documents, encode_queries, select_device
+from colbert.index import DocStore, check_model, load_index, read_meta
+from colbert.model import ColBERT
+from colbert.options import add_colbert_model_params
+from colbert.retrieval import Ranking, brute_force, end_to_end, rerank
+from colbert.runs import read_qrels, read_topk, write_ranking_tsv
+from colbert.tokenization import ColBERTTokenizer
+from dpr.atomic import atomic_file
+from dpr.cli import run_cli, setup_logging
+from dpr.data.readers import DataFormatError
+from dpr.evaluation.metrics import evaluate_run, write_trec_run
+from dpr.models.hub import load_tokenizer
+from dpr.options import ConfigError
+
+logger = logging.getLogger("retrieve_colbert")
+
+REPORTED = ("MRR@10", "R@50", "R@200", "R@1000", "nDCG@10")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_colbert_model_params(parser)
+    d = parser.add_argument_group("data")
+    d.add_argument("--queries", required=True, help="queries.tsv or BEIR queries.jsonl")
+    d.add_argument("--qrels", help="judgments: BEIR qrels TSV or TREC 'qid 0 pid rel'")
+    d.add_argument("--index_root")
+    d.add_argument("--index_name")
+    d.add_argument("--topk", help="run to re-rank: TREC run, ranking.tsv or top1000 TSV")
+    d.add_argument("--collection", help="documents for --topk re-ranking without an index (encoded on the fly)")
+    d.add_argument("--output_dir", required=True, help="ranking.tsv, ranking.trec and metrics.json go here")
+    r = parser.add_argument_group("retrieval")
+    r.add_argument("--brute_force", action="store_true", help="exact MaxSim against every document")
+    r.add_argument("--nprobe", type=int, default=10, help="IVF cells visited per query token")
+    r.add_argument("--faiss_depth", type=int, default=1024, help="nearest document tokens per query token")
+    r.add_argument("--depth", type=int, default=1000, help="documents ranked per query")
+    r.add_argument("--bsize", type=int, default=128, help="queries (or documents) per encoder batch")
+    r.add_argument("--ignore_identical_ids", action="store_true",
+                   help="drop a document whose id equals the query id (BEIR corpora that contain the queries)")
+    r.add_argument("--amp", dest="precision", action="store_const", const="fp16", default="fp32")
+    r.add_argument("--no_cuda", action="store_true")
+    r.add_argument("--no_progress", dest="progress", action="store_false")
+    return parser
+
+
+def _check_args(args: argparse.Namespace) -> str | None:
+    """The index folder (or None), after checking that the flags make one mode."""
+    for name in ("nprobe", "faiss_depth", "depth", "bsize"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if bool(args.index_root) != bool(args.index_name):
+        raise ConfigError("pass both --index_root and --index_name, or neither")
+    index_dir = os.path.join(args.index_root, args.index_name) if args.index_root else None
+    if args.topk is None and index_dir is None:
+        raise ConfigError("retrieval needs an index (--index_root, --index_name); re-ranking needs --topk")
+    if args.topk and index_dir is None and not (args.collection and args.checkpoint):
+        raise ConfigError("--topk without an index needs --collection and --checkpoint")
+    if args.brute_force and args.topk:
+        raise ConfigError("--brute_force and --topk are two different modes; pass one")
+    return index_dir
+
+
+def _queries(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, dict[str, int]] | None]:
+    queries = read_queries(args.queries)
+    if not args.qrels:
+        return queries, None
+    qrels = read_qrels(args.qrels)
+    missing = sorted(set(qrels) - set(queries))
+    if missing:
+        raise DataFormatError(f"{args.queries}: {len(missing)} queries judged in {args.qrels} have no text "
+                              f"(e.g. {missing[:5]}); are these the matching files?")
+    logger.info("%d of %d queries are judged in %s: searching those", len(qrels), len(queries), args.qrels)
+    return {qid: queries[qid] for qid in qrels}, qrels
+
+
+def _model(args: argparse.Namespace, meta: dict[str, Any] | None, index_dir: str | None) -> ColBERT:
+    checkpoint = args.checkpoint or (meta or {}).get("checkpoint")
+    if not checkpoint:
+        raise ConfigError("--checkpoint is required")
+    model, _ = load_colbert(checkpoint, args)
+    if meta is not None:
+        check_model(meta, model, index_dir or "")
+    return model.to(select_device(args.no_cuda, args.precision))
+
+
+def _store_for_rerank(args: argparse.Namespace, model: ColBERT, tokenizer: ColBERTTokenizer,
+                      topk: dict[str, list[str]], dtype: torch.dtype) -> DocStore:
+    """Encode just the documents the run names (ColBERT v1's re-ranking without an index)."""
+    wanted = {pid for pids in topk.values() for pid in pids}
+    passages = read_collection(args.collection, wanted)
+    missing = sorted(wanted - set(passages))
+    if missing:
+        raise DataFormatError(f"{args.topk}: {len(missing)} pids are not in {args.collection} (e.g. {missing[:5]})")
+    pids = sorted(passages)
+    vectors, doclens = encode_documents(model, tokenizer, [passages[p] for p in pids], batch_size=args.bsize,
+                                        precision=args.precision, progress=args.progress)
+    return DocStore.from_arrays(vectors, doclens, pids, dtype)
+
+
+def _search(args: argparse.Namespace, index_dir: str | None, queries: dict[str, str]) -> Ranking:
+    meta = read_meta(index_dir) if index_dir else None
+    model = _model(args, meta, index_dir)
+    encoder = model.config.encoder
+    tokenizer = ColBERTTokenizer.from_config(load_tokenizer(encoder.pretrained_model_cfg, encoder.do_lower_case),
+                                             model.config)
+    device, similarity = next(model.parameters()).device, model.config.similarity
+    # fp16 halves the memory on a GPU; on a CPU fp16 arithmetic is slow, so documents are held as fp32.
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    topk = read_topk(args.topk) if args.topk else None
+    qids = [qid for qid in queries if topk is None or qid in topk]
+    if topk is not None and len(qids) < len(queries):
+        logger.warning("%d queries have no candidates in %s: they get no results", len(queries) - len(qids), args.topk)
+    q = encode_queries(model, tokenizer, [queries[qid] for qid in qids], batch_size=args.bsize,
+                       precision=args.precision, progress=args.progress)                  # (Nq, Lq, dim)
+    began = time.perf_counter()
+    if topk is not None:
+        store = (load_index(index_dir, False, dtype)[1] if index_dir
+                 else _store_for_rerank(args, model, tokenizer, topk, dtype))
+        ranking = rerank(q, qids, [topk[qid] for qid in qids], store, similarity, device=device, progress=args.progress)
+    elif args.brute_force:
+        store = load_index(index_dir, False, dtype)[1]
+        ranking = brute_force(q, qids, store, args.depth, similarity, device=device, progress=args.progress)
+    else:
+        _, store, token_index = load_index(index_dir, True, dtype)
+        ranking = end_to_end(q, qids, store, token_index, depth=args.depth, faiss_depth=args.faiss_depth,
+                             nprobe=args.nprobe, similarity=similarity, device=device, progress=args.progress)
+    seconds = time.perf_counter() - began
+    print(f"ranked {len(ranking)} queries in {seconds:.2f} s ({len(ranking) / max(seconds, 1e-9):.1f} queries/s)")
+    return ranking
+
+
+def _evaluate(args: argparse.Namespace, ranking: Ranking, qrels: dict[str, dict[str, int]]) -> dict[str, float]:
+    run = {qid: dict(rows) for qid, rows in ranking.items()}
+    metrics = evaluate_run(qrels, run, ks=(10, 50, 200, 1000), ignore_identical_ids=args.ignore_identical_ids)
+    print("  ".join(f"{name} {metrics[name]:.4f}" for name in REPORTED))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    index_dir = _check_args(args)
+    queries, qrels = _queries(args)
+    ranking = _search(args, index_dir, queries)
+    os.makedirs(args.output_dir, exist_ok=True)
+    write_ranking_tsv(ranking, os.path.join(args.output_dir, "ranking.tsv"))
+    write_trec_run({qid: dict(rows) for qid, rows in ranking.items()}, os.path.join(args.output_dir, "ranking.trec"),
+                   tag="colbert")
+    record: dict[str, Any] = {"queries": len(ranking), "mode": "rerank" if args.topk else
+                              ("brute_force" if args.brute_force else "end_to_end"),
+                              "index": index_dir, "depth": args.depth, "faiss_depth": args.faiss_depth,
+                              "nprobe": args.nprobe}
+    if qrels is not None:
+        record["metrics"] = _evaluate(args, ranking, qrels)
+    with atomic_file(os.path.join(args.output_dir, "metrics.json")) as handle:
+        json.dump(record, handle, indent=2)
+    print(f"ranking -> {os.path.join(args.output_dir, 'ranking.tsv')}")
+    return 0
+
+
+def cli() -> None:
+    sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

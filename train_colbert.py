@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Train a ColBERT (late interaction) model over a prefix-tuned (or prompt, BitFit, adapter, fine-tuned) BERT.
+
+  python train_colbert.py --pretrained_model_cfg bert-tiny --prefix --pre_seq_len 16 \\
+      --dpr_train_file data/scifact/scifact-train.json --output_dir runs/colbert --bsize 32 --lr 1e-2 --maxsteps 2000
+  python train_colbert.py --triples triples.train.small.tsv --prefix --pre_seq_len 64 --lr 1e-2 ...
+  python train_colbert.py --triples triples.jsonl --queries queries.tsv --collection collection.tsv ...
+
+Checkpoints ``<output_dir>/colbert-<step>/`` hold the full ColBERT config. ``--resume`` continues from
+``--checkpoint`` (or the latest checkpoint in --output_dir; a new run if there is none yet) with its
+optimizer state; ``--checkpoint`` without ``--resume`` starts a new run from its weights.
+``--maxsteps 0`` writes the untrained model (e.g. to index zero-shot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from colbert.checkpoint import latest_checkpoint, load_colbert, load_training_state
+from colbert.data import Triple, read_triples, triples_from_dpr
+from colbert.encoding import select_device
+from colbert.model import ColBERT, build_colbert
+from colbert.options import (ColBERTTrainConfig, add_colbert_model_params, add_colbert_training_params,
+                             colbert_config_from_args, train_config_from_args)
+from colbert.tokenization import ColBERTTokenizer
+from colbert.training import ColBERTTrainer
+from dpr.cli import run_cli, setup_logging
+from dpr.data.readers import DataFormatError, read_dpr_files
+from dpr.models.encoder import trainable_report
+from dpr.models.hub import load_tokenizer
+from dpr.options import ConfigError
+
+logger = logging.getLogger("train_colbert")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_colbert_model_params(parser)
+    add_colbert_training_params(parser)
+    parser.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bar")
+    return parser
+
+
+def load_triples(cfg: ColBERTTrainConfig) -> Sequence[Triple]:
+    if cfg.triples:
+        return read_triples(cfg.triples, cfg.queries, cfg.collection)
+    triples, skipped = triples_from_dpr(read_dpr_files(list(cfg.dpr_train_file)), cfg.hard_negatives)
+    logger.info("%d triples from DPR data (%d questions without a negative skipped)", len(triples), skipped)
+    if not triples:
+        raise DataFormatError(f"{list(cfg.dpr_train_file)}: no question has both a positive and a negative")
+    return triples
+
+
+def load_model(args: argparse.Namespace, cfg: ColBERTTrainConfig) -> tuple[ColBERT, int, dict | None]:
+    """(model, first step, optimizer state): resumed, warm-started from --checkpoint, or new."""
+    existing = latest_checkpoint(cfg.output_dir)
+    if args.resume:
+        source = args.checkpoint or existing
+        if source is None:
+            logger.warning("--resume: no colbert-<step> checkpoint in %s yet, starting a new run", cfg.output_dir)
+    elif existing is not None:
+        raise ConfigError(f"--output_dir {cfg.output_dir} already holds {existing}; pass --resume to continue "
+                          f"that run or choose another --output_dir")
+    else:
+        source = args.checkpoint
+    if source is None:
+        config = colbert_config_from_args(args)
+        init_ids = None
+        if config.encoder.prompt_init_text:
+            tokenizer = load_tokenizer(config.encoder.pretrained_model_cfg, config.encoder.do_lower_case)
+            init_ids = tokenizer(config.encoder.prompt_init_text, add_special_tokens=False)["input_ids"]
+        return build_colbert(config, init_ids), 0, None
+    model, info = load_colbert(source, args)
+    if not args.resume:
+        return model, 0, None
+    state = load_training_state(source)
+    if state is None:
+        logger.warning("%s has no optimizer state: the optimizer starts fresh at step %d", source, info.step)
+    logger.info("resuming from %s at step %d", source, info.step)
+    return model, info.step, state
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    cfg = train_config_from_args(args)
+    device = select_device(args.no_cuda, cfg.precision)
+    torch.manual_seed(cfg.seed)          # the linear layer's and the prefix's initialisation
+    model, start, state = load_model(args, cfg)
+    logger.info("ColBERT config: %s", json.dumps(model.config.to_dict(), sort_keys=True))
+    logger.info("training config: %s", json.dumps(cfg.to_dict(), sort_keys=True))
+    logger.info("%s", trainable_report(model))
+    base = load_tokenizer(model.config.encoder.pretrained_model_cfg, model.config.encoder.do_lower_case)
+    tokenizer = ColBERTTokenizer.from_config(base, model.config)
+    triples = load_triples(cfg)
+    trainer = ColBERTTrainer(cfg, model, tokenizer, triples, device, start, state)
+    last = trainer.run(progress=args.progress)
+    print(f"last checkpoint: {last} (step {trainer.step}); {trainable_report(model)}")
+    return 0
+
+
+def cli() -> None:
+    sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()
