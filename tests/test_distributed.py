@@ -139,9 +139,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    out_dir = tmp_path_factory.mktemp("ddp")
+def _spawn_once(out_dir: Path) -> None:
     procs = mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False)
     deadline = time.monotonic() + SPAWN_TIMEOUT_S
     try:
@@ -154,6 +152,17 @@ def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]
         for proc in procs.processes:
             if proc.is_alive():
                 proc.terminate()
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    out_dir = tmp_path_factory.mktemp("ddp")
+    try:
+        _spawn_once(out_dir)
+    except mp.ProcessRaisedException:
+        # The free port is only reserved until the socket closes: another process on the machine
+        # may take it before the workers bind it. One retry with a new port covers that race.
+        _spawn_once(out_dir)
     return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
 
 

@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Quality on SciFact test for each tuning mode, trained in domain (SciFact train) or out of domain (SQuAD).
+
+For every (model, mode, training data): train with train_dense_encoder.py, embed the SciFact corpus with
+the best checkpoint, evaluate on SciFact test with dense_retriever.py. Zero-shot and BM25 rows come from
+the same corpus and qrels. Writes one JSON table (``--table``, rows: name, model, mode, train_data,
+trainable_share, trainable, nDCG@10, R@100, ECE, train_seconds) that BENCHMARKS.md and
+bench/plot_results.py read; finished runs are reused.
+
+    python bench/quality.py --model bert-tiny --modes prefix prompt bitfit adapter finetune \\
+        --train_data scifact squad --epochs 3 --table runs/quality/bert-tiny.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import dense_retriever  # noqa: E402
+import generate_embeddings  # noqa: E402
+import prepare_data  # noqa: E402
+import train_dense_encoder  # noqa: E402
+from dpr.cli import setup_logging  # noqa: E402
+from dpr.models.encoder import parameter_counts  # noqa: E402
+from dpr.training.checkpoint import load_biencoder, resolve_checkpoint  # noqa: E402
+
+SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+# PT-Retrieval's published learning rates per mode.
+LEARNING_RATES = {"prefix": "1e-2", "prompt": "1e-2", "bitfit": "1e-2", "adapter": "1e-4", "finetune": "1e-5"}
+MODE_FLAGS = {"prefix": ["--prefix", "--pre_seq_len", "32"], "prompt": ["--prompt", "--pre_seq_len", "32"],
+              "bitfit": ["--bitfit"], "adapter": ["--adapter"], "finetune": []}
+
+
+def check(code: int) -> None:
+    if code != 0:
+        raise SystemExit(code)
+
+
+def prepare(out: str, train_data: str) -> str:
+    folder = os.path.join(out, "data", train_data)
+    if train_data == "scifact":
+        check(prepare_data.main(["beir", "--beir_dir", os.path.join(SHARED, "scifact"), "--out_dir", folder,
+                                 "--name", "scifact", "--dev_ratio", "0.1", "--seed", "0", "--no_progress"]))
+    else:
+        check(prepare_data.main(["squad", "--squad_file", os.path.join(SHARED, "squad1.1", "train-subset-v1.1.json"),
+                                 "--eval_file", os.path.join(SHARED, "squad1.1", "dev-v1.1.json"), "--out_dir", folder,
+                                 "--name", "squad", "--dev_ratio", "0.1", "--seed", "0", "--no_progress"]))
+    return folder
+
+
+def evaluate(args: argparse.Namespace, name: str, model_flags: list[str]) -> dict:
+    """Embed the SciFact corpus with this encoder and evaluate on SciFact test (reused when done)."""
+    metrics_path = os.path.join(args.out, f"{name}-metrics.json")
+    if not os.path.exists(metrics_path):
+        emb = os.path.join(args.out, "embeddings", name)
+        if not os.path.exists(emb + "_0"):
+            check(generate_embeddings.main(["--ctx_file", args.passages, "--out_file", emb, "--batch_size", "64",
+                                            "--sequence_length", str(args.sequence_length), "--no_progress",
+                                            *model_flags]))
+        check(dense_retriever.main(["--encoded_ctx_file", emb + "_*", "--beir_dir", os.path.join(SHARED, "scifact"),
+                                    "--split", "test", "--n-docs", "100", "--metrics_file", metrics_path,
+                                    "--sequence_length", str(args.sequence_length), "--no_progress", *model_flags]))
+    with open(metrics_path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def train(args: argparse.Namespace, mode: str, data: str, train_data: str) -> tuple[str, float]:
+    run = os.path.join(args.out, f"{args.model}-{mode}-{train_data}")
+    started = time.perf_counter()
+    check(train_dense_encoder.main([
+        "--pretrained_model_cfg", args.model, *MODE_FLAGS[mode],
+        "--train_file", os.path.join(data, f"{train_data}-train.json"),
+        "--dev_file", os.path.join(data, f"{train_data}-dev.json"), "--output_dir", run, "--seed", "12345",
+        "--sequence_length", str(args.sequence_length), "--batch_size", str(args.batch_size),
+        "--dev_batch_size", str(args.batch_size), "--learning_rate", LEARNING_RATES[mode],
+        "--warmup_percentage", "0.05", "--max_grad_norm", "2.0", "--hard_negatives", "1",
+        "--num_train_epochs", str(args.epochs), "--eval_per_epoch", "1", "--log_batch_step", "50",
+        "--val_av_rank_start_epoch", str(args.av_rank_from), "--val_av_rank_max_qs", "200"]))
+    return run, time.perf_counter() - started
+
+
+def row(name: str, mode: str, train_data: str, metrics: dict, checkpoint: str | None, seconds: float,
+        model: str) -> dict:
+    share, trainable = 0.0, 0
+    if checkpoint:
+        loaded, _ = load_biencoder(checkpoint)
+        trainable = sum(p.numel() for n, p in loaded.named_parameters() if n in set(loaded.tuned_names))
+        share = trainable / parameter_counts(loaded)[1]
+    m = metrics["metrics"]
+    return {"name": name, "model": model, "mode": mode, "train_data": train_data, "trainable": trainable,
+            "trainable_share": share, "nDCG@10": m["nDCG@10"], "R@100": m["R@100"],
+            "ECE": metrics.get("ece_top5"), "train_seconds": round(seconds, 1), "checkpoint": checkpoint}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="bert-tiny")
+    parser.add_argument("--modes", nargs="+", default=list(MODE_FLAGS), choices=list(MODE_FLAGS))
+    parser.add_argument("--train_data", nargs="+", default=["scifact", "squad"], choices=["scifact", "squad"])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--sequence_length", type=int, default=256)
+    parser.add_argument("--av_rank_from", type=int, default=0, help="average-rank validation from this epoch")
+    parser.add_argument("--out", default="runs/quality")
+    parser.add_argument("--table", default=None, help="JSON table to write (default <out>/<model>.json)")
+    args = parser.parse_args()
+    setup_logging()
+    os.makedirs(args.out, exist_ok=True)
+    scifact = prepare(args.out, "scifact")
+    args.passages = os.path.join(scifact, "scifact-passages.tsv")
+    bm25 = json.load(open(os.path.join(scifact, "scifact-test-bm25.json"), encoding="utf-8"))
+    rows = [{"name": "BM25", "model": "bm25s", "mode": "bm25", "train_data": "-", "trainable": 0,
+             "trainable_share": 0.0, "nDCG@10": bm25["metrics"]["nDCG@10"], "R@100": bm25["metrics"]["R@100"],
+             "ECE": None, "train_seconds": 0.0, "checkpoint": None}]
+    rows.append(row(f"{args.model} zero-shot", "zero-shot", "-",
+                    evaluate(args, f"{args.model}-zero-shot", ["--pretrained_model_cfg", args.model]),
+                    None, 0.0, args.model))
+    for train_data in args.train_data:
+        data = scifact if train_data == "scifact" else prepare(args.out, "squad")
+        for mode in args.modes:
+            run, seconds = train(args, mode, data, train_data)
+            best = resolve_checkpoint(run)
+            name = f"{args.model}-{mode}-{train_data}"
+            rows.append(row(name, mode, train_data, evaluate(args, name, ["--model_file", best]), best, seconds,
+                            args.model))
+            print(json.dumps(rows[-1]), flush=True)
+    table = args.table or os.path.join(args.out, f"{args.model}.json")
+    with open(table, "w", encoding="utf-8") as handle:
+        json.dump(rows, handle, indent=2)
+    print(f"{'run':<34} {'nDCG@10':>8} {'R@100':>7} {'ECE':>6} {'trainable':>10}")
+    for r in rows:
+        ece = f"{r['ECE']:.3f}" if r["ECE"] is not None else "-"
+        print(f"{r['name']:<34} {r['nDCG@10']:>8.4f} {r['R@100']:>7.4f} {ece:>6} {100 * r['trainable_share']:>9.2f}%")
+    print(f"table -> {table}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
