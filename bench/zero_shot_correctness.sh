@@ -16,7 +16,7 @@ python dense_retriever.py "${M[@]}" --encoded_ctx_file "$OUT/scifact_*" --beir_d
 	--n-docs 1000 --index_type hnsw --hnsw_m 32 --metrics_file "$OUT/scifact-hnsw.json" --no_progress
 
 python prepare_data.py squad --squad_file "$DATA/squad1.1/train-subset-v1.1.json" \
-	--eval_file "$DATA/squad1.1/dev-v1.1.json" --out_dir "$OUT/squad" --no_progress
+	--eval_file "$DATA/squad1.1/dev-v1.1.json" --out_dir "$OUT/squad" --name squad --no_progress
 python generate_embeddings.py "${M[@]}" --ctx_file "$OUT/squad/squad-passages.tsv" --out_file "$OUT/squad" --no_progress
 python dense_retriever.py "${M[@]}" --encoded_ctx_file "$OUT/squad_*" --beir_dir "$OUT/squad" --split test \
 	--n-docs 100 --metrics_file "$OUT/squad-recall.json" --no_progress

@@ -8,7 +8,7 @@ DATA=${DATA:-../shared/data/squad1.1}
 OUT=${OUT:-runs/squad-$MODEL-ptv2}
 
 python prepare_data.py squad --squad_file "$DATA/train-subset-v1.1.json" --eval_file "$DATA/dev-v1.1.json" \
-	--out_dir data/squad --dev_ratio 0.1 --hard_negatives 30 --other_negatives 30 --seed 0
+	--out_dir data/squad --name squad --dev_ratio 0.1 --hard_negatives 30 --other_negatives 30 --seed 0
 
 python train_dense_encoder.py \
 	--pretrained_model_cfg "$MODEL" \

@@ -198,3 +198,12 @@ def test_bad_construction_raises() -> None:
     vectors, _, ids = _data(100, 1)
     with pytest.raises(ValueError, match="at least .* = 256 training vectors, found 100"):
         small.add(vectors, ids)
+
+
+def test_hnsw_returns_k_results_when_k_exceeds_ef_search():
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((600, 16)).astype(np.float32)
+    index = DenseIndex(16, "hnsw", IndexParams(hnsw_m=8, ef_search=16, ef_construction=40))
+    index.add(vectors, [str(i) for i in range(600)])
+    scores, ids = index.search(vectors[:5], 200)
+    assert all(len(row) == 200 for row in ids) and np.isfinite(scores).all()

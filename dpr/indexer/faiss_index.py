@@ -218,6 +218,9 @@ class DenseIndex:
             raise ValueError("cannot search an empty index: add vectors first")
         matrix = _as_matrix(queries, "queries", self.dim)
         k_eff = min(int(k), len(self))
+        if hasattr(self._index, "hnsw"):
+            # HNSW keeps at most efSearch candidates: a smaller efSearch than k leaves empty slots.
+            self._index.hnsw.efSearch = max(self._params.ef_search, k_eff)
         all_scores = np.empty((len(matrix), k_eff), dtype=np.float32)  # (Q, k_eff)
         all_ids: list[list[str]] = []
         for start in range(0, len(matrix), batch_size):
