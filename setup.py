@@ -34,6 +34,9 @@ setup(
         # tested: it offsets the position_ids a caller passes (see dpr/models/peft_interop.py).
         "peft": ["peft>=0.21"],
         "plot": ["matplotlib>=3.7"],
+        # bench/: sentence-transformers only as the baseline of bench_encoding.py (6.2.0 tested; it needs
+        # transformers>=5 and pulls scikit-learn/scipy), matplotlib for bench/plot_results.py.
+        "bench": ["sentence-transformers>=3.0", "matplotlib>=3.7"],
     },
     entry_points={
         "console_scripts": [

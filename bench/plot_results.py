@@ -85,7 +85,8 @@ def run_mode(folder: str) -> str:
             try:
                 return str(config["encoder"]["tuning"])
             except (KeyError, TypeError) as err:
-                raise InputError(f"{path}: expected a checkpoint config with key encoder.tuning, missing {err}") from err
+                raise InputError(f"{path}: expected a checkpoint config with key encoder.tuning, "
+                                 f"missing {err}") from err
     raise InputError(f"{folder}: no checkpoint config.json found (looked for best_checkpoint.json and */config.json)")
 
 
