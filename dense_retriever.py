@@ -246,8 +246,10 @@ def _report_qa(args: argparse.Namespace, q: dict[str, Any], scores: np.ndarray, 
 
 def _report_beir(args: argparse.Namespace, q: dict[str, Any], scores: np.ndarray,
                  ids: list[list[str]]) -> dict[str, Any]:
-    ks = [k for k in DEFAULT_KS if k <= args.n_docs]
-    if len(ks) < len(DEFAULT_KS):
+    # BEIR's cutoffs plus 20, the depth DPR reports for open-domain QA.
+    all_ks = sorted({*DEFAULT_KS, 20})
+    ks = [k for k in all_ks if k <= args.n_docs]
+    if len(ks) < len(all_ks):
         logger.warning("metrics at k > --n-docs %d are not computed (pass --n-docs 1000 for all)", args.n_docs)
     run = run_dict(q["ids"], ids, scores)
     # BEIR's evaluator drops a document whose id equals the query id; do the same so numbers compare

@@ -76,6 +76,9 @@ def beir_paths(folder: str, split: str) -> tuple[str, str]:
         prepared = sorted(glob.glob(os.path.join(glob.escape(folder), f"*-{split}-queries.jsonl")))
         if len(prepared) == 1:
             return prepared[0], prepared[0][: -len("queries.jsonl")] + "qrels.tsv"
+        if len(prepared) > 1:
+            raise FileNotFoundError(f"BEIR folder {folder}: no queries.jsonl, and several prepared query files "
+                                    f"for split {split!r}: {[os.path.basename(p) for p in prepared]}")
     for path in (queries, qrels):
         if not os.path.isfile(path):
             splits = sorted(f[:-4] for f in os.listdir(os.path.join(folder, "qrels"))
