@@ -92,7 +92,8 @@ def _train(args: argparse.Namespace, data: str, base_embeddings: str) -> str:
         "--train_file", os.path.join(data, "scifact-train.json"), "--dev_file", os.path.join(data, "scifact-dev.json"),
         "--output_dir", out, "--seed", "12345", "--sequence_length", str(args.sequence_length),
         "--batch_size", str(args.batch_size), "--dev_batch_size", str(args.batch_size), "--learning_rate", "1e-2",
-        "--warmup_percentage", "0.05", "--max_grad_norm", "2.0", "--hard_negatives", "1",
+        # Question-side training looks passage vectors up, so extra hard negatives cost almost nothing.
+        "--warmup_percentage", "0.05", "--max_grad_norm", "2.0", "--hard_negatives", "1" if args.full else "3",
         "--num_train_epochs", str(epochs), "--eval_per_epoch", "1", "--log_batch_step", "10"]))
     return out
 
