@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from colbert.model import ColBERT, build_colbert
 from colbert.options import ColBERTConfig, colbert_config_from_args
 from dpr.atomic import atomic_directory
-from dpr.models.serialization import CheckpointMismatchError, backbone_fingerprint, check_backbone
+from dpr.models.serialization import (backbone_fingerprint, check_backbone,
+                                     load_tuned_weights, save_tuned_weights)
 from dpr.options import ConfigError
 from dpr.training.checkpoint import CheckpointError, load_training_state
 
@@ -71,15 +71,13 @@ def checkpoint_path(output_dir: str, step: int) -> str:
 def save_colbert(path: str, model: ColBERT, *, step: int = 0, training: dict[str, Any] | None = None,
                  state: dict[str, Any] | None = None) -> str:
     """Write a checkpoint folder atomically; ``state`` holds optimizer / scheduler / scaler state dicts."""
-    params = dict(model.named_parameters())
-    weights = {name: params[name].detach().to("cpu").contiguous() for name in model.tuned_names}
     config = {"format": FORMAT, "version": VERSION, "colbert": model.config.to_dict(),
               "backbone": backbone_fingerprint(model.backbone), "tuned_parameters": list(model.tuned_names),
               "step": step, "training": training or {}}
     with atomic_directory(path) as tmp:
         with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as handle:
             json.dump(config, handle, indent=2, sort_keys=True)
-        save_file(weights, os.path.join(tmp, WEIGHTS_FILE), metadata={"format": "pt"})
+        save_tuned_weights(model, os.path.join(tmp, WEIGHTS_FILE))
         if state is not None:
             torch.save(state, os.path.join(tmp, STATE_FILE))
     logger.info("saved checkpoint %s", path)
@@ -110,23 +108,6 @@ def read_checkpoint_info(path: str) -> CheckpointInfo:
                           training=config.get("training") or {})
 
 
-def _load_weights(model: ColBERT, path: str) -> None:
-    """Load tuned weights; every tuned parameter must be in the file with its shape, nothing else."""
-    state = load_file(path)
-    expected = set(model.tuned_names)
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise CheckpointMismatchError(f"{path} does not fit a {model.config.encoder.tuning} ColBERT: "
-                                      f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name in model.tuned_names:
-            if params[name].shape != state[name].shape:
-                raise CheckpointMismatchError(f"{path}: {name} has shape {tuple(state[name].shape)}, the model "
-                                              f"expects {tuple(params[name].shape)}")
-            params[name].copy_(state[name])
-
-
 def load_colbert(path: str, args: argparse.Namespace | None = None) -> tuple[ColBERT, CheckpointInfo]:
     """Rebuild the ColBERT stored at ``path`` and load its weights.
 
@@ -137,7 +118,7 @@ def load_colbert(path: str, args: argparse.Namespace | None = None) -> tuple[Col
     config = info.config if args is None else colbert_config_from_args(args, info.config, source=path)
     model = build_colbert(config)
     check_backbone(info.backbone, model.backbone, path)
-    _load_weights(model, os.path.join(path, WEIGHTS_FILE))
+    load_tuned_weights(model, os.path.join(path, WEIGHTS_FILE))
     logger.info("loaded %s ColBERT %s (step %d)", config.encoder.tuning, path, info.step)
     return model, info
 

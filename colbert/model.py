@@ -21,7 +21,7 @@ from transformers import BertModel
 
 from colbert.options import ColBERTConfig
 from colbert.scoring import maxsim_all
-from dpr.models.biencoder import check_positions
+from dpr.models.biencoder import check_positions, set_trainable
 from dpr.models.encoder import TunedEncoder
 from dpr.models.hub import load_backbone
 from dpr.models.prefix import prompt_init_embeddings
@@ -70,23 +70,12 @@ class ColBERT(nn.Module):
         return self.encode_query(q_ids, q_mask), self.encode_passage(d_ids, d_mask)
 
 
-def _set_trainable(backbone: BertModel, tuning: str) -> None:
-    """Backbone trainability per tuning mode (as dpr.models.biencoder does for the bi-encoder)."""
-    if tuning == "finetune":
-        backbone.requires_grad_(True)
-    elif tuning == "bitfit":
-        for name, param in backbone.named_parameters():
-            param.requires_grad_(name.endswith(".bias"))
-    else:
-        backbone.requires_grad_(False)
-
-
 def build_colbert_from_backbone(config: ColBERTConfig, backbone: BertModel,
                                 prompt_init_ids: list[int] | None = None) -> ColBERT:
     """Wrap a loaded backbone. ``prompt_init_ids``: tokens of ``--prompt_init_text`` (the caller tokenizes)."""
     encoder_cfg = config.encoder
     check_positions(encoder_cfg, backbone.config.max_position_embeddings)
-    _set_trainable(backbone, encoder_cfg.tuning)
+    set_trainable(backbone, encoder_cfg.tuning)
     prompt_init = None
     if encoder_cfg.tuning == "prompt":
         prompt_init = prompt_init_embeddings(backbone.embeddings.word_embeddings.weight, prompt_init_ids,

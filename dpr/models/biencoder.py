@@ -90,7 +90,8 @@ def check_positions(config: EncoderConfig, max_positions: int) -> None:
                           f"the model has {max_positions}; pass --sequence_length {max_positions - needed + config.sequence_length} or less")
 
 
-def _set_trainable(backbone: BertModel, tuning: str) -> None:
+def set_trainable(backbone: BertModel, tuning: str) -> None:
+    """Backbone trainability per tuning mode: all (finetune), biases (bitfit), nothing (frozen modes)."""
     if tuning == "finetune":
         backbone.requires_grad_(True)
     elif tuning == "bitfit":
@@ -120,7 +121,7 @@ def build_biencoder_from_backbone(config: EncoderConfig, backbone: BertModel,
             backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    _set_trainable(backbone, config.tuning)
+    set_trainable(backbone, config.tuning)
     prompt_init = None
     if config.tuning == "prompt":
         prompt_init = prompt_init_embeddings(backbone.embeddings.word_embeddings.weight, prompt_init_ids,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 from transformers import BertModel
 
-from dpr.models.biencoder import BiEncoder
 
 BACKBONE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
                    "max_position_embeddings")
@@ -29,26 +29,28 @@ def check_backbone(stored: dict[str, object], backbone: BertModel, source: str) 
         raise CheckpointMismatchError(f"{source} was trained on another backbone ({'; '.join(diffs)})")
 
 
-def tuned_state_dict(model: BiEncoder) -> dict[str, torch.Tensor]:
+def tuned_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The parameters the tuning mode trains (not the frozen backbone), as contiguous CPU tensors."""
     params = dict(model.named_parameters())
     return {name: params[name].detach().to("cpu").contiguous() for name in model.tuned_names}
 
 
-def save_tuned_weights(model: BiEncoder, path: str) -> None:
+def save_tuned_weights(model: nn.Module, path: str) -> None:
     save_file(tuned_state_dict(model), path, metadata={"format": "pt"})
 
 
-def load_tuned_weights(model: BiEncoder, path: str) -> None:
-    """Load a file written by save_tuned_weights; every tuned parameter must be there, nothing else."""
+def load_tuned_weights(model: nn.Module, path: str) -> None:
+    """Load a file written by save_tuned_weights into any model with ``tuned_names`` (BiEncoder, ColBERT);
+    every tuned parameter must be there, nothing else, with the same shapes."""
     state = load_file(path)
     expected = set(model.tuned_names)
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - expected)
     if missing or unexpected:
         raise CheckpointMismatchError(
-            f"{path} does not fit a {model.config.tuning} model: missing {missing[:5]}"
-            f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+            f"{path} does not fit this {type(model).__name__} ({len(expected)} tuned parameters): missing "
+            f"{missing[:5]}{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+            f"{' ...' if len(unexpected) > 5 else ''}")
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name in model.tuned_names:
