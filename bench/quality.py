@@ -3,9 +3,12 @@
 
 For every (model, mode, training data): train with train_dense_encoder.py, embed the SciFact corpus with
 the best checkpoint, evaluate on SciFact test with dense_retriever.py. Zero-shot and BM25 rows come from
-the same corpus and qrels. Writes one JSON table (``--table``, rows: name, model, mode, train_data,
-trainable_share, trainable, nDCG@10, R@100, ECE, train_seconds) that BENCHMARKS.md and
-bench/plot_results.py read; finished runs are reused.
+the same corpus and qrels. Out of domain (``--train_data squad``) trains on a seeded SQuAD train subset
+as large as SciFact train, with the same epochs, so both see the same number of steps. Writes one JSON
+table (``--table``, rows: name, model, mode, train_data, trainable_share, trainable, nDCG@10, R@100, ECE,
+train_seconds) that BENCHMARKS.md and bench/plot_results.py read. The table is updated after every row
+and merged by name with the rows already in it; finished runs and evaluations are reused, so a sweep
+can be stopped and started again, or split over calls.
 
     python bench/quality.py --model bert-tiny --modes prefix prompt bitfit adapter finetune \\
         --train_data scifact squad --epochs 3 --table runs/quality/bert-tiny.json
@@ -32,13 +35,39 @@ from dpr.training.checkpoint import load_biencoder, resolve_checkpoint  # noqa: 
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 # PT-Retrieval's published learning rates per mode.
 LEARNING_RATES = {"prefix": "1e-2", "prompt": "1e-2", "bitfit": "1e-2", "adapter": "1e-4", "finetune": "1e-5"}
-MODE_FLAGS = {"prefix": ["--prefix", "--pre_seq_len", "32"], "prompt": ["--prompt", "--pre_seq_len", "32"],
-              "bitfit": ["--bitfit"], "adapter": ["--adapter"], "finetune": []}
+MODE_FLAGS = {"prefix": ["--prefix"], "prompt": ["--prompt"], "bitfit": ["--bitfit"], "adapter": ["--adapter"],
+              "finetune": []}
+
+
+def mode_flags(args: argparse.Namespace, mode: str) -> list[str]:
+    flags = list(MODE_FLAGS[mode])
+    if mode in ("prefix", "prompt"):
+        flags += ["--pre_seq_len", str(args.pre_seq_len)]
+    if args.dropout is not None:
+        flags += ["--dropout", str(args.dropout), "--prefix_dropout", str(args.dropout)]
+    return flags
 
 
 def check(code: int) -> None:
     if code != 0:
         raise SystemExit(code)
+
+
+def subsample_train(data: str, size: int, seed: int = 0) -> str:
+    """The first ``size`` questions of a seeded shuffle of SQuAD train: the same size as SciFact train."""
+    import random
+
+    path = os.path.join(data, f"squad-train-{size}.json")
+    if not os.path.exists(path):
+        with open(os.path.join(data, "squad-train.json"), encoding="utf-8") as handle:
+            records = json.load(handle)
+        if size > len(records):
+            raise SystemExit(f"--squad_train_questions {size}: SQuAD train has only {len(records)} questions")
+        random.Random(seed).shuffle(records)
+        with open(path + ".tmp", "w", encoding="utf-8") as handle:
+            json.dump(records[:size], handle)
+        os.replace(path + ".tmp", path)
+    return path
 
 
 def prepare(out: str, train_data: str) -> str:
@@ -70,18 +99,29 @@ def evaluate(args: argparse.Namespace, name: str, model_flags: list[str]) -> dic
 
 
 def train(args: argparse.Namespace, mode: str, data: str, train_data: str) -> tuple[str, float]:
+    """Train one mode (a finished run is reused: its time comes from quality_train.json)."""
     run = os.path.join(args.out, f"{args.model}-{mode}-{train_data}")
+    timing = os.path.join(run, "quality_train.json")
+    if os.path.exists(timing):
+        with open(timing, encoding="utf-8") as handle:
+            return run, json.load(handle)["train_seconds"]
+    train_file = os.path.join(data, f"{train_data}-train.json")
+    if train_data == "squad":
+        train_file = subsample_train(data, args.squad_train_questions)
     started = time.perf_counter()
     check(train_dense_encoder.main([
-        "--pretrained_model_cfg", args.model, *MODE_FLAGS[mode],
-        "--train_file", os.path.join(data, f"{train_data}-train.json"),
+        "--pretrained_model_cfg", args.model, *mode_flags(args, mode),
+        "--train_file", train_file,
         "--dev_file", os.path.join(data, f"{train_data}-dev.json"), "--output_dir", run, "--seed", "12345",
         "--sequence_length", str(args.sequence_length), "--batch_size", str(args.batch_size),
         "--dev_batch_size", str(args.batch_size), "--learning_rate", LEARNING_RATES[mode],
         "--warmup_percentage", "0.05", "--max_grad_norm", "2.0", "--hard_negatives", "1",
         "--num_train_epochs", str(args.epochs), "--eval_per_epoch", "1", "--log_batch_step", "50",
         "--val_av_rank_start_epoch", str(args.av_rank_from), "--val_av_rank_max_qs", "200"]))
-    return run, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    with open(timing, "w", encoding="utf-8") as handle:
+        json.dump({"train_seconds": seconds}, handle)
+    return run, seconds
 
 
 def row(name: str, mode: str, train_data: str, metrics: dict, checkpoint: str | None, seconds: float,
@@ -97,6 +137,25 @@ def row(name: str, mode: str, train_data: str, metrics: dict, checkpoint: str | 
             "ECE": metrics.get("ece_top5"), "train_seconds": round(seconds, 1), "checkpoint": checkpoint}
 
 
+def save_table(table: str, rows: list[dict]) -> list[dict]:
+    """Merge ``rows`` into the table file by name (rows of earlier calls stay) and write it atomically."""
+    merged: list[dict] = []
+    if os.path.exists(table):
+        with open(table, encoding="utf-8") as handle:
+            merged = json.load(handle)
+    index = {r["name"]: i for i, r in enumerate(merged)}
+    for r in rows:
+        if r["name"] in index:
+            merged[index[r["name"]]] = r
+        else:
+            index[r["name"]] = len(merged)
+            merged.append(r)
+    with open(table + ".tmp", "w", encoding="utf-8") as handle:
+        json.dump(merged, handle, indent=2)
+    os.replace(table + ".tmp", table)
+    return merged
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="bert-tiny")
@@ -105,6 +164,11 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--sequence_length", type=int, default=256)
+    parser.add_argument("--pre_seq_len", type=int, default=32, help="prefix / prompt length")
+    parser.add_argument("--dropout", type=float, default=None,
+                        help="backbone and prefix dropout for training (default: the trainer's 0.1)")
+    parser.add_argument("--squad_train_questions", type=int, default=None,
+                        help="SQuAD questions to train on (default: as many as SciFact train)")
     parser.add_argument("--av_rank_from", type=int, default=0, help="average-rank validation from this epoch")
     parser.add_argument("--out", default="runs/quality")
     parser.add_argument("--table", default=None, help="JSON table to write (default <out>/<model>.json)")
@@ -113,13 +177,19 @@ def main() -> int:
     os.makedirs(args.out, exist_ok=True)
     scifact = prepare(args.out, "scifact")
     args.passages = os.path.join(scifact, "scifact-passages.tsv")
-    bm25 = json.load(open(os.path.join(scifact, "scifact-test-bm25.json"), encoding="utf-8"))
+    with open(os.path.join(scifact, "scifact-test-bm25.json"), encoding="utf-8") as handle:
+        bm25 = json.load(handle)
     rows = [{"name": "BM25", "model": "bm25s", "mode": "bm25", "train_data": "-", "trainable": 0,
              "trainable_share": 0.0, "nDCG@10": bm25["metrics"]["nDCG@10"], "R@100": bm25["metrics"]["R@100"],
              "ECE": None, "train_seconds": 0.0, "checkpoint": None}]
     rows.append(row(f"{args.model} zero-shot", "zero-shot", "-",
                     evaluate(args, f"{args.model}-zero-shot", ["--pretrained_model_cfg", args.model]),
                     None, 0.0, args.model))
+    table = args.table or os.path.join(args.out, f"{args.model}.json")
+    save_table(table, rows)
+    if args.squad_train_questions is None:
+        with open(os.path.join(scifact, "scifact-train.json"), encoding="utf-8") as handle:
+            args.squad_train_questions = len(json.load(handle))
     for train_data in args.train_data:
         data = scifact if train_data == "scifact" else prepare(args.out, "squad")
         for mode in args.modes:
@@ -129,9 +199,8 @@ def main() -> int:
             rows.append(row(name, mode, train_data, evaluate(args, name, ["--model_file", best]), best, seconds,
                             args.model))
             print(json.dumps(rows[-1]), flush=True)
-    table = args.table or os.path.join(args.out, f"{args.model}.json")
-    with open(table, "w", encoding="utf-8") as handle:
-        json.dump(rows, handle, indent=2)
+            save_table(table, rows)
+    rows = save_table(table, rows)
     print(f"{'run':<34} {'nDCG@10':>8} {'R@100':>7} {'ECE':>6} {'trainable':>10}")
     for r in rows:
         ece = f"{r['ECE']:.3f}" if r["ECE"] is not None else "-"

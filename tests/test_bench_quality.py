@@ -1,0 +1,41 @@
+"""bench/quality.py's bookkeeping: the SQuAD subsample and the table merge that lets a sweep stop and go on."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(__file__), "..", "bench", "quality.py")
+
+
+@pytest.fixture(scope="module")
+def quality():
+    spec = importlib.util.spec_from_file_location("bench_quality", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_subsample_is_seeded_sized_and_drawn_from_the_train_file(tmp_path, quality):
+    records = [{"question": f"q{i}", "positive_ctxs": [{"title": "", "text": f"p{i}"}]} for i in range(50)]
+    (tmp_path / "squad-train.json").write_text(json.dumps(records), encoding="utf-8")
+    path = quality.subsample_train(str(tmp_path), 20)
+    picked = json.loads(open(path, encoding="utf-8").read())
+    assert len(picked) == 20
+    assert len({r["question"] for r in picked}) == 20
+    assert all(r in records for r in picked)
+    assert picked != records[:20]  # shuffled, not the head of the file
+    os.remove(path)
+    assert json.loads(open(quality.subsample_train(str(tmp_path), 20), encoding="utf-8").read()) == picked
+    with pytest.raises(SystemExit, match="only 50"):
+        quality.subsample_train(str(tmp_path), 51)
+
+
+def test_save_table_replaces_rows_by_name_and_keeps_earlier_ones(tmp_path, quality):
+    table = str(tmp_path / "t.json")
+    quality.save_table(table, [{"name": "BM25", "v": 1}, {"name": "a", "v": 1}])
+    merged = quality.save_table(table, [{"name": "BM25", "v": 2}, {"name": "b", "v": 1}])
+    assert [(r["name"], r["v"]) for r in merged] == [("BM25", 2), ("a", 1), ("b", 1)]
+    assert json.loads(open(table, encoding="utf-8").read()) == merged
+    assert not os.path.exists(table + ".tmp")
