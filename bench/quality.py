@@ -172,7 +172,12 @@ def main() -> int:
     parser.add_argument("--av_rank_from", type=int, default=0, help="average-rank validation from this epoch")
     parser.add_argument("--out", default="runs/quality")
     parser.add_argument("--table", default=None, help="JSON table to write (default <out>/<model>.json)")
+    parser.add_argument("--report", action="store_true", help="only print the table (--table) as Markdown")
     args = parser.parse_args()
+    if args.report:
+        with open(args.table or os.path.join(args.out, f"{args.model}.json"), encoding="utf-8") as handle:
+            print(markdown(json.load(handle)))
+        return 0
     setup_logging()
     os.makedirs(args.out, exist_ok=True)
     scifact = prepare(args.out, "scifact")
@@ -200,13 +205,21 @@ def main() -> int:
                             args.model))
             print(json.dumps(rows[-1]), flush=True)
             save_table(table, rows)
-    rows = save_table(table, rows)
-    print(f"{'run':<34} {'nDCG@10':>8} {'R@100':>7} {'ECE':>6} {'trainable':>10}")
-    for r in rows:
-        ece = f"{r['ECE']:.3f}" if r["ECE"] is not None else "-"
-        print(f"{r['name']:<34} {r['nDCG@10']:>8.4f} {r['R@100']:>7.4f} {ece:>6} {100 * r['trainable_share']:>9.2f}%")
+    print(markdown(save_table(table, rows)))
     print(f"table -> {table}")
     return 0
+
+
+def markdown(rows: list[dict]) -> str:
+    """The table as Markdown, as BENCHMARKS.md shows it."""
+    lines = ["| run | trained on | nDCG@10 | R@100 | ECE | trainable | train s |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ece = f"{r['ECE']:.3f}" if r["ECE"] is not None else "-"
+        share = f"{100 * r['trainable_share']:.2f}%" if r["trainable"] else "-"
+        seconds = f"{r['train_seconds']:.0f}" if r["train_seconds"] else "-"
+        lines.append(f"| {r['name']} | {r['train_data']} | {r['nDCG@10']:.4f} | {r['R@100']:.4f} | {ece} | {share} "
+                     f"| {seconds} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

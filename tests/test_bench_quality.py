@@ -39,3 +39,14 @@ def test_save_table_replaces_rows_by_name_and_keeps_earlier_ones(tmp_path, quali
     assert [(r["name"], r["v"]) for r in merged] == [("BM25", 2), ("a", 1), ("b", 1)]
     assert json.loads(open(table, encoding="utf-8").read()) == merged
     assert not os.path.exists(table + ".tmp")
+
+
+def test_markdown_rows_show_every_column(quality):
+    rows = [{"name": "BM25", "train_data": "-", "nDCG@10": 0.68631, "R@100": 0.9127, "ECE": None, "trainable": 0,
+             "trainable_share": 0.0, "train_seconds": 0.0},
+            {"name": "m-prefix-squad", "train_data": "squad", "nDCG@10": 0.5, "R@100": 0.91234, "ECE": 0.25,
+             "trainable": 10, "trainable_share": 0.0255, "train_seconds": 670.4}]
+    lines = quality.markdown(rows).splitlines()
+    assert len(lines) == 4
+    assert lines[2] == "| BM25 | - | 0.6863 | 0.9127 | - | - | - |"
+    assert lines[3] == "| m-prefix-squad | squad | 0.5000 | 0.9123 | 0.250 | 2.55% | 670 |"
