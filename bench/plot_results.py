@@ -185,7 +185,8 @@ def plot_quality(rows: list[dict[str, Any]], in_domain: str, out: str) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
     models = list(dict.fromkeys(r["model"] for r in rows if r["share"] > 0))
-    baselines = [r for r in rows if r["share"] == 0]
+    # untrained rows repeated across tables (BM25 in every table) are drawn once
+    baselines = list({(r["name"], r["nDCG@10"], r["R@100"]): r for r in rows if r["share"] == 0}.values())
     trained = [r for r in rows if r["share"] > 0]
     for ax, metric in zip(axes, METRIC_KEYS):
         for i, r in enumerate(baselines):        # untrained: no x position on a log axis, so a line
