@@ -156,6 +156,31 @@ def save_table(table: str, rows: list[dict]) -> list[dict]:
     return merged
 
 
+MODE_LABELS = {"prefix": "prefix (P-tuning v2)", "prompt": "prompt", "bitfit": "BitFit", "adapter": "adapters",
+               "finetune": "full fine-tuning"}
+
+
+def markdown_by_mode(rows: list[dict], in_domain: str = "scifact", out_domain: str = "squad") -> str:
+    """One line per (model, mode): in-domain and out-of-domain metrics side by side, and the nDCG@10 change."""
+    by_name = {r["name"]: r for r in rows}
+    models = list(dict.fromkeys(r["model"] for r in rows if r["mode"] in MODE_LABELS))
+
+    def cell(r: dict | None) -> str:
+        return "not run" if r is None else f"{r['nDCG@10']:.4f} / {r['R@100']:.4f} / {r['ECE']:.3f}"
+
+    lines = [f"| model | mode | trainable | {in_domain}-trained nDCG@10 / R@100 / ECE | {out_domain}-trained "
+             "nDCG@10 / R@100 / ECE | out-of-domain change in nDCG@10 |", "|---|---|---|---|---|---|"]
+    for model in models:
+        for mode, label in MODE_LABELS.items():
+            inside, outside = (by_name.get(f"{model}-{mode}-{d}") for d in (in_domain, out_domain))
+            if inside is None and outside is None:
+                continue
+            change = f"{outside['nDCG@10'] - inside['nDCG@10']:+.4f}" if inside and outside else "-"
+            share = 100 * (inside or outside)["trainable_share"]
+            lines.append(f"| {model} | {label} | {share:.2f}% | {cell(inside)} | {cell(outside)} | {change} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="bert-tiny")
@@ -176,7 +201,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.report:
         with open(args.table or os.path.join(args.out, f"{args.model}.json"), encoding="utf-8") as handle:
-            print(markdown(json.load(handle)))
+            rows = json.load(handle)
+        print(markdown(rows) + "\n\n" + markdown_by_mode(rows))
         return 0
     setup_logging()
     os.makedirs(args.out, exist_ok=True)

@@ -50,3 +50,15 @@ def test_markdown_rows_show_every_column(quality):
     assert len(lines) == 4
     assert lines[2] == "| BM25 | - | 0.6863 | 0.9127 | - | - | - |"
     assert lines[3] == "| m-prefix-squad | squad | 0.5000 | 0.9123 | 0.250 | 2.55% | 670 |"
+
+
+def test_markdown_by_mode_pairs_in_and_out_of_domain_rows(quality):
+    def r(name, mode, data, ndcg):
+        return {"name": name, "model": "m", "mode": mode, "train_data": data, "nDCG@10": ndcg, "R@100": 0.9,
+                "ECE": 0.3, "trainable": 5, "trainable_share": 0.01, "train_seconds": 1.0}
+    rows = [{"name": "BM25", "model": "bm25s", "mode": "bm25"}, r("m-prefix-scifact", "prefix", "scifact", 0.7),
+            r("m-prefix-squad", "prefix", "squad", 0.6), r("m-bitfit-scifact", "bitfit", "scifact", 0.65)]
+    lines = quality.markdown_by_mode(rows).splitlines()
+    assert len(lines) == 4
+    assert lines[2] == "| m | prefix (P-tuning v2) | 1.00% | 0.7000 / 0.9000 / 0.300 | 0.6000 / 0.9000 / 0.300 | -0.1000 |"
+    assert lines[3] == "| m | BitFit | 1.00% | 0.6500 / 0.9000 / 0.300 | not run | - |"
