@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import time
 
@@ -28,6 +29,7 @@ import dense_retriever  # noqa: E402
 import generate_embeddings  # noqa: E402
 import prepare_data  # noqa: E402
 import train_dense_encoder  # noqa: E402
+from dpr.atomic import atomic_file  # noqa: E402
 from dpr.cli import setup_logging  # noqa: E402
 from dpr.models.encoder import parameter_counts  # noqa: E402
 from dpr.training.checkpoint import load_biencoder, resolve_checkpoint  # noqa: E402
@@ -55,8 +57,6 @@ def check(code: int) -> None:
 
 def subsample_train(data: str, size: int, seed: int = 0) -> str:
     """The first ``size`` questions of a seeded shuffle of SQuAD train: the same size as SciFact train."""
-    import random
-
     path = os.path.join(data, f"squad-train-{size}.json")
     if not os.path.exists(path):
         with open(os.path.join(data, "squad-train.json"), encoding="utf-8") as handle:
@@ -64,9 +64,8 @@ def subsample_train(data: str, size: int, seed: int = 0) -> str:
         if size > len(records):
             raise SystemExit(f"--squad_train_questions {size}: SQuAD train has only {len(records)} questions")
         random.Random(seed).shuffle(records)
-        with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        with atomic_file(path) as handle:
             json.dump(records[:size], handle)
-        os.replace(path + ".tmp", path)
     return path
 
 
@@ -119,7 +118,7 @@ def train(args: argparse.Namespace, mode: str, data: str, train_data: str) -> tu
         "--num_train_epochs", str(args.epochs), "--eval_per_epoch", "1", "--log_batch_step", "50",
         "--val_av_rank_start_epoch", str(args.av_rank_from), "--val_av_rank_max_qs", "200"]))
     seconds = time.perf_counter() - started
-    with open(timing, "w", encoding="utf-8") as handle:
+    with atomic_file(timing) as handle:
         json.dump({"train_seconds": seconds}, handle)
     return run, seconds
 
@@ -150,10 +149,21 @@ def save_table(table: str, rows: list[dict]) -> list[dict]:
         else:
             index[r["name"]] = len(merged)
             merged.append(r)
-    with open(table + ".tmp", "w", encoding="utf-8") as handle:
+    with atomic_file(table) as handle:
         json.dump(merged, handle, indent=2)
-    os.replace(table + ".tmp", table)
     return merged
+
+
+def markdown(rows: list[dict]) -> str:
+    """The table as Markdown, as BENCHMARKS.md shows it."""
+    lines = ["| run | trained on | nDCG@10 | R@100 | ECE | trainable | train s |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ece = f"{r['ECE']:.3f}" if r["ECE"] is not None else "-"
+        share = f"{100 * r['trainable_share']:.2f}%" if r["trainable"] else "-"
+        seconds = f"{r['train_seconds']:.0f}" if r["train_seconds"] else "-"
+        lines.append(f"| {r['name']} | {r['train_data']} | {r['nDCG@10']:.4f} | {r['R@100']:.4f} | {ece} | {share} "
+                     f"| {seconds} |")
+    return "\n".join(lines)
 
 
 MODE_LABELS = {"prefix": "prefix (P-tuning v2)", "prompt": "prompt", "bitfit": "BitFit", "adapter": "adapters",
@@ -234,18 +244,6 @@ def main() -> int:
     print(markdown(save_table(table, rows)))
     print(f"table -> {table}")
     return 0
-
-
-def markdown(rows: list[dict]) -> str:
-    """The table as Markdown, as BENCHMARKS.md shows it."""
-    lines = ["| run | trained on | nDCG@10 | R@100 | ECE | trainable | train s |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        ece = f"{r['ECE']:.3f}" if r["ECE"] is not None else "-"
-        share = f"{100 * r['trainable_share']:.2f}%" if r["trainable"] else "-"
-        seconds = f"{r['train_seconds']:.0f}" if r["train_seconds"] else "-"
-        lines.append(f"| {r['name']} | {r['train_data']} | {r['nDCG@10']:.4f} | {r['R@100']:.4f} | {ece} | {share} "
-                     f"| {seconds} |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ def test_save_table_replaces_rows_by_name_and_keeps_earlier_ones(tmp_path, quali
     assert [(r["name"], r["v"]) for r in merged] == [("BM25", 2), ("a", 1), ("b", 1)]
     assert json.loads(open(table, encoding="utf-8").read()) == merged
     assert not os.path.exists(table + ".tmp")
+    assert os.listdir(tmp_path) == ["t.json"]  # no temporary file left beside it
 
 
 def test_markdown_rows_show_every_column(quality):
