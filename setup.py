@@ -29,7 +29,8 @@ setup(
         "PyStemmer>=2.2",
     ],
     extras_require={
-        "dev": ["pytest>=7", "peft>=0.21"],
+        # Everything the test suite imports: PEFT round trips, and matplotlib for the reliability plot test.
+        "dev": ["pytest>=7", "peft>=0.21", "matplotlib>=3.7"],
         # Only to load exported prefixes in PEFT (export/import itself needs no PEFT). 0.21 is the version
         # tested: it offsets the position_ids a caller passes (see dpr/models/peft_interop.py).
         "peft": ["peft>=0.21"],

@@ -8,17 +8,10 @@ from typing import Callable
 
 import transformers
 
-from dpr.data.bm25 import MissingDependencyError
-from dpr.data.readers import DataFormatError
-from dpr.embeddings_io import EmbeddingsError
-from dpr.models.hub import ModelNotFoundError
-from dpr.models.serialization import CheckpointMismatchError
-from dpr.options import ConfigError
-from dpr.training.checkpoint import CheckpointError
+from dpr.errors import UserError
 
 # Errors caused by the user's input: reported as one line, exit status 2, no traceback.
-USER_ERRORS = (ConfigError, ModelNotFoundError, DataFormatError, CheckpointError, CheckpointMismatchError,
-               EmbeddingsError, FileNotFoundError, MissingDependencyError)
+USER_ERRORS = (UserError, FileNotFoundError)
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dpr.errors import UserError
 from dpr.atomic import atomic_directory
 from dpr.options import ARCHITECTURE_FIELDS, EncoderConfig
 
@@ -44,7 +45,7 @@ IDENTITY_FIELDS = tuple(f for f in ARCHITECTURE_FIELDS if f != "share_encoder") 
 _DEFAULTS = EncoderConfig().to_dict()
 
 
-class EmbeddingsError(ValueError):
+class EmbeddingsError(UserError, ValueError):
     """An embeddings shard that is missing, damaged, or does not fit the others or the encoder."""
 
 

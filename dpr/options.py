@@ -14,6 +14,7 @@ import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
+from dpr.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ DEFAULT_MODEL = "minilm-l6"
 Tuning = Literal["finetune", "prefix", "prompt", "bitfit", "adapter"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration that cannot work; the message names the flag(s) and values involved."""
 
 

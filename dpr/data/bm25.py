@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from dpr.errors import UserError
 from dpr.atomic import atomic_directory
 from dpr.data.readers import Passage
 
@@ -29,7 +30,7 @@ _META_FILE = "dpr_bm25_meta.json"  # our ids + settings, beside bm25s's own file
 _META_VERSION = 1
 
 
-class MissingDependencyError(ImportError):
+class MissingDependencyError(UserError, ImportError):
     """An optional package needed for this step is not installed; the message says what to install."""
 
 

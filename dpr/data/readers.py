@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from dpr.errors import UserError
 from dpr.options import parse_upsample_rates  # noqa: F401  (re-exported: flag parsing lives in options)
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class BiEncoderSample:
     dataset: str = ""
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError, ValueError):
     """A data file does not hold what it should; the message says where and what."""
 
 

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 from transformers import AutoConfig, AutoTokenizer, BertModel, PreTrainedTokenizerBase
+from dpr.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ SHORT_NAMES: dict[str, PackagedModel] = {
 }
 
 
-class ModelNotFoundError(ValueError):
+class ModelNotFoundError(UserError, ValueError):
     """The model name resolves to nothing loadable; the message says what to install or check."""
 
 

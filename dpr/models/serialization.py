@@ -7,12 +7,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import BertModel
 
+from dpr.errors import UserError
 
 BACKBONE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
                    "max_position_embeddings")
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """The weights in a file do not fit the model built from its config."""
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from dpr.errors import UserError
 from dpr.atomic import atomic_directory
 from dpr.embeddings_io import passage_identity
 from dpr.models.biencoder import BiEncoder, build_biencoder
@@ -56,7 +57,7 @@ class CheckpointInfo:
     training: dict[str, Any] = field(default_factory=dict)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A path that is not a readable checkpoint of this format."""
 
 
