@@ -271,10 +271,14 @@ def write_passages_tsv(path: str, passages: Iterable[Passage]) -> int:
     with atomic_file(path) as out:
         writer = csv.writer(out, delimiter="\t", lineterminator="\n")
         writer.writerow(["id", "text", "title"])
-        for passage in passages:
-            writer.writerow([passage.passage_id, passage.text, passage.title])
+        for passage in passages:  # one passage per line: readers split lines, never quote across them
+            writer.writerow([passage.passage_id, _one_line(passage.text), _one_line(passage.title)])
             count += 1
     return count
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
 
 
 def _tsv_cell(text: str) -> str:

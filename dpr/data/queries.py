@@ -6,16 +6,14 @@ Every problem raises :class:`DataFormatError` naming the file and line.
 
 from __future__ import annotations
 
-import csv
 import glob
-import json
 import logging
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from dpr.data.readers import DataFormatError
-from dpr.evaluation.metrics import read_qrels_tsv
+from dpr.data.files import DataFormatError, decoding_errors, iter_tsv_rows, open_text, parse_json
+from dpr.evaluation.metrics import QRELS_HEADER, read_qrels_tsv
 from dpr.evaluation.qa_validation import parse_answers
 
 logger = logging.getLogger(__name__)
@@ -33,21 +31,12 @@ class QAPair:
 def read_qa_tsv(path: str) -> list[QAPair]:
     """Read a DPR QA file (``nq-test.csv`` is really TSV): ``question<TAB>["answer 1", "answer 2"]``.
 
-    Uses csv quoting like DPR (its files were written that way). A line without an answers column, or
-    whose answers list is empty or unparsable, raises DataFormatError naming ``path:line``.
+    One question per line, split on tabs (further columns are ignored); a field wholly in double quotes
+    with inner quotes doubled, as CSV writers (and DPR's files) quote, is unquoted, any other quote is
+    literal. A line without an answers column, or whose answers list is empty or unparsable, raises
+    DataFormatError naming ``path:line``.
     """
-    pairs: list[QAPair] = []
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t")
-        try:
-            for row in reader:
-                if not row or not any(cell.strip() for cell in row):
-                    continue
-                pairs.append(_qa_pair(row, path, reader.line_num))
-        except csv.Error as err:
-            raise DataFormatError(f"{path}:{reader.line_num}: malformed TSV: {err}") from err
-        except UnicodeDecodeError as err:
-            raise DataFormatError(f"{path}: not UTF-8 text: {err}") from err
+    pairs = [_qa_pair(cells, path, line_no) for line_no, cells in iter_tsv_rows(path)]
     if not pairs:
         raise DataFormatError(f"{path}: no questions found (empty QA file)")
     return pairs
@@ -64,6 +53,9 @@ def _qa_pair(row: list[str], path: str, line: int) -> QAPair:
         answers = parse_answers(row[1], path, line)
     except ValueError as err:          # parse_answers names path:line already
         raise DataFormatError(str(err)) from err
+    except RecursionError as err:      # json.loads of a runaway '[' nesting
+        raise DataFormatError(f"{path}:{line}: answers nested too deeply to read, found "
+                              f"{row[1][:40]!r}...") from err
     return QAPair(question, tuple(answers), line)
 
 
@@ -89,11 +81,25 @@ def beir_paths(folder: str, split: str) -> tuple[str, str]:
 
 
 def read_beir_qrels(path: str) -> dict[str, dict[str, int]]:
-    """BEIR qrels as ``query id -> doc id -> relevance``; errors name ``path:line``."""
+    """BEIR qrels as ``query id -> doc id -> relevance``; errors name ``path:line``.
+
+    BEIR's columns are positional (query-id, corpus-id, score): a header naming them in another order
+    or case is refused rather than read as a judgment.
+    """
+    _check_qrels_text(path)
     try:
         return read_qrels_tsv(path)
     except ValueError as err:
         raise DataFormatError(str(err)) from err
+
+
+def _check_qrels_text(path: str) -> None:
+    """DataFormatError naming the line of bytes that are not UTF-8, or of a header out of BEIR's order."""
+    for line_no, cells in iter_tsv_rows(path):
+        names = tuple(cell.strip() for cell in cells)
+        if line_no == 1 and names != QRELS_HEADER and sorted(n.lower() for n in names) == sorted(QRELS_HEADER):
+            raise DataFormatError(f"{path}:{line_no}: header: expected the columns {', '.join(QRELS_HEADER)} in "
+                                  f"this order (BEIR qrels columns are positional), found {', '.join(names)}")
 
 
 def read_beir_queries(path: str, only: Collection[str] | None = None) -> dict[str, str]:
@@ -102,14 +108,11 @@ def read_beir_queries(path: str, only: Collection[str] | None = None) -> dict[st
     A query id in ``only`` that the file lacks raises DataFormatError (it would silently score 0).
     """
     queries: dict[str, str] = {}
-    with open(path, encoding="utf-8") as handle:
+    with open_text(path) as handle, decoding_errors(path):
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(f"{path}:{line_no}: malformed JSON: {err.msg}") from err
+            obj = parse_json(line, f"{path}:{line_no}")
             qid, text = (obj.get("_id"), obj.get("text")) if isinstance(obj, dict) else (None, None)
             if isinstance(qid, bool) or not isinstance(qid, (str, int)) or not isinstance(text, str):
                 raise DataFormatError(f"{path}:{line_no}: expected {{\"_id\": ..., \"text\": \"...\"}}, "

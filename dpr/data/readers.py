@@ -7,25 +7,19 @@ bytes, so a compressed file is read whatever its suffix.
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import glob
-import gzip
 import itertools
-import json
 import logging
 import os
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any
 
-from dpr.errors import UserError
+from dpr.data.files import DataFormatError, decoding_errors, iter_tsv_rows, open_text, parse_json
 from dpr.options import parse_upsample_rates  # noqa: F401  (re-exported: flag parsing lives in options)
 
 logger = logging.getLogger(__name__)
 
-_GZIP_MAGIC = b"\x1f\x8b"
 _PASSAGE_ID_FIELDS = ("passage_id", "psg_id")  # DPR sets use either name
 _MISSING = object()  # marks a field absent from a record (distinct from an explicit null)
 
@@ -49,10 +43,6 @@ class BiEncoderSample:
     negative_passages: tuple[Passage, ...]
     hard_negative_passages: tuple[Passage, ...]
     dataset: str = ""
-
-
-class DataFormatError(UserError, ValueError):
-    """A data file does not hold what it should; the message says where and what."""
 
 
 def _describe(value: Any) -> str:
@@ -92,24 +82,6 @@ class _Location:
 
 
 # ---------------------------------------------------------------------------- files and patterns
-
-
-def _open_text(path: str) -> TextIO:
-    """Open ``path`` as UTF-8 text, decompressing when it starts with the gzip magic bytes."""
-    with open(path, "rb") as raw:
-        compressed = raw.read(2) == _GZIP_MAGIC
-    if compressed:
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
-@contextlib.contextmanager
-def _decoding_errors(path: str) -> Iterator[None]:
-    """Turn undecodable bytes or a broken gzip stream into a DataFormatError naming the file."""
-    try:
-        yield
-    except (UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error) as err:
-        raise DataFormatError(f"{path}: not UTF-8 text (plain or gzipped): {err}") from err
 
 
 def expand_patterns(patterns: str | Sequence[str]) -> list[str]:
@@ -210,7 +182,7 @@ def _iter_json_records(path: str) -> Iterator[tuple[Any, _Location]]:
 
     A file whose first non-blank character is ``[`` is one JSON list; anything else is JSONL.
     """
-    with _open_text(path) as handle, _decoding_errors(path):
+    with open_text(path) as handle, decoding_errors(path):
         head: list[str] = []
         for line in handle:
             head.append(line)
@@ -223,12 +195,7 @@ def _iter_json_records(path: str) -> Iterator[tuple[Any, _Location]]:
 
 
 def _json_list_records(path: str, text: str) -> Iterator[tuple[Any, _Location]]:
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataFormatError(
-            f"{path}: line {err.lineno} column {err.colno}: malformed JSON: {err.msg}"
-        ) from err
+    records = parse_json(text, path, at_position=True)
     for index, record in enumerate(records, start=1):
         yield record, _Location(path, index)
 
@@ -239,12 +206,7 @@ def _jsonl_records(path: str, lines: Iterator[str]) -> Iterator[tuple[Any, _Loca
         if not line.strip():
             continue
         index += 1
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataFormatError(
-                f"{path}: line {line_no} (record {index}): malformed JSON: {err.msg}"
-            ) from err
+        record = parse_json(line, f"{path}: line {line_no} (record {index})")
         yield record, _Location(path, index, line_no)
 
 
@@ -276,12 +238,43 @@ def read_dpr_files(
     """Read all files matched by ``patterns``; pattern ``i``'s samples repeat ``rates[i]`` times.
 
     Files come pattern by pattern, sorted within a pattern. ``upsample_rates`` (default all 1)
-    needs one positive int per pattern.
+    needs one positive int per pattern. A pattern that matches no file raises FileNotFoundError; files
+    that hold no usable sample at all (no record, or none with a positive passage) raise
+    DataFormatError naming them, so the result is never empty. A pattern with no usable sample among
+    others that have some is logged as a warning.
     """
     if isinstance(patterns, str):
         patterns = [patterns]
     if not patterns:
         raise ValueError("no data file pattern given")
+    rates = _check_rates(patterns, upsample_rates)
+    files = [_expand_pattern(pattern) for pattern in patterns]  # every pattern must match, checked first
+    samples: list[BiEncoderSample] = []
+    skipped = 0
+    for pattern, paths, rate in zip(patterns, files, rates):
+        pattern_samples: list[BiEncoderSample] = []
+        for path in paths:
+            file_samples, file_skipped = read_dpr_file(path, ctx_field)
+            pattern_samples.extend(file_samples)
+            skipped += file_skipped
+        if not pattern_samples:
+            logger.warning("pattern %r: no usable sample in %s", pattern, paths)
+        samples.extend(pattern_samples * rate)
+        logger.info("pattern %r: %d samples x%d", pattern, len(pattern_samples), rate)
+    if not samples:
+        raise _no_samples_error(patterns, [path for paths in files for path in paths], skipped)
+    logger.info("%d samples in total", len(samples))
+    return samples
+
+
+def _no_samples_error(patterns: Sequence[str], paths: list[str], skipped: int) -> DataFormatError:
+    found = (f"{skipped} records, none with a positive passage" if skipped
+             else "no record (empty list or file)")
+    return DataFormatError(f"no usable samples in {', '.join(paths)} (patterns {list(patterns)}): "
+                           f"expected at least one record with a positive passage, found {found}")
+
+
+def _check_rates(patterns: Sequence[str], upsample_rates: Sequence[int] | None) -> list[int]:
     rates = [1] * len(patterns) if upsample_rates is None else list(upsample_rates)
     if len(rates) != len(patterns):
         raise ValueError(
@@ -290,82 +283,95 @@ def read_dpr_files(
         )
     if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates):
         raise ValueError(f"upsample rates must be positive integers, found {rates}")
-    samples: list[BiEncoderSample] = []
-    for pattern, rate in zip(patterns, rates):
-        pattern_samples: list[BiEncoderSample] = []
-        for path in _expand_pattern(pattern):
-            pattern_samples.extend(read_dpr_file(path, ctx_field)[0])
-        samples.extend(pattern_samples * rate)
-        logger.info("pattern %r: %d samples x%d", pattern, len(pattern_samples), rate)
-    logger.info("%d samples in total", len(samples))
-    return samples
+    return rates
 
 
 # --------------------------------------------------------------------------------- passage corpora
 
 
+_TSV_COLUMNS = ("id", "text", "title")
+
+
 def iter_passages_tsv(path: str) -> Iterator[tuple[str, Passage]]:
-    """Yield ``(passage_id, Passage)`` from a DPR passages TSV (``psgs_w100.tsv``, may be gzipped).
+    """Yield ``(passage_id, Passage)`` from a DPR passages TSV (``psgs_w100.tsv``, may be gzipped)."""
+    for _, passage_id, passage in iter_passages_tsv_lines(path):
+        yield passage_id, passage
 
-    The header ``id<TAB>text<TAB>title`` (any column order, title optional) is used when present;
-    without it the columns are id, text, title. Fields use CSV quoting, as DPR's files do.
+
+def iter_passages_tsv_lines(path: str) -> Iterator[tuple[int, str, Passage]]:
+    """Yield ``(line number, passage_id, Passage)`` from a DPR passages TSV (may be gzipped).
+
+    One passage per line, fields split on every tab: the file is not read as CSV, so a stray double
+    quote stays part of its text. A field wholly enclosed in double quotes with inner quotes doubled
+    (how DPR's ``psgs_w100.tsv`` and CSV writers quote) is unquoted. A first line naming the columns
+    ``id``, ``text`` and optionally ``title`` (any order, any case; other columns are ignored) is
+    the header; without one the columns are id, text[, title]. Every line must have as many fields
+    as the header (or the first line); an empty id is an error.
     """
-    with _open_text(path) as handle, _decoding_errors(path):
-        reader = csv.reader(handle, delimiter="\t")
-        columns: dict[str, int] | None = None
-        try:
-            for row in reader:
-                if not row:
-                    continue
-                if columns is None:
-                    columns = _tsv_columns(row, path, reader.line_num)
-                    if row[0].strip().lower() == "id":
-                        continue
-                yield _tsv_passage(row, columns, path, reader.line_num)
-        except csv.Error as err:
-            raise DataFormatError(f"{path}:{reader.line_num}: malformed TSV: {err}") from err
+    columns: dict[str, int] | None = None
+    width = 0
+    for line_no, cells in iter_tsv_rows(path):
+        if columns is None:
+            header = _tsv_header(cells, path, line_no)
+            columns = header if header is not None else _tsv_default_columns(cells, path, line_no)
+            width = len(cells)
+            if header is not None:
+                continue
+        yield (line_no, *_tsv_passage(cells, columns, width, f"{path}:{line_no}"))
 
 
-def _tsv_columns(first_row: list[str], path: str, line: int) -> dict[str, int]:
-    """Column positions from the header, or id, text[, title] when the file has no header."""
-    if first_row[0].strip().lower() != "id":
-        return {"id": 0, "text": 1, "title": 2} if len(first_row) >= 3 else {"id": 0, "text": 1}
-    names = [name.strip().lower() for name in first_row]
-    if "text" not in names:
-        raise DataFormatError(
-            f"{path}:{line}: header: expected columns id, text[, title], found {first_row}"
-        )
-    return {name: names.index(name) for name in ("id", "text", "title") if name in names}
+def _tsv_header(cells: list[str], path: str, line: int) -> dict[str, int] | None:
+    """Column positions when ``cells`` is a header (first cell ``id``, or two known names), else None."""
+    names = [cell.strip().lower() for cell in cells]
+    known = [name for name in names if name in _TSV_COLUMNS]
+    if names[0] != "id" and len(known) < 2:
+        return None  # a data line: passage ids and texts are not column names
+    if "id" not in known or "text" not in known or len(set(known)) != len(known):
+        raise DataFormatError(f"{path}:{line}: header: expected the columns id, text and optionally "
+                              f"title, once each in any order, found {cells}")
+    return {name: names.index(name) for name in _TSV_COLUMNS if name in names}
 
 
-def _tsv_passage(
-    row: list[str], columns: dict[str, int], path: str, line: int
-) -> tuple[str, Passage]:
-    needed = max(columns.values()) + 1
-    if len(row) < needed:
+def _tsv_default_columns(cells: list[str], path: str, line: int) -> dict[str, int]:
+    if len(cells) not in (2, 3):
+        raise DataFormatError(f"{path}:{line}: expected a header or 2 or 3 tab-separated columns "
+                              f"(id, text[, title]), found {len(cells)}")
+    return dict(zip(_TSV_COLUMNS, range(len(cells))))
+
+
+def _tsv_passage(cells: list[str], columns: dict[str, int], width: int, where: str) -> tuple[str, Passage]:
+    if len(cells) != width:
         names = ", ".join(sorted(columns, key=columns.__getitem__))
-        raise DataFormatError(
-            f"{path}:{line}: expected {needed} tab-separated columns ({names}), found {len(row)}"
-        )
-    passage_id = row[columns["id"]].strip()
+        raise DataFormatError(f"{where}: expected {width} tab-separated columns ({names}), found "
+                              f"{len(cells)}{_quote_hint(cells)}")
+    passage_id = cells[columns["id"]].strip()
     if not passage_id:
-        raise DataFormatError(f"{path}:{line}: column 'id': expected a passage id, found ''")
-    title = row[columns["title"]] if "title" in columns else ""
-    return passage_id, Passage(text=row[columns["text"]], title=title, passage_id=passage_id)
+        raise DataFormatError(f"{where}: column 'id': expected a passage id, found ''")
+    title = cells[columns["title"]] if "title" in columns else ""
+    return passage_id, Passage(text=cells[columns["text"]], title=title, passage_id=passage_id)
+
+
+def _quote_hint(cells: list[str]) -> str:
+    if any(cell.startswith('"') and not cell.endswith('"') for cell in cells):
+        return " (a field opens a double quote it does not close: fields are never quoted across tabs or lines)"
+    return ""
 
 
 def iter_beir_corpus(path: str) -> Iterator[tuple[str, Passage]]:
     """Yield ``(doc_id, Passage)`` from a BEIR ``corpus.jsonl`` (``{"_id", "title", "text"}``)."""
-    with _open_text(path) as handle, _decoding_errors(path):
+    for _, doc_id, passage in iter_beir_corpus_lines(path):
+        yield doc_id, passage
+
+
+def iter_beir_corpus_lines(path: str) -> Iterator[tuple[int, str, Passage]]:
+    """Yield ``(line number, doc_id, Passage)`` from a BEIR ``corpus.jsonl`` (may be gzipped)."""
+    with open_text(path) as handle, decoding_errors(path):
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(f"{path}:{line_no}: malformed JSON: {err.msg}") from err
-            passage = _beir_passage(obj, f"{path}:{line_no}")
-            yield passage.passage_id, passage
+            where = f"{path}:{line_no}"
+            passage = _beir_passage(parse_json(line, where), where)
+            yield line_no, passage.passage_id, passage
 
 
 def _beir_passage(obj: Any, where: str) -> Passage:

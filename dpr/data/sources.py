@@ -15,37 +15,26 @@ is skipped, counted and logged where a user would rather keep going:
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any
 
-from dpr.data.readers import DataFormatError, Passage, iter_beir_corpus
-from dpr.evaluation.metrics import read_qrels_tsv
+from dpr.data.files import DataFormatError, decoding_errors, open_text, parse_json
+from dpr.data.queries import read_beir_qrels
+from dpr.data.readers import Passage, iter_beir_corpus
 
 logger = logging.getLogger(__name__)
 
 SQUAD_VERSION = "1.1"
 
 
-def _open(path: str) -> TextIO:
-    with open(path, "rb") as raw:
-        compressed = raw.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rt", encoding="utf-8") if compressed else open(path, encoding="utf-8")
-
-
 def _jsonl_lines(path: str) -> Iterator[tuple[int, Any]]:
     """``(line number, parsed object)`` for every non-blank line of a JSONL file."""
-    with _open(path) as handle:
+    with open_text(path) as handle, decoding_errors(path):
         for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield line_no, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(f"{path}:{line_no}: malformed JSON: {err.msg}") from err
+            if line.strip():
+                yield line_no, parse_json(line, f"{path}:{line_no}")
 
 
 def _lines_with_id(path: str, doc_id: str) -> list[int]:
@@ -127,10 +116,7 @@ def load_judgments(
     path: str, corpus: BeirCorpus, queries: dict[str, str], strict: bool = False
 ) -> Judgments:
     """Read qrels ``path`` and keep the relevant (grade > 0) judgments whose ids are known."""
-    try:
-        qrels = read_qrels_tsv(path)
-    except ValueError as err:  # read_qrels_tsv names path:line already
-        raise DataFormatError(str(err)) from err
+    qrels = read_beir_qrels(path)
     found = Judgments(relevant={}, all_judged={})
     missing_examples: list[tuple[str, str]] = []
     for qid, docs in qrels.items():
@@ -210,11 +196,8 @@ def _get(obj: Any, key: str, kind: type, path: str, where: str) -> Any:
 
 def load_squad(path: str) -> SquadSet:
     """Read a SQuAD v1.1 JSON file; structural errors name the JSON key path (``data[3].title``)."""
-    with _open(path) as handle:
-        try:
-            document = json.load(handle)
-        except json.JSONDecodeError as err:
-            raise DataFormatError(f"{path}:{err.lineno}: malformed JSON: {err.msg}") from err
+    with open_text(path) as handle, decoding_errors(path):
+        document = parse_json(handle.read(), path, at_position=True)
     if not isinstance(document, dict):
         raise DataFormatError(f"{path}: expected a SQuAD JSON object, found {type(document).__name__}")
     version = document.get("version")
