@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pytest
 import torch
 from transformers import BertConfig, BertModel
 
 from dpr.models.biencoder import build_biencoder, build_biencoder_from_backbone
-from dpr.models.encoder import parameter_counts, pool, prefixed_forward, trainable_report
+from dpr.models.encoder import cache_argument, parameter_counts, pool, prefixed_forward, trainable_report
 from dpr.models.hub import ModelNotFoundError, SHORT_NAMES, load_backbone, resolve_model_path
 from dpr.options import ConfigError, EncoderConfig
 
@@ -95,6 +96,20 @@ def test_masked_prefix_reproduces_the_plain_model_with_positions_from_zero():
     real = mask.bool()
     torch.testing.assert_close(hidden[real], plain[real], atol=1e-6, rtol=0)
     assert (visible[real] - plain[real]).abs().max() > 1e-3   # the prefix does something when visible
+
+
+def test_prefix_forward_uses_the_current_cache_argument_without_deprecation_warnings():
+    # transformers 5.24 renamed past_key_values to cache (removed in 5.40): the old name warns on every call.
+    model = make("prefix").eval()
+    ids, mask, seg = batch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            vectors = model.encode_query(ids, mask, seg)
+    assert vectors.shape == (2, 32)
+    import inspect
+    expected = "cache" if "cache" in inspect.signature(BertModel.forward).parameters else "past_key_values"
+    assert cache_argument(BertModel) == expected
 
 
 def test_prefix_gradients_flow_through_the_mlp_reparameterisation():

@@ -15,6 +15,7 @@ from dpr.data.batching import tokenize_questions
 from dpr.encoding import encode_texts
 from dpr.models.hub import load_backbone, load_tokenizer
 from dpr.models.peft_interop import PeftAdapterError, peft_position_ids
+from dpr.models.encoder import cache_argument
 from dpr.models.prefix import prefix_cache
 from dpr.models.serialization import CheckpointMismatchError
 from dpr.retrieval import passage_identity
@@ -85,7 +86,8 @@ def test_peft_loaded_prefix_gives_our_vectors_once_positions_agree(peft, exporte
         default = peft_model(input_ids=ids, attention_mask=mask).last_hidden_state         # (2, T, 32)
         shifted = model.backbone(input_ids=ids, attention_mask=torch.cat([mask.new_ones(2, P), mask], 1),
                                  position_ids=torch.arange(ids.shape[1]).expand_as(ids) + P,
-                                 past_key_values=prefix_cache(model.question_encoder.prefix(2))).last_hidden_state
+                                 **{cache_argument(type(model.backbone)):
+                                    prefix_cache(model.question_encoder.prefix(2))}).last_hidden_state
         # with peft_position_ids PEFT's tokens sit at 0 .. T-1, as ours do
         aligned = peft_model(input_ids=ids, attention_mask=mask,
                              position_ids=peft_position_ids(ids, P)).last_hidden_state

@@ -7,6 +7,8 @@ tokens (``token_states``, used by ColBERT). It never tokenizes and never compute
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 
 import torch
 from torch import nn
@@ -27,6 +29,21 @@ def pool(states: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch
     raise ValueError(f"unknown pooling {mode!r}; expected cls or mean")
 
 
+@functools.lru_cache(maxsize=None)
+def cache_argument(model_class: type) -> str:
+    """The name under which ``model_class.forward`` takes a key/value cache.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40);
+    older releases only know ``past_key_values``. Asking the signature works across the whole range.
+    """
+    parameters = inspect.signature(model_class.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in parameters:
+            return name
+    raise TypeError(f"{model_class.__name__}.forward takes neither cache nor past_key_values: "
+                    f"prefix tuning needs one of them")
+
+
 def prefixed_forward(backbone: BertModel, key_values: list[tuple[torch.Tensor, torch.Tensor]],
                      prefix_mask: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      token_type_ids: torch.Tensor) -> torch.Tensor:
@@ -41,7 +58,7 @@ def prefixed_forward(backbone: BertModel, key_values: list[tuple[torch.Tensor, t
     out = backbone(input_ids=input_ids,
                    attention_mask=torch.cat([prefix_mask, attention_mask], dim=1),   # (B, P+T)
                    token_type_ids=token_type_ids, position_ids=positions,
-                   past_key_values=prefix_cache(key_values))
+                   **{cache_argument(type(backbone)): prefix_cache(key_values)})
     return out.last_hidden_state
 
 
