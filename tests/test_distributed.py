@@ -98,39 +98,48 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     )
     torch.set_num_threads(1)  # two processes on two cores
     ctx = init_distributed(no_cuda=True)
-    result: dict[str, Any] = {"rank": ctx.rank, "is_main": ctx.is_main, "device": str(ctx.device)}
+    finished = False
     try:
-        logging.getLogger().setLevel(logging.INFO)
-        configure_logging(ctx)
-        result["root_level"] = logging.getLogger().level
-
-        # gather_with_grad with 3 rows on rank 0 and 1 row on rank 1.
-        t = _gather_rows(rank).requires_grad_(True)  # (n_local, 3)
-        gathered, offset = gather_with_grad(t, ctx)  # (4, 3)
-        weights = torch.arange(gathered.numel(), dtype=torch.float64).view_as(gathered)
-        (gathered * weights).sum().backward()
-        result["gathered"] = gathered.detach().tolist()
-        result["offset"] = offset
-        result["local_grad"] = t.grad.tolist()
-        result["expected_local_grad"] = weights[offset : offset + t.shape[0]].tolist()
-
-        result["mean"] = all_reduce_mean(2.0 * rank + 1.0, ctx)
-        result["sum"] = all_reduce_sum(2.0 * rank + 1.0, ctx)
-        barrier(ctx)
-
-        model = wrap_ddp(_model(), ctx)
-        result["wrapped"] = type(model).__name__
-        q_x, p_x, local_pos = _local_batch(rank)
-        q, p = model(q_x, p_x)  # (2, EMB_DIM), (4 or 5, EMB_DIM)
-        loss, correct = global_biencoder_loss(q, p, local_pos, ctx)
-        loss.backward()
-        result["loss"] = loss.item()
-        result["correct"] = int(correct.item())
-        params = unwrap(model).named_parameters()
-        result["grads"] = {n: prm.grad.flatten().tolist() for n, prm in params}
+        # The DDP model lives only inside _observe: it holds the process group and must be gone
+        # before the group is destroyed (see cleanup_distributed).
+        result = _observe(ctx, rank)
+        finished = True
     finally:
-        cleanup_distributed()
+        cleanup_distributed(synchronize=finished)
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def _observe(ctx: DistributedContext, rank: int) -> dict[str, Any]:
+    result: dict[str, Any] = {"rank": ctx.rank, "is_main": ctx.is_main, "device": str(ctx.device)}
+    logging.getLogger().setLevel(logging.INFO)
+    configure_logging(ctx)
+    result["root_level"] = logging.getLogger().level
+
+    # gather_with_grad with 3 rows on rank 0 and 1 row on rank 1.
+    t = _gather_rows(rank).requires_grad_(True)  # (n_local, 3)
+    gathered, offset = gather_with_grad(t, ctx)  # (4, 3)
+    weights = torch.arange(gathered.numel(), dtype=torch.float64).view_as(gathered)
+    (gathered * weights).sum().backward()
+    result["gathered"] = gathered.detach().tolist()
+    result["offset"] = offset
+    result["local_grad"] = t.grad.tolist()
+    result["expected_local_grad"] = weights[offset : offset + t.shape[0]].tolist()
+
+    result["mean"] = all_reduce_mean(2.0 * rank + 1.0, ctx)
+    result["sum"] = all_reduce_sum(2.0 * rank + 1.0, ctx)
+    barrier(ctx)
+
+    model = wrap_ddp(_model(), ctx)
+    result["wrapped"] = type(model).__name__
+    q_x, p_x, local_pos = _local_batch(rank)
+    q, p = model(q_x, p_x)  # (2, EMB_DIM), (4 or 5, EMB_DIM)
+    loss, correct = global_biencoder_loss(q, p, local_pos, ctx)
+    loss.backward()
+    result["loss"] = loss.item()
+    result["correct"] = int(correct.item())
+    params = unwrap(model).named_parameters()
+    result["grads"] = {n: prm.grad.flatten().tolist() for n, prm in params}
+    return result
 
 
 def _free_port() -> int:
@@ -159,9 +168,12 @@ def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]
     out_dir = tmp_path_factory.mktemp("ddp")
     try:
         _spawn_once(out_dir)
-    except mp.ProcessRaisedException:
+    except mp.ProcessRaisedException as err:
         # The free port is only reserved until the socket closes: another process on the machine
-        # may take it before the workers bind it. One retry with a new port covers that race.
+        # may take it before the workers bind it. One retry with a new port covers that race, and
+        # only that one: any other failure (a crash at shutdown included) fails the test.
+        if "address already in use" not in str(err).lower() and "EADDRINUSE" not in str(err):
+            raise
         _spawn_once(out_dir)
     return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
 

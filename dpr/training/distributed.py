@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -151,10 +152,22 @@ def init_distributed(no_cuda: bool = False, local_rank: int = -1) -> Distributed
     )
 
 
-def cleanup_distributed() -> None:
-    """Leave the process group, if one was joined; safe to call in a single process."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def cleanup_distributed(synchronize: bool = True) -> None:
+    """Leave the process group, if one was joined; safe to call in a single process.
+
+    With ``synchronize`` (a normal end) the ranks first meet at a barrier, so none tears its gloo
+    connections down while a peer still works on the last collective: the peer's gloo worker thread then
+    dies with SIGABRT ("terminate called without an active exception"). After an error, pass False: a
+    failed peer may never reach the barrier. Release what holds the group (a DDP wrapper, pending work)
+    before calling; the garbage collection here frees what only reference cycles keep alive, so the
+    group's worker threads are joined now rather than during interpreter shutdown.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()
+    if synchronize:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def _gather_sizes(n_local: int, ctx: DistributedContext, device: torch.device) -> list[int]:
