@@ -32,19 +32,19 @@ import numpy as np
 
 from dpr.atomic import atomic_file
 from dpr.cli import run_cli, setup_logging
-from dpr.data.corpus import lookup_passages
 from dpr.data.queries import beir_paths, read_beir_qrels, read_beir_queries, read_qa_tsv
 from dpr.embeddings_io import EmbeddingShard, EmbeddingsError, check_encoder_match, find_shards
 from dpr.encoding import encode_texts
 from dpr.evaluation.calibration import expected_calibration_error, reliability_diagram
 from dpr.evaluation.metrics import DEFAULT_KS, PRIMARY_METRIC, evaluate_run, write_trec_run
 from dpr.evaluation.qa_validation import MATCH_TYPES, top_k_accuracy
-from dpr.evaluation.retrieval_eval import answer_hits, calibration_inputs, qa_records, relevance_hits, run_dict
+from dpr.evaluation.retrieval_eval import (answer_hits, calibration_inputs, check_judged_docs, judged_queries,
+                                          qa_records, relevance_hits, run_dict)
 from dpr.indexer.faiss_index import IndexParams
 from dpr.models.encoder import trainable_report
 from dpr.options import ConfigError, add_encoder_params, add_tuning_params, encoder_config_from_args
-from dpr.retrieval import (TaskEncoder, default_index_dir, group_shards, load_inference_model, search_groups,
-                           select_device)
+from dpr.retrieval import (TaskEncoder, default_index_dir, group_shards, load_inference_model,
+                           lookup_corpus_passages, search_groups, select_device)
 from dpr.training.checkpoint import read_checkpoint_info
 
 logger = logging.getLogger("dense_retriever")
@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--encoded_ctx_file", nargs="+", required=True,
                    help="embedding shard folders or glob patterns (e.g. 'out/wiki_*')")
     d.add_argument("--qa_file", help="QA mode: TSV question<TAB>answers")
-    d.add_argument("--ctx_file", help="QA mode: passages for answer matching (default: the embeddings' corpus)")
+    d.add_argument("--ctx_file", help="QA mode: passages for answer matching (default: the embeddings' corpus); "
+                                      "must hold the texts that were encoded (checked against their digest)")
     d.add_argument("--beir_dir", help="BEIR mode: folder with queries.jsonl and qrels/")
     d.add_argument("--split", default="test", help="BEIR qrels split (qrels/<split>.tsv)")
     d.add_argument("--out_file", help="QA: DPR results JSON; BEIR: TREC run file")
@@ -129,14 +130,25 @@ def _load_queries(args: argparse.Namespace) -> dict[str, Any]:
         return {"mode": "qa", "ids": [str(p.line) for p in pairs], "texts": [p.question for p in pairs],
                 "answers": [p.answers for p in pairs]}
     queries_path, qrels_path = beir_paths(args.beir_dir, args.split)
-    qrels = read_beir_qrels(qrels_path)
-    queries = read_beir_queries(queries_path, only=set(qrels))     # BEIR evaluates judged queries only
-    return {"mode": "beir", "ids": list(queries), "texts": list(queries.values()), "qrels": qrels}
+    # BEIR evaluates judged queries only; judged ones without a text are left out with a warning
+    qrels, queries = judged_queries(read_beir_qrels(qrels_path), read_beir_queries(queries_path), qrels_path,
+                                    queries_path)
+    return {"mode": "beir", "ids": list(queries), "texts": list(queries.values()), "qrels": qrels,
+            "qrels_path": qrels_path}
 
 
-def _retrieve(args: argparse.Namespace, texts: list[str]) -> tuple[np.ndarray, list[list[str]], dict[str, Any]]:
-    """Encode the questions, search every shard group; (scores (Q, k), ids, run info)."""
+def _open_shards(args: argparse.Namespace, queries: dict[str, Any]) -> list[EmbeddingShard]:
+    """The embedding shards; in BEIR mode, judged doc ids they lack are counted before any encoding."""
     shards = find_shards(args.encoded_ctx_file, allow_partial=args.allow_partial_corpus)
+    if queries["mode"] == "beir":
+        corpus = f"the {sum(s.header.count for s in shards)} embedded passages of {shards[0].header.ctx_file}"
+        check_judged_docs(queries["qrels"], {pid for s in shards for pid in s.ids()}, queries["qrels_path"], corpus)
+    return shards
+
+
+def _retrieve(args: argparse.Namespace, shards: list[EmbeddingShard], texts: list[str]
+              ) -> tuple[np.ndarray, list[list[str]], dict[str, Any]]:
+    """Encode the questions, search every shard group; (scores (Q, k), ids, run info)."""
     device = select_device(args.no_cuda, args.precision)
     loaded = load_inference_model(args, device)
     logger.info("%s", trainable_report(loaded.model))
@@ -172,7 +184,8 @@ def _search(args: argparse.Namespace, shards: list[EmbeddingShard], queries: np.
           f"({args.num_index_shards} group(s)) for {len(queries)} queries in {seconds:.2f} s, "
           f"{len(queries) / max(seconds, 1e-9):.1f} queries/s (index build/load included)")
     info = {"index_type": args.index_type, "passages": passages, "shards": [s.path for s in shards],
-            "ctx_file": shards[0].header.ctx_file, "search_seconds": seconds}
+            "ctx_file": shards[0].header.ctx_file, "corpus_digest": shards[0].header.corpus_digest,
+            "search_seconds": seconds}
     return scores, ids, info
 
 
@@ -188,10 +201,9 @@ def _load_tasks(args: argparse.Namespace, device: Any) -> TaskEncoder:
     return encoder
 
 
-def _retrieve_tasks(args: argparse.Namespace, texts: list[str]
+def _retrieve_tasks(args: argparse.Namespace, shards: list[EmbeddingShard], texts: list[str]
                     ) -> tuple[dict[str, tuple[np.ndarray, list[list[str]]]], dict[str, Any], TaskEncoder]:
     """Encode the questions with every task, search ONE index for all of them; per-task (scores, ids)."""
-    shards = find_shards(args.encoded_ctx_file, allow_partial=args.allow_partial_corpus)
     device = select_device(args.no_cuda, args.precision)
     encoder = _load_tasks(args, device)
     trainable, total = encoder.library.parameter_counts()
@@ -223,11 +235,17 @@ def _calibration(args: argparse.Namespace, scores: np.ndarray, hits: list[list[b
     return ece
 
 
+def _lookup(args: argparse.Namespace, shard: EmbeddingShard, ids: Any) -> dict[str, Any]:
+    """The passages of the retrieved ``ids`` (rows of id lists), from a --ctx_file of the embeddings' corpus."""
+    return lookup_corpus_passages(args.ctx_file or shard.header.ctx_file, {pid for row in ids for pid in row},
+                                  shard)
+
+
 def _report_qa(args: argparse.Namespace, q: dict[str, Any], scores: np.ndarray, ids: list[list[str]],
-               ctx_file: str, passages: dict[str, Any] | None = None) -> dict[str, Any]:
+               shard: EmbeddingShard, passages: dict[str, Any] | None = None) -> dict[str, Any]:
     """``passages``: the retrieved ids' passages when already looked up (several tasks share one lookup)."""
     if passages is None:
-        passages = lookup_passages(args.ctx_file or ctx_file, {pid for row in ids for pid in row})
+        passages = _lookup(args, shard, ids)
     hits = answer_hits(q["answers"], ids, passages, args.match, args.validation_workers)
     accuracy = top_k_accuracy(hits)
     logger.info("top-k accuracy for k = 1..%d: %s", len(accuracy), [round(a, 4) for a in accuracy])
@@ -276,26 +294,27 @@ def _suffixed(path: str | None, task: str) -> str | None:
 
 def _report_single(args: argparse.Namespace, queries: dict[str, Any]) -> dict[str, Any]:
     """Retrieve and report with --model_file (or the base model); returns the metrics JSON content."""
-    scores, ids, info = _retrieve(args, queries["texts"])
+    shards = _open_shards(args, queries)
+    scores, ids, info = _retrieve(args, shards, queries["texts"])
     if queries["mode"] == "qa":
-        return {**info, **_report_qa(args, queries, scores, ids, info["ctx_file"])}
+        return {**info, **_report_qa(args, queries, scores, ids, shards[0])}
     return {**info, **_report_beir(args, queries, scores, ids)}
 
 
 def _report_tasks(args: argparse.Namespace, queries: dict[str, Any]) -> dict[str, Any]:
     """Retrieve and report every --task; returns the metrics JSON content (per task under "tasks")."""
-    results, info, encoder = _retrieve_tasks(args, queries["texts"])
+    shards = _open_shards(args, queries)
+    results, info, encoder = _retrieve_tasks(args, shards, queries["texts"])
     passages = None
     if queries["mode"] == "qa":         # one pass over the corpus file for every task's retrieved ids
-        passages = lookup_passages(args.ctx_file or info["ctx_file"],
-                                   {pid for _, ids in results.values() for row in ids for pid in row})
+        passages = _lookup(args, shards[0], [row for _, ids in results.values() for row in ids])
     per_task = {}
     for task, (scores, ids) in results.items():
         print(f"\n== task {task} ({encoder.checkpoint(task)}) ==")
         task_args = argparse.Namespace(**{**vars(args), "out_file": _suffixed(args.out_file, task),
                                           "reliability_plot": _suffixed(args.reliability_plot, task)})
         if queries["mode"] == "qa":
-            report = _report_qa(task_args, queries, scores, ids, info["ctx_file"], passages)
+            report = _report_qa(task_args, queries, scores, ids, shards[0], passages)
         else:
             report = _report_beir(task_args, queries, scores, ids)
         per_task[task] = {"encoder": encoder.checkpoint(task), **report}

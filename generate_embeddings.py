@@ -16,16 +16,18 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 from dpr.cli import run_cli, setup_logging
-from dpr.data.corpus import count_passages, read_corpus, read_passage_range, resolve_corpus_path
-from dpr.data.readers import DataFormatError
-from dpr.embeddings_io import ShardHeader, encoder_digest, shard_path, shard_range, write_shard
+from dpr.data.corpus import iter_unique_passages, read_corpus, read_passage_range, resolve_corpus_path
+from dpr.data.readers import DataFormatError, Passage
+from dpr.embeddings_io import (RowDigest, ShardHeader, encoder_digest, passages_digest, shard_path, shard_range,
+                               write_shard)
 from dpr.encoding import encode_texts
 from dpr.models.encoder import trainable_report
 from dpr.models.serialization import backbone_fingerprint
 from dpr.options import ConfigError, add_encoder_params, add_tuning_params
-from dpr.retrieval import load_inference_model, select_device
+from dpr.retrieval import InferenceModel, load_inference_model, select_device
 
 logger = logging.getLogger("generate_embeddings")
 
@@ -64,19 +66,54 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--max_passages must be >= 1, found {args.max_passages}")
 
 
-def _read_shard_passages(args: argparse.Namespace, ctx_file: str) -> tuple[list, list, int, int, int]:
-    """(ids, passages, start, end, total) of this shard; one pass when there is a single shard."""
+@dataclass(frozen=True)
+class ShardRows:
+    """This shard's rows ``[start, end)`` of the ``total`` passages, their digest and that of all ``total``."""
+
+    ids: list[str]
+    passages: list[Passage]
+    start: int
+    end: int
+    total: int
+    corpus_digest: str
+    passages_digest: str
+
+
+def _count_and_digest(ctx_file: str, limit: int | None) -> tuple[int, str]:
+    """(passages, RowDigest of them) in one streaming pass (count_passages' pass, plus the digest): every
+    row is parsed and ids are checked unique, so a bad row or a repeated id fails early."""
+    digest = RowDigest()
+    for passage_id, passage in iter_unique_passages(ctx_file, limit):
+        digest.update(passage_id, passage)
+    return digest.count, digest.hexdigest()
+
+
+def _read_shard_passages(args: argparse.Namespace, ctx_file: str) -> ShardRows:
+    """This shard's rows; one pass when there is a single shard, else a counting pass and a reading pass."""
     if args.num_shards == 1:
         ids, passages = read_corpus(ctx_file, args.max_passages)
-        return ids, passages, 0, len(ids), len(ids)
-    total = count_passages(ctx_file, args.max_passages)
+        digest = passages_digest(ids, passages)               # the shard is the whole corpus
+        return ShardRows(ids, passages, 0, len(ids), len(ids), digest, digest)
+    total, corpus_digest = _count_and_digest(ctx_file, args.max_passages)
     if total == 0:
         raise DataFormatError(f"{ctx_file}: no passages found (empty corpus)")
     if args.num_shards > total:
         raise ConfigError(f"--num_shards {args.num_shards} exceeds the {total} passages of {ctx_file}")
     start, end = shard_range(total, args.shard_id, args.num_shards)
     ids, passages = read_passage_range(ctx_file, start, end)
-    return ids, passages, start, end, total
+    return ShardRows(ids, passages, start, end, total, corpus_digest, passages_digest(ids, passages))
+
+
+def _shard_header(args: argparse.Namespace, loaded: InferenceModel, rows: ShardRows, dim: int, ctx_file: str,
+                  insert_title: bool) -> ShardHeader:
+    model = loaded.model
+    # The passage side's own config: with --tune_side question it is the base model's, so indexes match.
+    return ShardHeader(encoder=model.config.passage_config().to_dict(), backbone=backbone_fingerprint(model.backbone),
+                       encoder_digest=encoder_digest(model.ctx_encoder), checkpoint=loaded.checkpoint, dim=dim,
+                       count=len(rows.ids), dtype="float16" if args.fp16_storage else "float32",
+                       shard_id=args.shard_id, num_shards=args.num_shards, start=rows.start, end=rows.end,
+                       total_passages=rows.total, ctx_file=os.path.abspath(ctx_file), insert_title=insert_title,
+                       corpus_digest=rows.corpus_digest, passages_digest=rows.passages_digest)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,22 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("%s", report)
     insert_title = args.insert_title if args.insert_title is not None else loaded.training.get("insert_title", True)
 
-    ids, passages, start, end, total = _read_shard_passages(args, ctx_file)
+    rows = _read_shard_passages(args, ctx_file)
+    ids, start, end, total = rows.ids, rows.start, rows.end, rows.total
     logger.info("shard %d of %d: passages %d..%d of %d from %s", args.shard_id, args.num_shards, start,
                 end - 1, total, ctx_file)
     began = time.perf_counter()
-    vectors = encode_texts(model, loaded.tokenizer, passages, "passage", max_length=model.config.sequence_length,
-                           batch_size=args.batch_size, device=device, precision=args.precision,
-                           insert_title=insert_title, progress=args.progress)          # (n, D) float32
+    vectors = encode_texts(model, loaded.tokenizer, rows.passages, "passage",
+                           max_length=model.config.sequence_length, batch_size=args.batch_size, device=device,
+                           precision=args.precision, insert_title=insert_title, progress=args.progress)  # (n, D)
     seconds = time.perf_counter() - began
-    # The passage side's own config: with --tune_side question it is the base model's, so indexes match.
-    header = ShardHeader(encoder=model.config.passage_config().to_dict(),
-                         backbone=backbone_fingerprint(model.backbone),
-                         encoder_digest=encoder_digest(model.ctx_encoder), checkpoint=loaded.checkpoint,
-                         dim=int(vectors.shape[1]), count=len(ids),
-                         dtype="float16" if args.fp16_storage else "float32", shard_id=args.shard_id,
-                         num_shards=args.num_shards, start=start, end=end, total_passages=total,
-                         ctx_file=os.path.abspath(ctx_file), insert_title=insert_title)
+    header = _shard_header(args, loaded, rows, int(vectors.shape[1]), ctx_file, insert_title)
     out = write_shard(shard_path(args.out_file, args.shard_id), vectors, ids, header)
     print(f"encoded {len(ids)} passages (shard {args.shard_id} of {args.num_shards}: rows {start}..{end - 1} "
           f"of {total}) in {seconds:.1f} s, {len(ids) / max(seconds, 1e-9):.1f} passages/s")

@@ -6,7 +6,8 @@ One shard is a folder ``<out_file>_<shard_id>/`` (DPR's naming, so ``--encoded_c
     vectors.npy    (count, dim) float32, or float16 with --fp16_storage; read with allow_pickle=False
     ids.json       JSON list of ``count`` passage ids (strings), row i is the vector of ids[i]
     meta.json      the header: format, version, encoder config, backbone fingerprint, checkpoint path,
-                   passage-encoder digest, dim, count, dtype, shard_id / num_shards, passage range
+                   passage-encoder digest, dim, count, dtype, shard_id / num_shards, passage range, and
+                   (version 2) digests of the shard's passages and of the whole corpus they came from
 
 The folder is written with :func:`dpr.atomic.atomic_directory`, so the three files appear together or
 not at all (a crash can never pair new vectors with old ids). Every reader check names the file.
@@ -22,23 +23,29 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from dpr.errors import UserError
 from dpr.atomic import atomic_directory
+from dpr.errors import UserError
 from dpr.options import ARCHITECTURE_FIELDS, EncoderConfig
+
+if TYPE_CHECKING:
+    from dpr.data.readers import Passage
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "dpr-ptv2-embeddings"
-VERSION = 1
+# 2: corpus_digest / passages_digest. Version-1 shards still load; their corpus is "unknown".
+VERSION = 2
 VECTORS_FILE = "vectors.npy"
 IDS_FILE = "ids.json"
 META_FILE = "meta.json"
+# Beside a saved FAISS index (dense_retriever --save_or_load_index): a glob over shards may match it.
+INDEX_SOURCE_FILE = "embeddings.json"
 STORAGE_DTYPES = ("float32", "float16")
 # Encoder settings that change a passage's vector (besides the weights, which the digest covers).
 IDENTITY_FIELDS = tuple(f for f in ARCHITECTURE_FIELDS if f != "share_encoder") + ("do_lower_case",)
@@ -51,7 +58,11 @@ class EmbeddingsError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class ShardHeader:
-    """What ``meta.json`` records about one shard. ``start``/``end``: its rows of the source corpus."""
+    """What ``meta.json`` records about one shard. ``start``/``end``: its rows of the source corpus.
+
+    ``corpus_digest``: :class:`RowDigest` of rows ``[0, total_passages)`` of ``ctx_file``, the same in
+    every shard of one corpus version; ``passages_digest``: of this shard's own rows. None: an older shard.
+    """
 
     encoder: dict[str, Any]
     backbone: dict[str, Any]
@@ -67,6 +78,8 @@ class ShardHeader:
     total_passages: int
     ctx_file: str
     insert_title: bool = True
+    corpus_digest: str | None = None
+    passages_digest: str | None = None
     format: str = FORMAT
     version: int = VERSION
 
@@ -97,6 +110,33 @@ def encoder_digest(encoder: nn.Module) -> str:
         tensor = param.detach().cpu().contiguous()
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
         digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class RowDigest:
+    """SHA-256 over passages ``(id, title, text)`` in order, fed a row at a time (one streaming pass).
+
+    Over parsed rows, not file bytes, so a gzipped copy or the TSV and BEIR forms of one corpus agree.
+    """
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self.count = 0
+
+    def update(self, passage_id: str, passage: Passage) -> None:
+        row = json.dumps([passage_id, passage.title, passage.text], ensure_ascii=False)   # unambiguous
+        self._sha.update(row.encode("utf-8") + b"\n")
+        self.count += 1
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+def passages_digest(ids: Sequence[str], passages: Sequence[Passage]) -> str:
+    """The :class:`RowDigest` of ``passages`` under ``ids``, in order."""
+    digest = RowDigest()
+    for passage_id, passage in zip(ids, passages, strict=True):
+        digest.update(passage_id, passage)
     return digest.hexdigest()
 
 
@@ -166,8 +206,17 @@ class EmbeddingShard:
             yield np.asarray(vectors[start:start + size], dtype=np.float32), ids[start:start + size]
 
 
+def is_saved_index(folder: str) -> bool:
+    """Whether ``folder`` holds an index saved by dense_retriever (one group, or ``group_<g>`` folders)."""
+    return os.path.isfile(os.path.join(folder, INDEX_SOURCE_FILE)) or bool(
+        glob.glob(os.path.join(glob.escape(folder), "group_*", INDEX_SOURCE_FILE)))
+
+
 def _read_header(path: str) -> ShardHeader:
     meta_path = os.path.join(path, META_FILE)
+    if is_saved_index(path):
+        raise EmbeddingsError(f"{path} is a saved FAISS index (--save_or_load_index), not an embeddings shard "
+                              f"folder; pass the shard folders (<out_file>_<shard_id>) to --encoded_ctx_file")
     if not os.path.isfile(meta_path):
         hint = (" (a DPR pickle? this format needs no pickle: regenerate with generate_embeddings.py)"
                 if os.path.isfile(path) else "")
@@ -239,7 +288,11 @@ def read_shard(path: str) -> EmbeddingShard:
 
 
 def _expand(patterns: str | Sequence[str]) -> list[str]:
-    """Shard folders matched by glob patterns; a match inside a shard folder counts as the folder."""
+    """Shard folders matched by glob patterns; a match inside a shard folder counts as the folder.
+
+    A saved index that a glob matches is skipped: its default place ``<out_file>_index_<kind>`` matches
+    ``<out_file>_*``, so without this a second ``--save_or_load_index`` run failed on its own index.
+    """
     if isinstance(patterns, str):
         patterns = [patterns]
     folders: list[str] = []
@@ -250,8 +303,13 @@ def _expand(patterns: str | Sequence[str]) -> list[str]:
         for match in matches:
             folder = os.path.dirname(match) if os.path.basename(match) in (VECTORS_FILE, IDS_FILE, META_FILE) \
                 else match
+            if glob.has_magic(pattern) and is_saved_index(folder):
+                logger.info("%s matches %r but is a saved index, not a shard: skipped", folder, pattern)
+                continue
             if folder not in folders:
                 folders.append(folder)
+    if not folders:
+        raise FileNotFoundError(f"no embeddings shard matches {list(patterns)} (only saved indexes)")
     return folders
 
 
@@ -265,6 +323,7 @@ def find_shards(patterns: str | Sequence[str], allow_partial: bool = False) -> l
     first = shards[0]
     for shard in shards[1:]:
         _check_same_corpus(first, shard)
+    _warn_unknown_corpus(shards)
     seen = [s.header.shard_id for s in shards]
     duplicated = sorted({i for i in seen if seen.count(i) > 1})
     if duplicated:
@@ -278,7 +337,37 @@ def find_shards(patterns: str | Sequence[str], allow_partial: bool = False) -> l
             raise EmbeddingsError(message + " (their passages could never be retrieved; pass "
                                   "--allow_partial_corpus to search the shards that exist)")
         logger.warning("%s", message)
+    _check_unique_ids(shards)
     return shards
+
+
+def _warn_unknown_corpus(shards: Sequence[EmbeddingShard]) -> None:
+    """One warning for all shards that predate corpus digests: their corpus version cannot be checked."""
+    unknown = [s.path for s in shards if s.header.corpus_digest is None]
+    if unknown:
+        logger.warning("%d of %d embeddings shards (e.g. %s) record no corpus digest (written before format "
+                       "version 2): cannot check they were encoded from one version of %s; regenerate them "
+                       "to get the check", len(unknown), len(shards), unknown[0], shards[0].header.ctx_file)
+
+
+def _check_unique_ids(shards: Sequence[EmbeddingShard]) -> None:
+    """Refuse a passage id held twice, within a shard or across shards (shards can come from elsewhere)."""
+    seen: set[str] = set()
+    for n, shard in enumerate(shards):
+        for pid in shard.ids():
+            if pid in seen:
+                first = next(s for s in shards[:n + 1] if pid in s.ids())
+                raise EmbeddingsError(_duplicate_message(pid, first, shard))
+            seen.add(pid)
+
+
+def _duplicate_message(pid: str, first: EmbeddingShard, second: EmbeddingShard) -> str:
+    if first.path == second.path:
+        rows = [row for row, other in enumerate(second.ids()) if other == pid]
+        return (f"{os.path.join(second.path, IDS_FILE)}: passage id {pid!r} appears at rows {rows}; each "
+                f"passage must be encoded once (regenerate the shard from a corpus without duplicate ids)")
+    return (f"passage id {pid!r} is in both {first.path} and {second.path}: the shards overlap (two runs "
+            f"over the same rows, or corpora that share ids); pass shards of one generate_embeddings run")
 
 
 def _check_same_corpus(a: EmbeddingShard, b: EmbeddingShard) -> None:
@@ -293,6 +382,11 @@ def _check_same_corpus(a: EmbeddingShard, b: EmbeddingShard) -> None:
         raise EmbeddingsError(f"{b.meta_path}: shard {hb.shard_id} of {hb.num_shards} over {hb.total_passages} "
                               f"passages, but {a.meta_path}: shard {ha.shard_id} of {ha.num_shards} over "
                               f"{ha.total_passages}; mix of two embedding runs?")
+    if ha.corpus_digest and hb.corpus_digest and ha.corpus_digest != hb.corpus_digest:
+        raise EmbeddingsError(f"{b.path} and {a.path} were encoded from different versions of the corpus "
+                              f"(digest {hb.corpus_digest[:12]} of {hb.ctx_file} vs {ha.corpus_digest[:12]} of "
+                              f"{ha.ctx_file}): the same ids may hold other texts; regenerate every shard "
+                              f"from one corpus file")
 
 
 def _identity_diffs(header: ShardHeader, encoder: dict[str, Any], backbone: dict[str, Any],

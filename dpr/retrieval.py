@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from dpr.atomic import atomic_directory
-from dpr.data.readers import Passage
-from dpr.embeddings_io import EmbeddingShard, EmbeddingsError, passage_identity
+from dpr.data.corpus import iter_corpus, resolve_corpus_path
+from dpr.data.readers import DataFormatError, Passage
+from dpr.embeddings_io import INDEX_SOURCE_FILE, EmbeddingShard, EmbeddingsError, RowDigest, passage_identity
 from dpr.encoding import Side, encode_texts
 from dpr.indexer.faiss_index import DenseIndex, IndexParams, merge_topk
 from dpr.models.biencoder import BiEncoder, build_biencoder
@@ -37,7 +38,7 @@ from dpr.training.checkpoint import WEIGHTS_FILE, CheckpointInfo, load_biencoder
 
 logger = logging.getLogger(__name__)
 
-SOURCE_FILE = "embeddings.json"       # beside a saved index: which shards and encoder it was built from
+SOURCE_FILE = INDEX_SOURCE_FILE       # beside a saved index: which shards and encoder it was built from
 
 
 @dataclass(frozen=True)
@@ -255,3 +256,34 @@ def search_groups(groups: Sequence[Sequence[EmbeddingShard]], queries: np.ndarra
         results.append(index.search(queries, k))
         del index                     # free this group's index before building the next one
     return results[0] if len(results) == 1 else merge_topk(results, k)
+
+
+def lookup_corpus_passages(path: str, wanted: Collection[str], shard: EmbeddingShard) -> dict[str, Passage]:
+    """The passages of ``wanted`` from the corpus ``path``, checking it is the version ``shard`` was encoded from.
+
+    One streaming pass collects the wanted ids and digests the first ``total_passages`` rows; a digest other
+    than the shard's ``corpus_digest`` is refused (answers would be matched against texts that were never
+    encoded). Shards without a digest (format version 1) are not checked. DataFormatError names missing ids.
+    """
+    header, wanted = shard.header, set(wanted)
+    check = header.corpus_digest is not None
+    digest, found = RowDigest(), {}
+    for passage_id, passage in iter_corpus(path):
+        if check and digest.count < header.total_passages:
+            digest.update(passage_id, passage)
+        if passage_id in wanted:
+            found[passage_id] = passage
+        if len(found) == len(wanted) and (not check or digest.count == header.total_passages):
+            break
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise DataFormatError(f"{resolve_corpus_path(path)}: {len(missing)} retrieved passage ids are not in "
+                              f"this file (e.g. {missing[:5]}); is --ctx_file the corpus the embeddings "
+                              f"were made from?")
+    if check and digest.hexdigest() != header.corpus_digest:
+        raise EmbeddingsError(
+            f"{resolve_corpus_path(path)} is not the corpus version the embeddings were encoded from: its first "
+            f"{digest.count} rows have digest {digest.hexdigest()[:12]}, {shard.meta_path} records "
+            f"{header.corpus_digest[:12]} over {header.total_passages} rows of {header.ctx_file}; pass that "
+            f"file as --ctx_file, or regenerate the embeddings from this one")
+    return found

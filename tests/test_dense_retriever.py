@@ -213,3 +213,89 @@ def test_beir_paths_accept_prepare_data_outputs(tmp_path):
                                                  str(tmp_path / "squad-test-qrels.tsv"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         beir_paths(str(tmp_path), "dev")
+
+
+def _copy_shards(setup, folder):
+    for shard in find_shards(setup["emb"]):
+        shutil.copytree(shard.path, folder / os.path.basename(shard.path))
+    return str(folder / "emb_*")
+
+
+@pytest.mark.parametrize("groups", ["1", "2"])
+def test_save_or_load_index_runs_twice_in_the_default_folder(setup, tmp_path, caplog, groups):
+    # the default folder <prefix>_index_flat matches the shards' glob <prefix>_*: the 2nd run read it as a shard
+    emb = _copy_shards(setup, tmp_path)
+    args = ["--model_file", setup["ckpt"], "--encoded_ctx_file", emb, "--qa_file", setup["qa"], "--n-docs", "11",
+            "--save_or_load_index", "--num_index_shards", groups, "--no_progress"]
+    assert main(args + ["--out_file", str(tmp_path / "first.json")]) == 0
+    assert (tmp_path / "emb_index_flat").is_dir()
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert main(args + ["--out_file", str(tmp_path / "second.json")]) == 0
+    assert any(r.getMessage().startswith("loaded DenseIndex") for r in caplog.records)
+    assert json.loads((tmp_path / "first.json").read_text()) == json.loads((tmp_path / "second.json").read_text())
+
+
+def test_ctx_file_of_another_corpus_version_is_refused(setup, tmp_path, capsys):
+    rows = [(str(i), f"{t}.", f"doc {i}") for i, t in enumerate(TOPICS)]
+    same = tmp_path / "corpus.jsonl"        # the encoded rows in the other format: the same corpus version
+    same.write_text("".join(json.dumps({"_id": i, "title": title, "text": text}) + "\n" for i, text, title in rows))
+    assert main(_qa_args(setup, tmp_path / "ok.json", "--ctx_file", str(same))) == 0
+    edited = tmp_path / "edited.tsv"        # same ids, one text changed after encoding
+    edited.write_text("id\ttext\ttitle\n" + "".join(f"{i}\t{text.replace('Paris', 'Lyon')}\t{title}\n"
+                                                    for i, text, title in rows))
+    code = run_cli(main, _qa_args(setup, tmp_path / "r.json", "--ctx_file", str(edited)))
+    err = capsys.readouterr().err
+    assert code == 2 and f"{edited} is not the corpus version the embeddings were encoded from" in err
+    assert "emb_0/meta.json records" in err and not (tmp_path / "r.json").exists()
+
+
+def _beir_copy(setup, tmp_path, qrels):
+    beir = tmp_path / "beir"
+    shutil.copytree(setup["beir"], beir)
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrels)
+    return ["--model_file", setup["ckpt"], "--encoded_ctx_file", setup["emb"], "--beir_dir", str(beir),
+            "--out_file", str(tmp_path / "run.trec"), "--n-docs", "11", "--no_progress"]
+
+
+def test_judged_docs_missing_from_the_corpus_are_counted(setup, tmp_path, caplog, capsys):
+    args = _beir_copy(setup, tmp_path, "q0\t0\t1\nq1\tgone\t1\nq2\t7\t2\n")
+    with caplog.at_level("WARNING"):
+        assert main(args) == 0
+    qrels = str(tmp_path / "beir" / "qrels" / "test.tsv")
+    assert any(r.getMessage().startswith(f"{qrels}: 1 of 3 judged doc ids are not in the 11 embedded passages")
+               for r in caplog.records)
+    args = _beir_copy(setup, tmp_path / "wrong", "q0\tgone\t1\nq1\tlost\t1\n")
+    code, err = run_cli(main, args), capsys.readouterr().err
+    assert code == 2 and "test.tsv: none of its 2 judged doc ids is in the 11 embedded passages" in err
+
+
+def test_judged_queries_missing_from_the_queries_file_are_left_out(setup, tmp_path, caplog, capsys):
+    args = _beir_copy(setup, tmp_path, "q0\t0\t1\nq1\t6\t1\nq9\t7\t1\n")
+    with caplog.at_level("WARNING"):
+        assert main(args) == 0
+    assert any("1 of 3 judged queries are not in" in r.getMessage() and "queries.jsonl" in r.getMessage()
+               for r in caplog.records)
+    assert json.loads((tmp_path / "run.trec.metrics.json").read_text())["queries"] == 2
+    assert {line.split()[0] for line in (tmp_path / "run.trec").read_text().splitlines()} == {"q0", "q1"}
+    code = run_cli(main, _beir_copy(setup, tmp_path / "wrong", "q8\t0\t1\nq9\t7\t1\n"))
+    assert code == 2 and "test.tsv: none of its 2 judged query ids is in" in capsys.readouterr().err
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield 0o640                                  # what a plain open() gives under this umask
+    os.umask(old)
+
+
+def test_outputs_get_the_users_umask(setup, tmp_path, umask_027):
+    index = tmp_path / "index"
+    assert main(["--model_file", setup["ckpt"], "--encoded_ctx_file", setup["emb"], "--beir_dir", setup["beir"],
+                 "--out_file", str(tmp_path / "run.trec"), "--n-docs", "11", "--reliability_plot",
+                 str(tmp_path / "plot.png"), "--save_or_load_index", "--index_path", str(index), "--no_progress"]) == 0
+    assert main(_qa_args(setup, tmp_path / "results.json")) == 0
+    files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    assert {p.name for p in files} >= {"run.trec", "run.trec.metrics.json", "plot.png", "results.json",
+                                       "index.faiss", "ids.json", "meta.json", "embeddings.json"}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(umask_027) for p in files}

@@ -143,3 +143,54 @@ def test_write_refuses_bad_input(tmp_path):
         write_shard(str(tmp_path / "x_0"), np.full((3, 4), 1e6, np.float32), ["a", "b", "c"],
                     _header(dtype="float16"))
     assert not os.path.exists(tmp_path / "x_0")
+
+
+def _rewrite(path: str, name: str, content) -> None:
+    with open(os.path.join(path, name), "w") as handle:
+        json.dump(content, handle)
+
+
+def test_shards_of_two_corpus_versions_are_refused(tmp_path):
+    # same ids, same sizes, same encoder: only the corpus digest tells the texts apart
+    _write(tmp_path, 0, 2, corpus_digest="a" * 64)
+    _write(tmp_path, 1, 2, corpus_digest="b" * 64)
+    with pytest.raises(EmbeddingsError, match=r"emb_1 and .*emb_0 were encoded from different versions of the "
+                                              r"corpus \(digest bbbbbbbbbbbb of /corpus.tsv vs aaaaaaaaaaaa"):
+        find_shards(str(tmp_path / "emb_*"))
+    _write(tmp_path, 1, 2, corpus_digest="a" * 64)
+    assert len(find_shards(str(tmp_path / "emb_*"))) == 2
+
+
+def test_version_1_shards_load_with_one_warning(tmp_path, caplog):
+    for shard_id in (0, 1):
+        path = _write(tmp_path, shard_id, 2)
+        with open(os.path.join(path, "meta.json")) as handle:
+            meta = json.load(handle)
+        del meta["corpus_digest"], meta["passages_digest"]
+        _rewrite(path, "meta.json", {**meta, "version": 1})             # as written before digests existed
+    with caplog.at_level("WARNING", logger="dpr.embeddings_io"):
+        shards = find_shards(str(tmp_path / "emb_*"))
+    assert [s.header.corpus_digest for s in shards] == [None, None]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "2 of 2 embeddings shards" in warnings[0] and "no corpus digest" in warnings[0]
+
+
+def test_duplicate_ids_within_and_across_shards_are_named(tmp_path):
+    first, second = _write(tmp_path, 0, 2), _write(tmp_path, 1, 2)
+    _rewrite(second, "ids.json", ["s1-0", "s0-2", "s1-2"])                # write_shard would refuse; copies do not
+    with pytest.raises(EmbeddingsError, match=rf"passage id 's0-2' is in both {first} and {second}"):
+        find_shards(str(tmp_path / "emb_*"))
+    _rewrite(second, "ids.json", ["x", "y", "x"])
+    with pytest.raises(EmbeddingsError, match=r"emb_1/ids\.json: passage id 'x' appears at rows \[0, 2\]"):
+        find_shards(str(tmp_path / "emb_*"))
+
+
+def test_saved_index_beside_the_shards_is_not_a_shard(tmp_path):
+    _write(tmp_path)
+    index = tmp_path / "emb_index_flat"                 # dense_retriever's default place: matches emb_*
+    (index / "group_0").mkdir(parents=True)
+    (index / "group_0" / "embeddings.json").write_text("{}")
+    (index / "group_0" / "meta.json").write_text('{"format_version": 1}')
+    assert [s.path for s in find_shards(str(tmp_path / "emb_*"))] == [str(tmp_path / "emb_0")]
+    with pytest.raises(EmbeddingsError, match="emb_index_flat is a saved FAISS index"):
+        find_shards(str(index))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dpr.cli import run_cli
-from dpr.embeddings_io import find_shards, read_shard
+from dpr.embeddings_io import EmbeddingsError, find_shards, read_shard
 from dpr.models.biencoder import build_biencoder
 from dpr.options import EncoderConfig
 from dpr.training.checkpoint import save_checkpoint
@@ -118,3 +118,34 @@ def test_shard_id_out_of_range(tmp_path, capsys):
     code = run_cli(main, ["--pretrained_model_cfg", "bert-tiny", "--ctx_file", corpus, "--out_file",
                           str(tmp_path / "x"), "--shard_id", "3", "--num_shards", "3"])
     assert code == 2 and "--shard_id must be in [0, --num_shards=3)" in capsys.readouterr().err
+
+
+def test_shards_record_one_corpus_digest_and_refuse_another_version(tmp_path, checkpoint):
+    plain, packed = _write_tsv(tmp_path / "psgs.tsv"), _write_tsv(tmp_path / "psgs.tsv.gz", compress=True)
+    common = ["--model_file", checkpoint, "--no_progress"]
+    for shard_id in range(3):
+        assert main(common + ["--ctx_file", plain, "--out_file", str(tmp_path / "part"), "--shard_id",
+                              str(shard_id), "--num_shards", "3"]) == 0
+    assert main(common + ["--ctx_file", packed, "--out_file", str(tmp_path / "all")]) == 0
+    parts, whole = find_shards(str(tmp_path / "part_*")), read_shard(str(tmp_path / "all_0")).header
+    # rows, not bytes: the gzipped copy is the same corpus version; one shard's passages are the corpus
+    assert {s.header.corpus_digest for s in parts} == {whole.corpus_digest} == {whole.passages_digest}
+    assert len({s.header.passages_digest for s in parts}) == 3 and whole.version == 2
+    # the same ids with one other text: a new version of the corpus, whose shard 1 must not join the others
+    edited = tmp_path / "psgs.tsv"
+    edited.write_text(edited.read_text().replace("passage number 5 about", "passage number 5 (fixed) about"))
+    assert main(common + ["--ctx_file", str(edited), "--out_file", str(tmp_path / "part"), "--shard_id", "1",
+                          "--num_shards", "3"]) == 0
+    assert read_shard(str(tmp_path / "part_1")).header.corpus_digest != whole.corpus_digest
+    with pytest.raises(EmbeddingsError, match=f"{tmp_path / 'part_1'} and {tmp_path / 'part_0'} were encoded "
+                                              f"from different versions of the corpus"):
+        find_shards(str(tmp_path / "part_*"))
+
+
+def test_max_passages_digest_covers_the_encoded_rows(tmp_path, checkpoint):
+    corpus = _write_tsv(tmp_path / "psgs.tsv")
+    common = ["--model_file", checkpoint, "--ctx_file", corpus, "--max_passages", "5", "--no_progress"]
+    assert main(common + ["--out_file", str(tmp_path / "one")]) == 0
+    assert main(common + ["--out_file", str(tmp_path / "two"), "--num_shards", "2", "--shard_id", "1"]) == 0
+    assert read_shard(str(tmp_path / "one_0")).header.corpus_digest == \
+        read_shard(str(tmp_path / "two_1")).header.corpus_digest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -207,3 +208,15 @@ def test_hnsw_returns_k_results_when_k_exceeds_ef_search():
     index.add(vectors, [str(i) for i in range(600)])
     scores, ids = index.search(vectors[:5], 200)
     assert all(len(row) == 200 for row in ids) and np.isfinite(scores).all()
+
+
+def test_saved_files_get_the_users_umask(tmp_path) -> None:
+    vectors, _, ids = _data(10, 1)
+    old = os.umask(0o027)
+    try:
+        _flat(vectors, ids).save(tmp_path / "idx")
+    finally:
+        os.umask(old)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in (tmp_path / "idx").iterdir()}
+    assert modes == {name: oct(0o640) for name in ("index.faiss", "ids.json", "meta.json")}
+    assert len(DenseIndex.load(tmp_path / "idx")) == 10

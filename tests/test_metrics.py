@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,12 @@ def test_read_real_beir_qrels() -> None:
     assert len(qrels) == 300 and sum(len(docs) for docs in qrels.values()) == 339
     perfect = {q: {d: 1.0 for d in docs} for q, docs in qrels.items()}
     assert evaluate_run(qrels, perfect, ks=(10,))["nDCG@10"] == pytest.approx(1.0)
+
+
+def test_trec_run_gets_the_users_umask(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        write_trec_run({"q": {"d": 1.0}}, tmp_path / "run.trec", "t")
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "run.trec").stat().st_mode & 0o777) == oct(0o640)

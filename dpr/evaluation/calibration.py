@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dpr.atomic import atomic_file
+
 logger = logging.getLogger(__name__)
 
 
@@ -136,6 +138,6 @@ def reliability_diagram(
     )
     ax.legend(loc="upper left")
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, format="png", dpi=120, bbox_inches="tight")
+    with atomic_file(target, "wb") as handle:   # a crash leaves no half-written PNG
+        fig.savefig(handle, format="png", dpi=120, bbox_inches="tight")
     logger.info("wrote reliability diagram (ECE %.4f) to %s", ece, target)

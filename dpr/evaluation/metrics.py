@@ -23,12 +23,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import ir_measures
 from ir_measures import AP, RR, P, R, nDCG
+
+from dpr.atomic import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -115,17 +116,6 @@ def evaluate_run(
     return {key: scores[key] for key in names.values()}  # stable order: as _measures lists
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _check_token(value: str, what: str) -> None:
     # TREC files are whitespace-separated: an embedded space would shift every column
     if not value or any(ch.isspace() for ch in value):
@@ -149,8 +139,8 @@ def write_trec_run(run: Run, path: str | os.PathLike[str], tag: str) -> None:
                 raise ValueError(f"query {qid!r} doc {doc_id!r} has score {score!r}")
             lines.append(f"{qid} Q0 {doc_id} {rank} {float(score)!r} {tag}\n")
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(target, "".join(lines))
+    with atomic_file(target) as handle:         # creates the parent folder; the user's umask applies
+        handle.write("".join(lines))
     logger.info("wrote %d lines for %d queries to %s", len(lines), len(run), target)
 
 

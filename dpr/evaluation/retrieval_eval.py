@@ -8,13 +8,13 @@ matrix -- into what the metrics in :mod:`dpr.evaluation.qa_validation`, :mod:`.m
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from dpr.data.readers import Passage
+from dpr.data.readers import DataFormatError, Passage
 from dpr.evaluation.qa_validation import has_answer
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,40 @@ def answer_hits(answers: Sequence[Sequence[str]], retrieved: Sequence[Sequence[s
     chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         return [row for chunk in pool.map(_hits_chunk, chunks) for row in chunk]
+
+
+def judged_queries(qrels: Mapping[str, Mapping[str, int]], queries: Mapping[str, str], qrels_path: str,
+                   queries_path: str) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
+    """The judged queries that have a text: (their qrels, their texts in the queries file's order).
+
+    Judged queries without a text cannot be run: they are left out of the metrics with a warning naming
+    both files; none with a text is an error (these qrels belong to another query set).
+    """
+    missing = [qid for qid in qrels if qid not in queries]
+    if len(missing) == len(qrels):
+        raise DataFormatError(f"{qrels_path}: none of its {len(qrels)} judged query ids is in {queries_path} "
+                              f"(e.g. {missing[:5]}); are these the qrels of this dataset?")
+    if missing:
+        logger.warning("%s: %d of %d judged queries are not in %s (e.g. %s); they are left out of the metrics",
+                       qrels_path, len(missing), len(qrels), queries_path, missing[:5])
+    texts = {qid: text for qid, text in queries.items() if qid in qrels}
+    return {qid: dict(qrels[qid]) for qid in texts}, texts
+
+
+def check_judged_docs(qrels: Mapping[str, Mapping[str, int]], corpus_ids: Collection[str], qrels_path: str,
+                      corpus: str) -> None:
+    """Warn how many judged doc ids ``corpus`` (the index's passages) lacks; none found is an error.
+
+    A missing judged document can never be retrieved, so it silently lowers nDCG / recall.
+    """
+    judged = {doc for docs in qrels.values() for doc in docs}
+    missing = sorted(judged.difference(corpus_ids))
+    if len(missing) == len(judged):
+        raise DataFormatError(f"{qrels_path}: none of its {len(judged)} judged doc ids is in {corpus} (e.g. "
+                              f"{missing[:5]}); wrong corpus or embeddings for these qrels?")
+    if missing:
+        logger.warning("%s: %d of %d judged doc ids are not in %s (e.g. %s); they can never be retrieved and "
+                       "lower the scores", qrels_path, len(missing), len(judged), corpus, missing[:5])
 
 
 def relevance_hits(query_ids: Sequence[str], retrieved: Sequence[Sequence[str]],

@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
+
+from dpr.atomic import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -251,8 +252,11 @@ class DenseIndex:
         """
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(folder / INDEX_FILE, lambda tmp: faiss.write_index(self._index, tmp))
-        _atomic_write_text(folder / IDS_FILE, json.dumps(self._ids, ensure_ascii=False))
+        with atomic_file(folder / INDEX_FILE, "wb") as handle:
+            # streamed through the handle: no second in-memory copy of a large index
+            faiss.write_index(self._index, faiss.PyCallbackIOWriter(handle.write))
+        with atomic_file(folder / IDS_FILE) as handle:
+            json.dump(self._ids, handle, ensure_ascii=False)
         meta = {
             "format_version": FORMAT_VERSION,
             "kind": self._kind,
@@ -260,7 +264,8 @@ class DenseIndex:
             "count": len(self),
             "params": asdict(self._params),
         }
-        _atomic_write_text(folder / META_FILE, json.dumps(meta, indent=2))
+        with atomic_file(folder / META_FILE) as handle:
+            json.dump(meta, handle, indent=2)
         logger.info("saved %r to %s", self, folder)
 
     @classmethod
@@ -312,26 +317,6 @@ def _read_json(path: Path) -> Any:
             return json.load(handle)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from err
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-
-    _atomic_write(path, write)
 
 
 def merge_topk(
