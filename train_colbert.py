@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("%s", trainable_report(model))
     base = load_tokenizer(model.config.encoder.pretrained_model_cfg, model.config.encoder.do_lower_case)
     tokenizer = ColBERTTokenizer.from_config(base, model.config)
-    triples = load_triples(cfg)
+    triples = load_triples(cfg)          # the whole file is checked here, before the first step
     trainer = ColBERTTrainer(cfg, model, tokenizer, triples, device, start, state)
     last = trainer.run(progress=args.progress)
     print(f"last checkpoint: {last} (step {trainer.step}); {trainable_report(model)}")
