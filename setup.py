@@ -1,4 +1,4 @@
-"""Installs the dpr and colbert packages and the top-level command-line tools."""
+"""Installs the dpr and colbert packages and their command-line entry points."""
 
 from setuptools import find_packages, setup
 
@@ -10,9 +10,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["dpr", "dpr.*", "colbert", "colbert.*"]),
-    py_modules=["train_dense_encoder", "generate_embeddings", "dense_retriever", "prepare_data", "download_data",
-                "quickstart", "export_peft", "train_colbert", "index_colbert", "retrieve_colbert",
-                "make_colbert_triples"],
+    # The root scripts are run from a checkout; only these three are still installed, for the dpr-train /
+    # dpr-embed / dpr-retrieve entry points, until their CLIs move into dpr.commands as the others did.
+    py_modules=["train_dense_encoder", "generate_embeddings", "dense_retriever"],
     install_requires=[
         # torch is pinned by the install command (torch==2.13.0, a CPU wheel here); any 2.x >= 2.3 works.
         "torch>=2.3",
@@ -44,11 +44,13 @@ setup(
             "dpr-train=train_dense_encoder:cli",
             "dpr-embed=generate_embeddings:cli",
             "dpr-retrieve=dense_retriever:cli",
-            "dpr-prepare=prepare_data:cli",
-            "dpr-download=download_data:cli",
-            "colbert-train=train_colbert:cli",
-            "colbert-index=index_colbert:cli",
-            "colbert-retrieve=retrieve_colbert:cli",
+            "dpr-prepare=dpr.commands.prepare:cli",
+            "dpr-download=dpr.commands.download:cli",
+            "dpr-export-peft=dpr.commands.export_peft:cli",
+            "colbert-train=colbert.train:cli",
+            "colbert-index=colbert.index:cli",
+            "colbert-retrieve=colbert.retrieve:cli",
+            "colbert-triples=colbert.triples:cli",
         ],
     },
 )

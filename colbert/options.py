@@ -171,7 +171,7 @@ class ColBERTTrainConfig:
 
 
 def add_colbert_training_params(parser: argparse.ArgumentParser) -> None:
-    """Data and optimisation flags of ``train_colbert.py`` (ColBERT v1 names where it had them)."""
+    """Data and optimisation flags of ``python -m colbert.train`` (ColBERT v1 names where it had them)."""
     d = argparse.Namespace(**{f.name: f.default for f in dataclasses.fields(ColBERTTrainConfig)})
     data = parser.add_argument_group("training data")
     data.add_argument("--triples", help="triples: TSV 'query<TAB>positive<TAB>negative' or JSONL "

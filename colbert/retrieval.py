@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from colbert.faiss_index import TokenIndex
-from colbert.index import DocStore
+from colbert.indexing import DocStore
 from colbert.scoring import maxsim_packed
 from dpr.data.readers import DataFormatError
 

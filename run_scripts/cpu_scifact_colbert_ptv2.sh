@@ -17,7 +17,7 @@ OUT=${OUT:-runs/cpu_scifact_colbert_ptv2}
 
 python prepare_data.py beir --beir_dir ../shared/data/scifact --out_dir $DATA --no_progress
 
-python train_colbert.py \
+python -m colbert.train \
 	--pretrained_model_cfg "$MODEL" \
 	--prefix --pre_seq_len "$PRE_SEQ_LEN" \
 	--dpr_train_file $DATA/scifact-train.json --hard_negatives 1 \
@@ -25,13 +25,13 @@ python train_colbert.py \
 	--bsize "$BSIZE" --lr "$LR" --maxsteps "$MAXSTEPS" --save_every "$MAXSTEPS" --log_every 10 \
 	--output_dir "$OUT/train" --no_cuda --resume --no_progress
 
-python index_colbert.py \
+python -m colbert.index \
 	--checkpoint "$OUT/train/colbert-$MAXSTEPS" \
 	--collection $DATA/scifact-passages.tsv \
 	--index_root "$OUT" --index_name scifact \
 	--partitions 256 --sample 0.3 --no_cuda --no_progress
 
-python retrieve_colbert.py \
+python -m colbert.retrieve \
 	--index_root "$OUT" --index_name scifact \
 	--queries $DATA/scifact-test-queries.jsonl --qrels $DATA/scifact-test-qrels.tsv \
 	--nprobe 32 --faiss_depth 256 --depth 1000 \

@@ -12,7 +12,7 @@ triples=data/msmarco/triples.train.small.tsv
 lr=1e-2
 out=checkpoints/ptv2-colbert-msmarco-l2-$lr
 
-python train_colbert.py \
+python -m colbert.train \
 	--pretrained_model_cfg $model_cfg \
 	--triples $triples \
 	--output_dir "$out" \

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-import train_colbert
+from colbert import train as colbert_train
 from colbert.data import read_queries, read_triples, triples_format
 from dpr.cli import run_cli
 from dpr.data.readers import DataFormatError
@@ -62,7 +62,7 @@ def test_the_cli_refuses_bad_triples_before_training(tmp_path, tiny_bert_dir, ca
     argv = ["--pretrained_model_cfg", tiny_bert_dir, "--prefix", "--pre_seq_len", "4", "--triples", str(path),
             "--query_maxlen", "12", "--doc_maxlen", "32", "--dim", "16", "--bsize", "1", "--maxsteps", "20",
             "--output_dir", str(out), "--no_progress"]
-    assert run_cli(train_colbert.main, argv) == 2
+    assert run_cli(colbert_train.main, argv) == 2
     assert "triples.tsv:12: expected UTF-8 text" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())       # no step ran, no checkpoint written
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-import index_colbert
-import retrieve_colbert
-import train_colbert
+from colbert import index as colbert_index
+from colbert import retrieve as colbert_retrieve
+from colbert import train as colbert_train
 from colbert.checkpoint import save_colbert
 from colbert.data import iter_collection, read_queries, read_triples, triples_from_dpr
 from colbert.encoding import encode_queries
 from colbert.faiss_index import FaissSettings
-from colbert.index import build_index, check_model, load_index
+from colbert.indexing import build_index, check_model, load_index
 from colbert.model import build_colbert
 from colbert.options import ColBERTConfig
 from colbert.retrieval import brute_force, end_to_end, rerank
@@ -168,7 +168,7 @@ def test_runs_and_qrels_formats(tmp_path):
 
 
 def _train(files, tiny_bert_dir, out, *extra):
-    return train_colbert.main(["--pretrained_model_cfg", tiny_bert_dir, "--prefix", "--pre_seq_len", "4",
+    return colbert_train.main(["--pretrained_model_cfg", tiny_bert_dir, "--prefix", "--pre_seq_len", "4",
                                "--triples", str(files / "triples.jsonl"), "--queries", str(files / "queries.tsv"),
                                "--collection", str(files / "collection.tsv"), "--query_maxlen", "12",
                                "--doc_maxlen", "32", "--dim", "16", "--bsize", "4", "--accum", "2", "--lr", "1e-2",
@@ -179,12 +179,12 @@ def test_cli_train_index_retrieve_rerank(files, tiny_bert_dir, tmp_path, capsys)
     assert _train(files, tiny_bert_dir, tmp_path / "run", "--maxsteps", "3") == 0
     ckpt = str(tmp_path / "run" / "colbert-3")
     assert sorted(os.listdir(tmp_path / "run")) == ["colbert-2", "colbert-3"]
-    assert index_colbert.main(["--checkpoint", ckpt, "--collection", str(files / "collection.tsv"),
+    assert colbert_index.main(["--checkpoint", ckpt, "--collection", str(files / "collection.tsv"),
                                "--index_root", str(tmp_path), "--index_name", "idx", "--no_progress"]) == 0
     common = ["--index_root", str(tmp_path), "--index_name", "idx", "--queries", str(files / "queries.tsv"),
               "--qrels", str(files / "qrels.tsv"), "--depth", "5", "--no_progress"]
-    assert retrieve_colbert.main([*common, "--faiss_depth", "10000", "--output_dir", str(tmp_path / "e2e")]) == 0
-    assert retrieve_colbert.main([*common, "--brute_force", "--output_dir", str(tmp_path / "bf")]) == 0
+    assert colbert_retrieve.main([*common, "--faiss_depth", "10000", "--output_dir", str(tmp_path / "e2e")]) == 0
+    assert colbert_retrieve.main([*common, "--brute_force", "--output_dir", str(tmp_path / "bf")]) == 0
     e2e = (tmp_path / "e2e" / "ranking.tsv").read_text().splitlines()
     bf = (tmp_path / "bf" / "ranking.tsv").read_text().splitlines()
     assert len(e2e) == 4 * 5 and [r.split("\t")[:3] for r in e2e] == [r.split("\t")[:3] for r in bf]
@@ -192,7 +192,7 @@ def test_cli_train_index_retrieve_rerank(files, tiny_bert_dir, tmp_path, capsys)
     assert {"MRR@10", "R@50", "R@200", "R@1000", "nDCG@10"} <= set(metrics)
     assert (tmp_path / "e2e" / "ranking.trec").read_text().split("\n")[0].split()[1] == "Q0"
     # re-ranking BM25-style candidates by encoding the collection on the fly gives the index's scores
-    assert retrieve_colbert.main(["--checkpoint", ckpt, "--collection", str(files / "collection.tsv"),
+    assert colbert_retrieve.main(["--checkpoint", ckpt, "--collection", str(files / "collection.tsv"),
                                   "--topk", str(tmp_path / "bf" / "ranking.tsv"), "--queries",
                                   str(files / "queries.tsv"), "--output_dir", str(tmp_path / "rr"),
                                   "--no_progress"]) == 0
@@ -206,7 +206,7 @@ def test_cli_refuses_an_index_built_by_another_config_and_conflicting_flags(file
     assert _train(files, tiny_bert_dir, tmp_path / "a", "--maxsteps", "0") == 0
     index_args = ["--collection", str(files / "collection.tsv"), "--index_root", str(tmp_path), "--index_name", "idx",
                   "--no_progress"]
-    assert index_colbert.main(["--checkpoint", str(tmp_path / "a" / "colbert-0"), *index_args]) == 0
+    assert colbert_index.main(["--checkpoint", str(tmp_path / "a" / "colbert-0"), *index_args]) == 0
     torch.manual_seed(1)
     model = build_colbert(ColBERTConfig(encoder=EncoderConfig(pretrained_model_cfg=tiny_bert_dir, tuning="prefix",
                                                               pre_seq_len=4, pooling="cls", sequence_length=32),
@@ -214,12 +214,12 @@ def test_cli_refuses_an_index_built_by_another_config_and_conflicting_flags(file
     other = save_colbert(str(tmp_path / "b" / "colbert-0"), model)
     query_args = ["--index_root", str(tmp_path), "--index_name", "idx", "--queries", str(files / "queries.tsv"),
                   "--output_dir", str(tmp_path / "out"), "--no_progress"]
-    assert run_cli(retrieve_colbert.main, ["--checkpoint", other, *query_args]) == 2
+    assert run_cli(colbert_retrieve.main, ["--checkpoint", other, *query_args]) == 2
     err = capsys.readouterr().err
     assert "built by another ColBERT config" in err and "dim: index 16, model 8" in err
-    assert run_cli(retrieve_colbert.main, [*query_args, "--doc_maxlen", "64"]) == 2
+    assert run_cli(colbert_retrieve.main, [*query_args, "--doc_maxlen", "64"]) == 2
     assert "--doc_maxlen is 64" in capsys.readouterr().err
-    assert run_cli(train_colbert.main, [*_train_args_again(files, tiny_bert_dir, tmp_path / "a")]) == 2
+    assert run_cli(colbert_train.main, [*_train_args_again(files, tiny_bert_dir, tmp_path / "a")]) == 2
     assert "pass --resume" in capsys.readouterr().err
 
 

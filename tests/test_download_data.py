@@ -1,5 +1,5 @@
-"""download_data.py without the internet: local mirrors, checksums, resume over loopback HTTP, and the
-one-line failure when nothing can be reached."""
+"""download_data.py (dpr.commands.download over dpr.data.download) without the internet: local mirrors,
+checksums, resume over loopback HTTP, and the one-line failure when nothing can be reached."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from typing import ClassVar
 
 import pytest
 
-import download_data
-from download_data import DownloadError, Resource, select
+from dpr.commands.download import main as download_main
+from dpr.data import download
+from dpr.data.download import DownloadError, Resource, select
 from dpr.data.readers import iter_beir_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ def _zip(files: dict[str, str]) -> bytes:
 
 
 def _use(monkeypatch, resource: Resource) -> None:
-    monkeypatch.setitem(download_data.RESOURCES, resource.key, resource)
+    monkeypatch.setitem(download.RESOURCES, resource.key, resource)
 
 
 def _errors(capsys) -> list[str]:
@@ -56,7 +57,7 @@ def test_from_mirror_verifies_and_unpacks_a_beir_zip(monkeypatch, tmp_path, caps
                                md5=hashlib.md5(payload).hexdigest(), sha256=hashlib.sha256(payload).hexdigest()))
     argv = ["--resource", "beir.toyset", "--from", str(tmp_path / "mirror"), "--output_dir", str(tmp_path / "out"),
             "--no_progress"]
-    assert download_data.main(argv) == 0
+    assert download_main(argv) == 0
     folder = tmp_path / "out" / "downloads" / "beir" / "toyset"
     assert [doc_id for doc_id, _ in iter_beir_corpus(str(folder / "corpus.jsonl"))] == ["d1"]
     assert (folder / "qrels" / "test.tsv").is_file()
@@ -65,13 +66,13 @@ def test_from_mirror_verifies_and_unpacks_a_beir_zip(monkeypatch, tmp_path, caps
     assert book == {"https://example.invalid/BEIR/datasets/toyset.zip": hashlib.sha256(payload).hexdigest()}
     assert f"beir.toyset: {folder}" in capsys.readouterr().out
     (tmp_path / "mirror" / "toyset.zip").unlink()
-    assert download_data.main(argv) == 0  # already there: nothing fetched
+    assert download_main(argv) == 0  # already there: nothing fetched
 
 
 def test_corrupted_file_is_detected_and_deleted(tmp_path, capsys):
     (tmp_path / "mirror").mkdir()
     (tmp_path / "mirror" / "scifact.zip").write_bytes(_zip(TOY_FILES))  # not the published SciFact zip
-    code = download_data.main(["--resource", "beir.scifact", "--from", str(tmp_path / "mirror"),
+    code = download_main(["--resource", "beir.scifact", "--from", str(tmp_path / "mirror"),
                                "--output_dir", str(tmp_path / "out"), "--no_progress"])
     assert code == 2
     (line,) = _errors(capsys)
@@ -88,12 +89,12 @@ def test_recorded_checksum_catches_a_changed_file(monkeypatch, tmp_path, capsys)
                                os.path.join("downloads", "data", "retriever", "toy-dev.json"), "gzip", "toy"))
     argv = ["--resource", "data.retriever.toy", "--from", str(tmp_path / "mirror"),
             "--output_dir", str(tmp_path / "out"), "--no_progress"]
-    assert download_data.main(argv) == 0
+    assert download_main(argv) == 0
     target = tmp_path / "out" / "downloads" / "data" / "retriever" / "toy-dev.json"
     assert target.read_bytes() == b'[{"question": "q"}]'
     target.unlink()
     (mirror / "toy-dev.json.gz").write_bytes(gzip.compress(b"[]"))  # the mirror's copy changed
-    assert download_data.main(argv) == 2
+    assert download_main(argv) == 2
     (line,) = _errors(capsys)
     assert ": sha256 " in line and "(recorded at its first download)" in line and not target.exists()
 
@@ -131,7 +132,7 @@ def test_partial_download_resumes_with_a_range_request(monkeypatch, tmp_path):
         part = tmp_path / "downloads" / "psgs.tsv.part"
         part.parent.mkdir(parents=True)
         part.write_bytes(payload[:20_000])  # what an interrupted run left
-        code = download_data.main(["--resource", "data.toy-corpus", "--output_dir", str(tmp_path), "--no_progress",
+        code = download_main(["--resource", "data.toy-corpus", "--output_dir", str(tmp_path), "--no_progress",
                                    "--mirror_url", f"http://127.0.0.1:{server.server_address[1]}/files"])
     finally:
         server.shutdown()
@@ -160,13 +161,13 @@ def test_unreachable_host_is_one_line_and_exit_2(tmp_path):
 
 
 def test_resource_keys_follow_dpr_and_beir_layouts():
-    nq = download_data.RESOURCES["data.retriever.nq-train"]
+    nq = download.RESOURCES["data.retriever.nq-train"]
     assert nq.url == "https://dl.fbaipublicfiles.com/dpr/data/retriever/biencoder-nq-train.json.gz"
     assert nq.target == os.path.join("downloads", "data", "retriever", "nq-train.json") and nq.unpack == "gzip"
-    psgs = download_data.RESOURCES["data.wikipedia_split.psgs_w100"]
+    psgs = download.RESOURCES["data.wikipedia_split.psgs_w100"]
     assert psgs.target == os.path.join("downloads", "data", "wikipedia_split", "psgs_w100.tsv")
-    assert download_data.RESOURCES["data.retriever.qas.webq-test"].url.endswith("/webquestions-test.qa.csv")
-    assert download_data.RESOURCES["beir.scifact"].md5 == "5f7d1de60b170fc8027bb7898e2efca1"
+    assert download.RESOURCES["data.retriever.qas.webq-test"].url.endswith("/webquestions-test.qa.csv")
+    assert download.RESOURCES["beir.scifact"].md5 == "5f7d1de60b170fc8027bb7898e2efca1"
     assert len(select(["data.retriever.qas"])) == 9
     assert {r.key for r in select(["data.retriever.squad1"])} == {"data.retriever.squad1-train",
                                                                   "data.retriever.squad1-dev"}
@@ -178,11 +179,11 @@ def test_zip_members_cannot_escape_the_target(tmp_path):
     archive = tmp_path / "evil.zip"
     archive.write_bytes(_zip({"evil/ok.txt": "x", "evil/../../escaped.txt": "y"}))
     with pytest.raises(DownloadError, match="would land outside"):
-        download_data._unpack_zip(str(archive), str(tmp_path / "target"))
+        download._unpack_zip(str(archive), str(tmp_path / "target"))
     assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "target").exists()
 
 
 def test_no_resource_lists_them(capsys):
-    assert download_data.main([]) == 0
+    assert download_main([]) == 0
     out = capsys.readouterr().out
     assert "data.retriever.nq-train" in out and "beir.scifact" in out

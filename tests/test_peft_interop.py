@@ -19,8 +19,9 @@ from dpr.models.encoder import cache_argument
 from dpr.models.prefix import prefix_cache
 from dpr.models.serialization import CheckpointMismatchError
 from dpr.retrieval import passage_identity
+from dpr.commands.export_peft import main
 from dpr.training.checkpoint import load_biencoder
-from export_peft import export_checkpoint, import_adapters, main
+from dpr.training.peft_export import export_checkpoint, import_adapters
 from test_tasks import PASSAGES, make_checkpoint
 
 

@@ -12,12 +12,15 @@ from pathlib import Path
 
 import pytest
 
-import prepare_data
 from dpr.cli import run_cli
+from dpr.commands import prepare as prepare_data
 from dpr.data import prepare as prep
+from dpr.data.manifest import MANIFEST
+from dpr.data.preparation import PrepareSettings, prepare_beir
 from dpr.data.readers import iter_passages_tsv, read_dpr_file
 from dpr.evaluation.metrics import read_qrels_tsv
 from dpr.evaluation.qa_validation import has_answer, parse_answers
+from dpr.options import ConfigError
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 SCIFACT = os.path.join(SHARED, "scifact")
@@ -121,7 +124,7 @@ def test_rerun_reuses_outputs_and_redoes_changed_stages(scifact_slice, tmp_path,
     assert prepare_data.main([*argv, "--hard_negatives", "2"]) == 0
     after = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
     changed = {name for name in after if after[name] != mtimes.get(name)}
-    assert changed == {"sf-train.json", "sf-dev.json", prepare_data.MANIFEST}
+    assert changed == {"sf-train.json", "sf-dev.json", MANIFEST}
     assert all(len(s.hard_negative_passages) <= 2 for s in _samples(next(tmp_path.glob("*-train.json"))))
 
 
@@ -344,3 +347,25 @@ def test_bad_flags_and_missing_folder_are_one_line_errors(tmp_path, capsys):
     folder = _beir_folder(tmp_path / "b", TOY_CORPUS, TOY_QUERIES, TOY_QRELS)
     assert _run(tmp_path, folder, "--dev_ratio", "1.5") == 2
     assert "--dev_ratio must be in [0, 1)" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------- library
+
+
+def test_prepare_beir_returns_the_paths_it_wrote_and_reuses_them(tmp_path):
+    folder = _beir_folder(tmp_path / "b", TOY_CORPUS, TOY_QUERIES, TOY_QRELS)
+    settings = PrepareSettings(dev_ratio=0.2, negatives=prep.NegativeConfig(5, 3, 0), progress=False)
+    prepared = prepare_beir(str(folder), str(tmp_path / "out"), eval_split=None, settings=settings)
+    assert prepared.name == "b" and prepared.eval_split is None and prepared.eval_qrels is None
+    assert prepared.bm25_run is None and prepared.eval_qa is None
+    for path in (prepared.passages, prepared.train, prepared.dev, prepared.manifest):
+        assert os.path.isfile(path) and os.path.dirname(path) == str(tmp_path / "out")
+    assert [(s.stage, s.reused) for s in prepared.stages] == [("passages", False), ("bm25-corpus", False),
+                                                              ("train", False)]
+    assert len(_samples(prepared.train)) + len(_samples(prepared.dev)) == 6
+    again = prepare_beir(str(folder), str(tmp_path / "out"), eval_split=None, settings=settings)
+    assert [(s.stage, s.reused) for s in again.stages] == [("passages", True), ("train", True)]
+    with pytest.raises(ConfigError, match="train_split and eval_split are both 'train'"):
+        prepare_beir(str(folder), str(tmp_path / "out"), eval_split="train", settings=settings)
+    with pytest.raises(ConfigError, match=r"dev_ratio must be in \[0, 1\)"):
+        PrepareSettings(dev_ratio=1.0)

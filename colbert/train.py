@@ -1,10 +1,9 @@
-#!/usr/bin/env python3
 """Train a ColBERT (late interaction) model over a prefix-tuned (or prompt, BitFit, adapter, fine-tuned) BERT.
 
-  python train_colbert.py --pretrained_model_cfg bert-tiny --prefix --pre_seq_len 16 \\
+  python -m colbert.train --pretrained_model_cfg bert-tiny --prefix --pre_seq_len 16 \\
       --dpr_train_file data/scifact/scifact-train.json --output_dir runs/colbert --bsize 32 --lr 1e-2 --maxsteps 2000
-  python train_colbert.py --triples triples.train.small.tsv --prefix --pre_seq_len 64 --lr 1e-2 ...
-  python train_colbert.py --triples triples.jsonl --queries queries.tsv --collection collection.tsv ...
+  python -m colbert.train --triples triples.train.small.tsv --prefix --pre_seq_len 64 --lr 1e-2 ...
+  python -m colbert.train --triples triples.jsonl --queries queries.tsv --collection collection.tsv ...
 
 Checkpoints ``<output_dir>/colbert-<step>/`` hold the full ColBERT config. ``--resume`` continues from
 ``--checkpoint`` (or the latest checkpoint in --output_dir; a new run if there is none yet) with its
@@ -36,11 +35,12 @@ from dpr.models.encoder import trainable_report
 from dpr.models.hub import load_tokenizer
 from dpr.options import ConfigError
 
-logger = logging.getLogger("train_colbert")
+logger = logging.getLogger("colbert.train")  # not __name__: under `python -m` that is "__main__"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m colbert.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_colbert_model_params(parser)
     add_colbert_training_params(parser)
     parser.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bar")

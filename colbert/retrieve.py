@@ -1,5 +1,6 @@
-#!/usr/bin/env python3
 """Retrieve with a ColBERT index (end to end or brute force), or re-rank a given run; evaluate.
+
+  python -m colbert.retrieve --index_root indexes --index_name scifact --queries Q --qrels QRELS --output_dir OUT
 
   end to end:   --index_root R --index_name N --queries Q [--nprobe 10 --faiss_depth 1024] --depth 1000
   brute force:  --index_root R --index_name N --queries Q --brute_force     (exact MaxSim, small corpora)
@@ -26,7 +27,7 @@ import torch
 from colbert.checkpoint import load_colbert
 from colbert.data import read_collection, read_queries
 from colbert.encoding import encode_documents, encode_queries, select_device
-from colbert.index import DocStore, check_model, load_index, read_meta
+from colbert.indexing import DocStore, check_model, load_index, read_meta
 from colbert.model import ColBERT
 from colbert.options import add_colbert_model_params
 from colbert.retrieval import Ranking, brute_force, end_to_end, rerank
@@ -39,13 +40,14 @@ from dpr.evaluation.metrics import evaluate_run, write_trec_run
 from dpr.models.hub import load_tokenizer
 from dpr.options import ConfigError
 
-logger = logging.getLogger("retrieve_colbert")
+logger = logging.getLogger("colbert.retrieve")  # not __name__: under `python -m` that is "__main__"
 
 REPORTED = ("MRR@10", "R@50", "R@200", "R@1000", "nDCG@10")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m colbert.retrieve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_colbert_model_params(parser)
     d = parser.add_argument_group("data")
     d.add_argument("--queries", required=True, help="queries.tsv or BEIR queries.jsonl")

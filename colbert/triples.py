@@ -1,12 +1,11 @@
-#!/usr/bin/env python3
 """Write ColBERT text triples (query<TAB>positive<TAB>negative) from DPR retriever JSON.
 
-  python make_colbert_triples.py --dpr_file data/scifact/scifact-train.json --hard_negatives 4 \\
+  python -m colbert.triples --dpr_file data/scifact/scifact-train.json --hard_negatives 4 \\
       --out data/scifact/colbert-triples.tsv
 
 Input is what ``prepare_data.py`` writes (BM25 hard negatives that do not contain the answer); each
 question gives one triple per hard negative (its random negatives when it has none), passages as
-``title | text``. ``train_colbert.py --dpr_train_file`` does the same conversion without the file.
+``title | text``. ``python -m colbert.train --dpr_train_file`` does the same conversion without the file.
 """
 
 from __future__ import annotations
@@ -20,11 +19,12 @@ from dpr.cli import run_cli, setup_logging
 from dpr.data.readers import DataFormatError, read_dpr_files
 from dpr.options import ConfigError
 
-logger = logging.getLogger("make_colbert_triples")
+logger = logging.getLogger("colbert.triples")  # not __name__: under `python -m` that is "__main__"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m colbert.triples", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dpr_file", nargs="+", required=True, help="DPR JSON/JSONL files or glob patterns")
     parser.add_argument("--hard_negatives", type=int, default=1, help="triples per question (default 1)")
     parser.add_argument("--out", required=True, help="triples TSV to write")
