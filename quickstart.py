@@ -19,17 +19,22 @@ import logging
 import os
 import sys
 
-import dense_retriever
-import generate_embeddings
 import prepare_data
 import train_dense_encoder
+from dpr.atomic import atomic_file
 from dpr.cli import run_cli, setup_logging
+from dpr.embedding import EmbedConfig, embed_corpus
+from dpr.evaluation.evaluate import evaluate_beir, load_beir_queries
+from dpr.evaluation.metrics import write_trec_run
 from dpr.models.encoder import parameter_counts
+from dpr.retrieval import InferenceModelConfig, load_inference_model
+from dpr.search import RetrieveConfig, metrics_record, open_shards, retrieve
 from dpr.training.checkpoint import load_biencoder, resolve_checkpoint
 
 logger = logging.getLogger("quickstart")
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data", "scifact")
+SPLIT = "test"          # prepare_data's --eval_split below: the split that is evaluated
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,23 +63,43 @@ def _metrics(path: str) -> dict:
         return json.load(handle)
 
 
-def _embed(args: argparse.Namespace, out_file: str, model_flags: list[str], passages: str) -> None:
+def _model(args: argparse.Namespace, checkpoint: str | None = None) -> InferenceModelConfig:
+    """The trained ``checkpoint``, or the frozen base model ``--model``; ``--sequence_length`` either way."""
+    overrides = {"sequence_length": args.sequence_length}
+    if checkpoint is None:
+        overrides["pretrained_model_cfg"] = args.model
+    return InferenceModelConfig(model_file=checkpoint, encoder_overrides=overrides)
+
+
+def _embed(args: argparse.Namespace, out_file: str, model: InferenceModelConfig, passages: str) -> None:
     if not _done(out_file + "_0"):
-        progress = ["--no_progress"] if args.no_progress else []
-        _check(generate_embeddings.main(["--ctx_file", passages, "--out_file", out_file, "--batch_size", "64",
-                                         "--sequence_length", str(args.sequence_length), *model_flags, *progress]))
+        cfg = EmbedConfig(batch_size=64, progress=not args.no_progress)
+        for shard in embed_corpus(load_inference_model(model), passages, out_file, cfg):
+            print(f"encoded {shard.header.count} passages in {shard.seconds:.1f} s -> {shard.path}/")
 
 
-def _evaluate(args: argparse.Namespace, name: str, embeddings: str, model_flags: list[str], newer_than: str = "") -> str:
+def _evaluate(args: argparse.Namespace, name: str, embeddings: str, model: InferenceModelConfig,
+              newer_than: str = "") -> dict:
+    """The metrics record of ``model`` over the shards ``<embeddings>_*`` on the --beir_dir test split
+    (dense_retriever's metrics JSON, saved as ``<name>-metrics.json`` and reused when still current)."""
     metrics = os.path.join(args.out_dir, f"{name}-metrics.json")
     stale = newer_than and os.path.exists(metrics) and os.path.getmtime(metrics) < os.path.getmtime(newer_than)
-    if stale or not _done(metrics):
-        _check(dense_retriever.main(["--encoded_ctx_file", embeddings + "_*", "--beir_dir", args.beir_dir,
-                                     "--split", "test", "--n-docs", "100", "--metrics_file", metrics,
-                                     "--out_file", os.path.join(args.out_dir, f"{name}.trec"),
-                                     "--sequence_length", str(args.sequence_length), "--no_progress",
-                                     *model_flags]))
-    return metrics
+    if not stale and _done(metrics):
+        return _metrics(metrics)
+    queries = load_beir_queries(args.beir_dir, SPLIT)
+    shards = open_shards(embeddings + "_*", queries)
+    cfg = RetrieveConfig(n_docs=100)
+    result = retrieve(load_inference_model(model), shards, queries.texts, cfg)
+    print(result.stats.describe())
+    evaluation = evaluate_beir(queries, result.ids, result.scores, cfg.n_docs)
+    print("\n".join(evaluation.summary_lines(f"BEIR {queries.name} {queries.split}")))
+    trec = os.path.join(args.out_dir, f"{name}.trec")
+    write_trec_run(evaluation.run, trec, tag="dense")
+    record = metrics_record(queries, cfg.n_docs, {**result.to_dict(), **evaluation.to_dict()})
+    with atomic_file(metrics) as handle:
+        json.dump(record, handle, indent=2)
+    print(f"TREC run -> {trec}\nmetrics JSON -> {metrics}")
+    return record
 
 
 def _check(code: int) -> None:
@@ -109,14 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     os.makedirs(args.out_dir, exist_ok=True)
+    dataset = os.path.basename(os.path.normpath(args.beir_dir))
     data = os.path.join(args.out_dir, "data")
-    logger.info("stage 1/5: prepare SciFact (BM25 hard negatives, dev held out)")
+    logger.info("stage 1/5: prepare %s (BM25 hard negatives, dev held out)", dataset)
     _check(prepare_data.main(["beir", "--beir_dir", args.beir_dir, "--out_dir", data, "--name", "scifact",
                               "--train_split", "train", "--eval_split", "test", "--dev_ratio", "0.1",
                               "--hard_negatives", "30", "--other_negatives", "30", "--seed", "0"]
                              + (["--no_progress"] if args.no_progress else [])))
     passages = os.path.join(data, "scifact-passages.tsv")
-    base = ["--pretrained_model_cfg", args.model]
+    base = _model(args)
     base_embeddings = os.path.join(args.out_dir, "embeddings", "zero-shot")
     logger.info("stage 2/5: encode the corpus with the frozen base model (the zero-shot index)")
     _embed(args, base_embeddings, base, passages)
@@ -128,15 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     trained_embeddings = base_embeddings
     if args.full:   # the passage side changed: its index must be rebuilt
         trained_embeddings = os.path.join(args.out_dir, "embeddings", os.path.basename(best))
-        _embed(args, trained_embeddings, ["--model_file", best], passages)
+        _embed(args, trained_embeddings, _model(args, best), passages)
     logger.info("stage 5/5: evaluate the trained prefix")
-    trained = _evaluate(args, "trained", trained_embeddings, ["--model_file", best],
+    trained = _evaluate(args, "trained", trained_embeddings, _model(args, best),
                         newer_than=os.path.join(run, "best_checkpoint.json"))
     bm25 = _metrics(os.path.join(data, "scifact-test-bm25.json"))["metrics"]
-    rows = [("BM25 (bm25s)", bm25, "-"), (f"{args.model} zero-shot", _metrics(zero_shot)["metrics"], "0 (frozen)"),
-            (f"{args.model} + {'both-sides' if args.full else 'question-side'} prefix", _metrics(trained)["metrics"],
+    rows = [("BM25 (bm25s)", bm25, "-"), (f"{args.model} zero-shot", zero_shot["metrics"], "0 (frozen)"),
+            (f"{args.model} + {'both-sides' if args.full else 'question-side'} prefix", trained["metrics"],
              _share(best))]
-    print(f"\nSciFact test (300 queries, {_metrics(zero_shot)['passages']:,} passages); best checkpoint {best}")
+    print(f"\n{dataset} {SPLIT} ({zero_shot['queries']:,} queries, {zero_shot['passages']:,} passages); "
+          f"best checkpoint {best}")
     print(f"{'retriever':<42} {'nDCG@10':>8} {'R@100':>7}  trainable parameters")
     for name, metrics, share in rows:
         print(f"{name:<42} {metrics['nDCG@10']:>8.4f} {metrics['R@100']:>7.4f}  {share}")

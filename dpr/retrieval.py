@@ -1,5 +1,8 @@
 """After training: load an encoder (or several task encoders) for inference, and search embedding shards.
 
+:class:`InferenceModelConfig` says which encoder to load (a checkpoint, the base model, or several task
+checkpoints) and on what hardware; :func:`load_inference_model` / :func:`load_task_encoder` load it.
+
 :class:`TaskEncoder` serves several task checkpoints (prefix, prompt or adapter) on ONE frozen backbone
 (:class:`dpr.models.tasks.TaskLibrary`) and encodes texts with whichever task a call names.
 
@@ -11,7 +14,6 @@ built (or loaded), searched, and freed before the next, and the per-group top-k 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -19,6 +21,7 @@ import os
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -40,19 +43,65 @@ logger = logging.getLogger(__name__)
 
 SOURCE_FILE = INDEX_SOURCE_FILE       # beside a saved index: which shards and encoder it was built from
 
+PRECISIONS = ("fp32", "fp16", "bf16")
+_ENCODER_FIELDS = frozenset(f.name for f in dataclasses.fields(EncoderConfig))
+
+
+@dataclass(frozen=True)
+class InferenceModelConfig:
+    """Which encoder(s) to load for inference, and on what hardware.
+
+    ``encoder_overrides`` holds the encoder settings given explicitly (``EncoderConfig`` field -> value);
+    a checkpoint fills in the rest, and an architecture field that contradicts it is an error. Without
+    ``model_file`` (and ``tasks``) they describe the base model. ``tasks`` is ``((name, checkpoint), ...)``:
+    several task checkpoints on one backbone (:func:`load_task_encoder`) instead of ``model_file``.
+    """
+
+    model_file: str | None = None
+    encoder_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    tasks: tuple[tuple[str, str], ...] = ()
+    precision: str = "fp32"
+    no_cuda: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.encoder_overrides) - _ENCODER_FIELDS)
+        if unknown:
+            raise ConfigError(f"encoder_overrides: unknown encoder settings {unknown}")
+        # a copy: the config is a value, later edits of the caller's dict must not reach it
+        object.__setattr__(self, "encoder_overrides", dict(self.encoder_overrides))
+        object.__setattr__(self, "tasks", tuple((str(n), str(p)) for n, p in self.tasks))
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.tasks and self.model_file:
+            raise ConfigError("pass either --model_file (one checkpoint) or --task NAME=CHECKPOINT (several), "
+                              "not both")
+        names = [name for name, _ in self.tasks]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ConfigError(f"--task name(s) {repeated} given more than once; each task needs its own name")
+
+    def device(self) -> torch.device:
+        return select_device(self.no_cuda, self.precision)
+
 
 @dataclass(frozen=True)
 class InferenceModel:
-    """A bi-encoder ready to encode, its tokenizer, and where its weights came from."""
+    """A bi-encoder ready to encode, its tokenizer, where its weights came from, and how it runs."""
 
     model: BiEncoder
     tokenizer: Any
     checkpoint: str | None          # absolute checkpoint path, None for the base model
     training: dict[str, Any]        # the checkpoint's training config ({} for the base model)
+    device: torch.device = torch.device("cpu")
+    precision: str = "fp32"         # autocast for encoding: fp32, fp16 or bf16
 
     def identity(self) -> tuple[dict[str, Any], dict[str, Any], str]:
         """(encoder config dict, backbone fingerprint, passage-encoder digest): what embeddings record."""
         return passage_identity(self.model)
+
+    def describe(self) -> str:
+        """The checkpoint path, or ``base model <name>``: how results name their encoder."""
+        return self.checkpoint or f"base model {self.model.config.pretrained_model_cfg}"
 
 
 def select_device(no_cuda: bool, precision: str) -> torch.device:
@@ -63,18 +112,34 @@ def select_device(no_cuda: bool, precision: str) -> torch.device:
     return device
 
 
-def load_inference_model(args: argparse.Namespace, device: torch.device) -> InferenceModel:
-    """The encoder of ``--model_file`` (its stored config decides the network), or the base model.
+def _as_flags(overrides: Mapping[str, Any]) -> SimpleNamespace:
+    # encoder_config_from_args / load_biencoder read the given settings as attributes (unset = absent);
+    # this adapter goes once they take a mapping of overrides (see dpr.options).
+    return SimpleNamespace(**overrides)
+
+
+def resolve_encoder_config(overrides: Mapping[str, Any], stored: EncoderConfig | None = None,
+                           source: str = "checkpoint") -> EncoderConfig:
+    """``stored`` (default: the defaults) with ``overrides`` applied; contradicted architecture fields raise."""
+    return encoder_config_from_args(_as_flags(overrides), stored, source=source)
+
+
+def load_inference_model(cfg: InferenceModelConfig, device: torch.device | None = None) -> InferenceModel:
+    """The encoder of ``cfg.model_file`` (its stored config decides the network), or the base model.
 
     Without a checkpoint, fine-tuning / BitFit encoders are the pretrained model on both sides, so they
     share one backbone (half the memory); prefix / prompt / adapter parameters would be random.
+    ``device`` defaults to ``cfg.device()``.
     """
-    if args.model_file:
-        model, info = load_biencoder(args.model_file, args)
+    if cfg.tasks:
+        raise ConfigError("this config names --task checkpoints: load them with load_task_encoder")
+    device = cfg.device() if device is None else device
+    if cfg.model_file:
+        model, info = load_biencoder(cfg.model_file, _as_flags(cfg.encoder_overrides))
         checkpoint, training = os.path.abspath(info.path), info.training
     else:
-        config = encoder_config_from_args(args)
-        if config.tuning in ("finetune", "bitfit") and getattr(args, "share_encoder", None) is None:
+        config = resolve_encoder_config(cfg.encoder_overrides)
+        if config.tuning in ("finetune", "bitfit") and "share_encoder" not in cfg.encoder_overrides:
             config = dataclasses.replace(config, share_encoder=True)
         elif config.frozen_backbone:
             logger.warning("no --model_file: the %s parameters are randomly initialised, so these vectors "
@@ -82,7 +147,23 @@ def load_inference_model(args: argparse.Namespace, device: torch.device) -> Infe
         model, checkpoint, training = build_biencoder(config), None, {}
     tokenizer = load_tokenizer(model.config.pretrained_model_cfg, model.config.do_lower_case)
     model.to(device).eval()
-    return InferenceModel(model, tokenizer, checkpoint, training)
+    return InferenceModel(model, tokenizer, checkpoint, training, device, cfg.precision)
+
+
+def load_task_encoder(cfg: InferenceModelConfig, device: torch.device | None = None) -> "TaskEncoder":
+    """One backbone (the first task's) with every ``cfg.tasks`` checkpoint registered on it.
+
+    ``cfg.encoder_overrides`` must agree with every checkpoint's architecture; unset settings come from it.
+    """
+    if not cfg.tasks:
+        raise ConfigError("a task encoder needs at least one --task NAME=CHECKPOINT")
+    configs = {name: resolve_encoder_config(cfg.encoder_overrides, read_checkpoint_info(path).encoder, source=path)
+               for name, path in cfg.tasks}
+    encoder = TaskEncoder(configs[cfg.tasks[0][0]].pretrained_model_cfg, cfg.device() if device is None else device,
+                          precision=cfg.precision)
+    for name, path in cfg.tasks:
+        encoder.register(name, path, configs[name])
+    return encoder
 
 
 class TaskEncoder:
@@ -95,9 +176,10 @@ class TaskEncoder:
     trained on it (checked by name and shape). Switching tasks between calls moves no backbone weights.
     """
 
-    def __init__(self, pretrained_model_cfg: str, device: torch.device | str = "cpu") -> None:
+    def __init__(self, pretrained_model_cfg: str, device: torch.device | str = "cpu", precision: str = "fp32") -> None:
         # Dropout settings do not matter: the backbone only ever runs in eval mode here.
         self.library = TaskLibrary(load_backbone(pretrained_model_cfg), pretrained_model_cfg).to(device)
+        self.precision = precision                   # the default autocast of encode()
         self._checkpoints: dict[str, str] = {}
         self._tokenizers: dict[bool, Any] = {}       # by do_lower_case: tasks may differ only in that
 
@@ -156,17 +238,17 @@ class TaskEncoder:
         return self._tokenizers[do_lower_case]
 
     def encode(self, texts: Sequence[str] | Sequence[Passage], task: str, side: Side = "question", *,
-               batch_size: int = 32, max_length: int | None = None, precision: str = "fp32",
+               batch_size: int = 32, max_length: int | None = None, precision: str | None = None,
                progress: bool = False) -> np.ndarray:
         """Encode questions (strings) or passages with task ``task``; returns (N, D) float32 in input order.
 
-        ``max_length`` defaults to the task's ``sequence_length``.
+        ``max_length`` defaults to the task's ``sequence_length``, ``precision`` to the encoder's.
         """
         model = self.library.model(task)
         config = model.config
         return encode_texts(model, self.tokenizer(config.do_lower_case), texts, side,
                             max_length=max_length or config.sequence_length, batch_size=batch_size,
-                            device=self.library.device, precision=precision, progress=progress)
+                            device=self.library.device, precision=precision or self.precision, progress=progress)
 
 
 def group_shards(shards: Sequence[EmbeddingShard], num_groups: int) -> list[list[EmbeddingShard]]:

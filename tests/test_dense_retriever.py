@@ -12,12 +12,14 @@ import generate_embeddings
 from dense_retriever import main
 from dpr.cli import run_cli
 from dpr.embeddings_io import find_shards
-from dpr.evaluation.metrics import evaluate_run
+from dpr.evaluation.evaluate import evaluate_beir, evaluate_qa, load_beir_queries, load_qa_queries, write_qa_results
+from dpr.evaluation.metrics import evaluate_run, write_trec_run
 from dpr.evaluation.retrieval_eval import calibration_inputs
 from dpr.indexer.faiss_index import IndexParams, brute_force_topk
 from dpr.models.biencoder import build_biencoder
-from dpr.options import EncoderConfig
-from dpr.retrieval import group_shards, search_groups
+from dpr.options import ConfigError, EncoderConfig
+from dpr.retrieval import InferenceModelConfig, group_shards, load_inference_model, search_groups
+from dpr.search import RetrieveConfig, metrics_record, open_shards, retrieve, retrieved_passages
 from dpr.training.checkpoint import save_checkpoint
 
 TOPICS = ["Paris is the capital of France", "The Nile flows through Egypt", "Mozart composed The Magic Flute",
@@ -299,3 +301,57 @@ def test_outputs_get_the_users_umask(setup, tmp_path, umask_027):
     assert {p.name for p in files} >= {"run.trec", "run.trec.metrics.json", "plot.png", "results.json",
                                        "index.faiss", "ids.json", "meta.json", "embeddings.json"}
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(umask_027) for p in files}
+
+
+def _without_timing(record):
+    return {key: value for key, value in record.items() if key != "search_seconds"}
+
+
+def test_library_retrieve_and_evaluate_equal_the_cli(setup, tmp_path):
+    """retrieve + evaluate_beir / evaluate_qa return what dense_retriever.py writes."""
+    run_file, results_file = tmp_path / "run.trec", tmp_path / "results.json"
+    assert main(["--model_file", setup["ckpt"], "--encoded_ctx_file", setup["emb"], "--beir_dir", setup["beir"],
+                 "--out_file", str(run_file), "--n-docs", "11", "--no_cuda", "--no_progress"]) == 0
+    assert main(_qa_args(setup, results_file)) == 0
+    loaded = load_inference_model(InferenceModelConfig(model_file=setup["ckpt"], no_cuda=True))
+    cfg = RetrieveConfig(n_docs=11)
+
+    beir = load_beir_queries(setup["beir"], "test")
+    result = retrieve(loaded, open_shards(setup["emb"], beir), beir.texts, cfg)
+    assert result.scores.shape == (3, 11) and result.encoder == os.path.abspath(setup["ckpt"])
+    evaluation = evaluate_beir(beir, result.ids, result.scores, cfg.n_docs)
+    write_trec_run(evaluation.run, tmp_path / "lib.trec", tag="dense")
+    assert (tmp_path / "lib.trec").read_text() == run_file.read_text()
+    record = metrics_record(beir, cfg.n_docs, {**result.to_dict(), **evaluation.to_dict()})
+    cli_record = json.loads((tmp_path / "run.trec.metrics.json").read_text())
+    assert _without_timing(record) == _without_timing(cli_record)
+
+    qa = load_qa_queries(setup["qa"])
+    shards = open_shards(setup["emb"], qa)
+    result = retrieve(loaded, shards, qa.texts, cfg)
+    passages = retrieved_passages(shards, result.ids)
+    evaluation = evaluate_qa(qa, result.ids, result.scores, passages)
+    write_qa_results(str(tmp_path / "lib.json"), qa, result.ids, result.scores, passages, evaluation)
+    assert json.loads((tmp_path / "lib.json").read_text()) == json.loads(results_file.read_text())
+    assert evaluation.to_dict() == {k: v for k, v in json.loads((tmp_path / "results.json.metrics.json").read_text())
+                                    .items() if k in ("top_k_accuracy", "ece_top5")}
+
+
+def test_inference_and_retrieve_configs_are_checked(setup):
+    with pytest.raises(ConfigError, match="either --model_file"):
+        InferenceModelConfig(model_file="m", tasks=(("a", "A"),))
+    with pytest.raises(ConfigError, match=r"--task name\(s\) \['a'\] given more than once"):
+        InferenceModelConfig(tasks=(("a", "A"), ("a", "B")))
+    with pytest.raises(ConfigError, match="unknown encoder settings \\['pre_seq_length'\\]"):
+        InferenceModelConfig(encoder_overrides={"pre_seq_length": 4})
+    with pytest.raises(ConfigError, match="--n-docs must be >= 1, found 0"):
+        RetrieveConfig(n_docs=0)
+    with pytest.raises(ConfigError, match="expected flat, hnsw, ivfpq or factory"):
+        RetrieveConfig(index_type="factory:")
+    # typed settings that contradict the checkpoint's architecture are refused, others override it
+    with pytest.raises(ConfigError, match="--pre_seq_len is 4 but"):
+        load_inference_model(InferenceModelConfig(model_file=setup["ckpt"], encoder_overrides={"pre_seq_len": 4},
+                                                  no_cuda=True))
+    loaded = load_inference_model(InferenceModelConfig(model_file=setup["ckpt"], no_cuda=True,
+                                                       encoder_overrides={"sequence_length": 32}))
+    assert loaded.model.config.sequence_length == 32 and loaded.model.config.tuning == "prefix"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,8 +12,11 @@ import dpr.retrieval
 import generate_embeddings
 from dense_retriever import main
 from dpr.cli import run_cli
+from dpr.evaluation.evaluate import load_beir_queries
 from dpr.models.biencoder import build_biencoder
 from dpr.options import EncoderConfig
+from dpr.retrieval import InferenceModelConfig, load_inference_model, load_task_encoder
+from dpr.search import RetrieveConfig, open_shards, retrieve, retrieve_tasks
 from dpr.training.checkpoint import save_checkpoint
 
 TOPICS = ["Paris is the capital of France", "The Nile flows through Egypt", "Mozart composed The Magic Flute",
@@ -123,3 +127,18 @@ def test_malformed_task_flag_and_unusable_checkpoints(setup, capsys):
     # a typed architecture flag that contradicts a task's checkpoint
     assert run_cli(main, _args(setup, "--task", f"a={ckpts['a']}", "--pre_seq_len", "8")) == 2
     assert "--pre_seq_len is 8 but" in capsys.readouterr().err
+
+
+def test_library_retrieve_tasks_equals_each_task_alone(setup):
+    ckpts = setup["ckpts"]
+    queries = load_beir_queries(setup["beir"])
+    shards = open_shards(setup["emb"], queries)
+    cfg = RetrieveConfig(n_docs=6)
+    encoder = load_task_encoder(InferenceModelConfig(tasks=(("a", ckpts["a"]), ("b", ckpts["b"])), no_cuda=True))
+    results = retrieve_tasks(encoder, shards, queries.texts, cfg)
+    assert list(results) == ["a", "b"] and results["a"].stats.queries == 2 * len(queries.texts)
+    for task, result in results.items():
+        alone = retrieve(load_inference_model(InferenceModelConfig(model_file=ckpts[task], no_cuda=True)), shards,
+                         queries.texts, cfg)
+        assert result.ids == alone.ids and result.encoder == alone.encoder
+        np.testing.assert_allclose(result.scores, alone.scores, rtol=1e-5, atol=1e-6)

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from dpr.cli import run_cli
+from dpr.embedding import EmbedConfig, embed_corpus
 from dpr.embeddings_io import EmbeddingsError, find_shards, read_shard
 from dpr.models.biencoder import build_biencoder
-from dpr.options import EncoderConfig
+from dpr.options import ConfigError, EncoderConfig
+from dpr.retrieval import InferenceModelConfig, load_inference_model
 from dpr.training.checkpoint import save_checkpoint
 from generate_embeddings import main
 
@@ -149,3 +151,35 @@ def test_max_passages_digest_covers_the_encoded_rows(tmp_path, checkpoint):
     assert main(common + ["--out_file", str(tmp_path / "two"), "--num_shards", "2", "--shard_id", "1"]) == 0
     assert read_shard(str(tmp_path / "one_0")).header.corpus_digest == \
         read_shard(str(tmp_path / "two_1")).header.corpus_digest
+
+
+def _shard_files(folder):
+    shard = read_shard(folder)
+    return shard.vectors(), shard.ids(), json.loads(open(os.path.join(folder, "meta.json")).read())
+
+
+def test_embed_corpus_writes_what_the_cli_writes(tmp_path, checkpoint):
+    """The library call (all three shards at once) and three CLI runs give the same shard folders."""
+    corpus = _write_tsv(tmp_path / "psgs.tsv")
+    for shard_id in range(3):
+        assert main(["--model_file", checkpoint, "--ctx_file", corpus, "--out_file", str(tmp_path / "cli"),
+                     "--shard_id", str(shard_id), "--num_shards", "3", "--batch_size", "4", "--no_cuda",
+                     "--no_progress"]) == 0
+    loaded = load_inference_model(InferenceModelConfig(model_file=checkpoint, no_cuda=True))
+    written = embed_corpus(loaded, corpus, str(tmp_path / "lib"), EmbedConfig(batch_size=4), num_shards=3)
+    assert [s.path for s in written] == [str(tmp_path / f"lib_{i}") for i in range(3)]
+    assert [s.header.count for s in written] == [4, 3, 3]
+    for i, shard in enumerate(written):
+        vectors, ids, meta = _shard_files(shard.path)
+        cli_vectors, cli_ids, cli_meta = _shard_files(str(tmp_path / f"cli_{i}"))
+        np.testing.assert_array_equal(vectors, cli_vectors)
+        assert ids == cli_ids and meta == cli_meta
+
+
+def test_embed_config_and_shard_ids_are_checked(tmp_path, checkpoint):
+    with pytest.raises(ConfigError, match="--batch_size must be >= 1, found 0"):
+        EmbedConfig(batch_size=0)
+    loaded = load_inference_model(InferenceModelConfig(encoder_overrides={"pretrained_model_cfg": "bert-tiny"},
+                                                       no_cuda=True))
+    with pytest.raises(ConfigError, match=re.escape("--shard_id must be in [0, --num_shards=2), found 2")):
+        embed_corpus(loaded, _write_tsv(tmp_path / "psgs.tsv"), str(tmp_path / "e"), shard_ids=[2], num_shards=2)

@@ -1,0 +1,27 @@
+"""Parsed flags -> the inference configs of :mod:`dpr.retrieval` (the CLI boundary of embedding / retrieval).
+
+Only command-line tools call this module: library code takes :class:`InferenceModelConfig` and never an
+argparse namespace. (It belongs in :mod:`dpr.options` beside the encoder flags it reads.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from dpr.options import EncoderConfig
+from dpr.retrieval import InferenceModelConfig
+
+
+def encoder_overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The encoder settings the user typed: every ``EncoderConfig`` flag whose value is not None (unset)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(EncoderConfig)
+            if getattr(args, f.name, None) is not None}
+
+
+def inference_config_from_args(args: argparse.Namespace) -> InferenceModelConfig:
+    """--model_file / --task, the encoder and tuning flags, --fp16 / --bf16 and --no_cuda."""
+    return InferenceModelConfig(model_file=args.model_file, encoder_overrides=encoder_overrides_from_args(args),
+                                tasks=tuple(getattr(args, "tasks", None) or ()), precision=args.precision,
+                                no_cuda=args.no_cuda)
