@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
@@ -248,7 +250,8 @@ def parse_betas(value: str) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training settings (DPR / PT-Retrieval flag names). Stored in checkpoints for the record."""
+    """Training settings (DPR / PT-Retrieval flag names). Stored in checkpoints: a resumed run is
+    checked against them (``dpr.training.resume``)."""
 
     train_file: tuple[str, ...] = ()
     dev_file: tuple[str, ...] = ()
@@ -287,6 +290,7 @@ class TrainConfig:
     precision: str = "fp32"
     no_cuda: bool = False
     local_rank: int = -1
+    init_checkpoint: str | None = None     # the --model_file the run started from (real path), for the record
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "dev_batch_size", "gradient_accumulation_steps", "num_train_epochs",
@@ -299,6 +303,10 @@ class TrainConfig:
                      "val_av_rank_hard_neg", "val_av_rank_other_neg"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("learning_rate", "adam_eps", "weight_decay", "max_grad_norm", "loss_scale"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):   # nan passes every "<= 0" check below
+                raise ConfigError(f"--{name} must be a finite number, got {value}")
         if self.loss_scale is not None and self.loss_scale <= 0:
             raise ConfigError(f"--loss_scale must be > 0, got {self.loss_scale}")
         if self.learning_rate <= 0:
@@ -370,6 +378,20 @@ def add_training_params(parser: argparse.ArgumentParser) -> None:
                    help="bf16 autocast (CUDA; on CPU it is very slow)")
     h.add_argument("--no_cuda", action="store_true")
     h.add_argument("--local_rank", type=int, default=-1, help="set by old launchers; torchrun uses env vars")
+    r = parser.add_argument_group("resuming")
+    r.add_argument("--allow_changed_settings", action="store_true",
+                   help="continue a run (the --output_dir's latest checkpoint, or a --model_file with training "
+                        "state) although training flags differ from the ones it was started with; the "
+                        "differences are logged and the new values used (default: refuse, naming them)")
+
+
+# Settings that are file patterns: stored absolute, so a run resumed from another working directory
+# compares equal to the one that started it.
+PATH_SETTINGS = ("train_file", "dev_file", "ctx_embeddings")
+
+
+def absolute_pattern(pattern: str) -> str:
+    return os.path.abspath(os.path.expanduser(pattern))
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -377,4 +399,9 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     for name in ("train_file", "dev_file", "train_files_upsample_rates", "ctx_embeddings"):
         if values.get(name) is not None:
             values[name] = tuple(values[name])
+    for name in PATH_SETTINGS:
+        if values.get(name):
+            values[name] = tuple(absolute_pattern(p) for p in values[name])
+    if getattr(args, "model_file", None):
+        values["init_checkpoint"] = os.path.realpath(args.model_file)
     return TrainConfig(**values)

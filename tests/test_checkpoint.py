@@ -163,3 +163,22 @@ def test_a_training_output_folder_means_its_best_checkpoint(tmp_path, tiny_model
                        dict(model.named_parameters())["question_encoder.prefix.embedding.weight"])
     with pytest.raises(CheckpointError, match="nor a training output folder"):
         read_checkpoint_info(str(tmp_path))
+
+
+def test_damaged_weights_and_training_state_are_clear_errors_naming_the_file(tmp_path, tiny_model_dir):
+    model = build_biencoder(EncoderConfig(pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4,
+                                          sequence_length=32))
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    path = save_checkpoint(str(tmp_path / "ckpt"), model, optimizer=optim)
+    weights, state = os.path.join(path, "model.safetensors"), os.path.join(path, "training_state.pt")
+    for damage in (lambda b: b[: len(b) // 2], lambda b: b"not a file of this kind" * 3, lambda b: b""):
+        for name in (weights, state):
+            good = open(name, "rb").read()
+            open(name, "wb").write(damage(good))
+            with pytest.raises(CheckpointError, match=f"{name} is damaged") as caught:
+                load_biencoder(path) if name == weights else load_training_state(path)
+            assert "weights_only" not in str(caught.value)      # never advise unpickling code
+            open(name, "wb").write(good)
+    torch.save(["a list, not a state dict"], state)
+    with pytest.raises(CheckpointError, match="expected a dict of optimizer and scheduler state, found list"):
+        load_training_state(path)

@@ -2,7 +2,11 @@
 
 Resuming is exact: the data order depends only on (seed, epoch), negative sampling on
 (seed, epoch, iteration, rank), and dropout is re-seeded from the same tuple before every step, so a
-run restarted from a checkpoint continues bit-for-bit like one that never stopped.
+run restarted from a checkpoint continues bit-for-bit like one that never stopped (the checkpoint also
+carries the loss scaler and the rolling loss window, so the logged training loss matches too).
+
+A non-finite loss, tuned weight or validation value stops the run with TrainingDivergedError before
+anything is saved: the last good checkpoint stays the latest, and NaN never becomes the best.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import os
 import sys
 import time
 from collections import deque
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,18 +26,24 @@ from tqdm import tqdm
 from dpr.data.batching import build_biencoder_batch
 from dpr.data.iterator import ShardedDataIterator
 from dpr.data.readers import BiEncoderSample
+from dpr.errors import UserError
 from dpr.models.biencoder import BiEncoder
 from dpr.options import TrainConfig
 from dpr.training.checkpoint import TrainingPosition, checkpoint_name, save_checkpoint
 from dpr.training.distributed import (DistributedContext, autocast, barrier, global_biencoder_loss,
                                       make_grad_scaler, unwrap, wrap_ddp)
 from dpr.training.passage_cache import PassageVectorCache
-from dpr.training.run_dir import BestRecord, append_history, prune_checkpoints, read_best, update_best
+from dpr.training.run_dir import (BestRecord, append_history, best_record, latest_checkpoint, prune_checkpoints,
+                                  read_best, repair_run_dir, update_best)
 from dpr.training.validation import ValidationResult, validate_average_rank, validate_nll
 
 logger = logging.getLogger(__name__)
 
 NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")
+
+
+class TrainingDivergedError(UserError, RuntimeError):
+    """The loss, the tuned weights or a validation value became NaN or infinite."""
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -82,6 +92,8 @@ class BiEncoderTrainer:
     def __init__(self, cfg: TrainConfig, model: BiEncoder, tokenizer: Any, train: Sequence[BiEncoderSample],
                  dev: Sequence[BiEncoderSample], ctx: DistributedContext,
                  start: TrainingPosition = TrainingPosition(), training_state: dict[str, Any] | None = None) -> None:
+        if not train:
+            raise ValueError("no training samples: nothing to train on")
         self.cfg, self.tokenizer, self.dev, self.ctx = cfg, tokenizer, dev, ctx
         self.model = model.to(ctx.device)
         if cfg.fix_ctx_encoder:
@@ -100,15 +112,36 @@ class BiEncoderTrainer:
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = linear_schedule(self.optimizer, cfg.warmup_for(self.total_steps), self.total_steps)
         self.scaler = make_grad_scaler(cfg.precision, ctx.device)
-        if training_state is not None:
-            self.optimizer.load_state_dict(training_state["optimizer"])
-            self.scheduler.load_state_dict(training_state["scheduler"])
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.position = start
         self.pending = 0                        # micro-batches accumulated since the last optimizer step
         self.losses: deque[float] = deque(maxlen=cfg.train_rolling_loss_step)
+        if training_state is not None:
+            self._restore(training_state)
         logger.info("%d training samples, %d iterations per epoch per rank, %d optimizer steps in all, "
                     "warmup %d, loss scale %g", len(train), self.iterator.iterations_per_epoch, self.total_steps,
                     cfg.warmup_for(self.total_steps), self.scale)
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint's training state, with this run's hyperparameters.
+
+        The optimizer state brings the stored learning rate, betas, eps and weight decay with it, and the
+        scheduler its base learning rate: they are set again from ``cfg``, which changes nothing when the
+        settings are the same and honours new ones under --allow_changed_settings.
+        """
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.losses.extend(state.get("rolling_losses", ()))
+        self.scheduler.base_lrs = [self.cfg.learning_rate] * len(settings)
+        step = self.scheduler.last_epoch
+        for group, fresh, factor in zip(self.optimizer.param_groups, settings, self.scheduler.lr_lambdas):
+            group.update(betas=fresh["betas"], eps=fresh["eps"], weight_decay=fresh["weight_decay"],
+                         initial_lr=self.cfg.learning_rate, lr=self.cfg.learning_rate * factor(step))
+        # What get_last_lr() reports (logging only) until the next scheduler step.
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _passage_cache(self, train: Sequence[BiEncoderSample]) -> PassageVectorCache:
         """Fixed passage vectors for question-side training: from --ctx_embeddings, or encoded once now."""
@@ -119,6 +152,10 @@ class BiEncoderTrainer:
                                          precision=self.cfg.precision)
 
     def run(self) -> BestRecord | None:
+        if self.ctx.is_main:    # what a kill between a checkpoint and its log line, best record or pruning missed
+            repair_run_dir(self.cfg.output_dir, self.cfg.checkpoint_file_name)
+            prune_checkpoints(self.cfg.output_dir, self.cfg.checkpoint_file_name, self.cfg.keep_checkpoints)
+        barrier(self.ctx)
         epoch, start_iteration = self.position.epoch, self.position.iteration
         if start_iteration >= self.iterator.iterations_per_epoch:
             epoch, start_iteration = epoch + 1, 0
@@ -129,29 +166,32 @@ class BiEncoderTrainer:
     def _train_epoch(self, epoch: int, start_iteration: int) -> None:
         self.model.train()
         iterations = self.iterator.iterations_per_epoch
-        # Redirected output (logs, CI) gets a line every 30 s rather than one per batch.
-        bar = tqdm(total=iterations, initial=start_iteration, desc=f"epoch {epoch}", unit="batch",
-                   disable=not self.ctx.is_main, dynamic_ncols=True,
-                   mininterval=0.1 if sys.stderr.isatty() else 30.0)
-        started, seen = time.perf_counter(), 0
-        for shard_batch in self.iterator.iterate(epoch, start_iteration):
-            i = shard_batch.iteration
-            loss = self._micro_step(epoch, shard_batch.items, i)
-            self.losses.append(loss)
-            seen += len(shard_batch.items) * self.ctx.world_size
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-            if self.pending == self.cfg.gradient_accumulation_steps or i in self.evals:
-                self._optimizer_step()
-            self.position = TrainingPosition(epoch, i + 1, self.position.global_step)
-            if (i + 1) % self.cfg.log_batch_step == 0:
-                logger.info("epoch %d step %d/%d: loss %.4f (rolling %.4f), lr %.3g, %.1f samples/s", epoch, i + 1,
-                            iterations, loss, sum(self.losses) / len(self.losses),
-                            self.scheduler.get_last_lr()[0], seen / (time.perf_counter() - started))
-            if i in self.evals:
-                self.validate_and_save()
-                self.model.train()
-        bar.close()
+        # Redirected output (logs, CI) gets a line every 30 s rather than one per batch. Closed on errors
+        # too, so an error message starts a line of its own.
+        with tqdm(total=iterations, initial=start_iteration, desc=f"epoch {epoch}", unit="batch",
+                  disable=not self.ctx.is_main, dynamic_ncols=True,
+                  mininterval=0.1 if sys.stderr.isatty() else 30.0) as bar:
+            started, seen = time.perf_counter(), 0
+            for shard_batch in self.iterator.iterate(epoch, start_iteration):
+                i = shard_batch.iteration
+                loss = self._micro_step(epoch, shard_batch.items, i)
+                if not math.isfinite(loss):     # the loss is global: every rank stops here together
+                    self._diverged(f"the training loss is {loss}", epoch, i)
+                self.losses.append(loss)
+                seen += len(shard_batch.items) * self.ctx.world_size
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                if self.pending == self.cfg.gradient_accumulation_steps or i in self.evals:
+                    self._optimizer_step()
+                    self._check_weights(epoch, i)
+                self.position = TrainingPosition(epoch, i + 1, self.position.global_step)
+                if (i + 1) % self.cfg.log_batch_step == 0:
+                    logger.info("epoch %d step %d/%d: loss %.4f (rolling %.4f), lr %.3g, %.1f samples/s", epoch,
+                                i + 1, iterations, loss, sum(self.losses) / len(self.losses),
+                                self.scheduler.get_last_lr()[0], seen / (time.perf_counter() - started))
+                if i in self.evals:
+                    self.validate_and_save()
+                    self.model.train()
 
     def _micro_step(self, epoch: int, samples: list[BiEncoderSample], iteration: int) -> float:
         cfg, ctx = self.cfg, self.ctx
@@ -189,14 +229,28 @@ class BiEncoderTrainer:
                     param.grad.mul_(scale)
         self.scaler.unscale_(self.optimizer)
         if self.cfg.max_grad_norm > 0:                     # clipped once per optimizer step, not per micro-batch
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
-                                           self.cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.pending = 0
         self.position = TrainingPosition(self.position.epoch, self.position.iteration, self.position.global_step + 1)
+
+    def _check_weights(self, epoch: int, iteration: int) -> None:
+        """After an optimizer step: one reduction over the tuned parameters only (the backbone is fixed)."""
+        if self.trainable and not bool(torch.stack([torch.isfinite(p).all() for p in self.trainable]).all()):
+            self._diverged("the tuned weights are no longer finite after an optimizer step", epoch, iteration)
+
+    def _diverged(self, what: str, epoch: int, iteration: int) -> None:
+        last = latest_checkpoint(self.cfg.output_dir, self.cfg.checkpoint_file_name)
+        kept = (f"its last good checkpoint {last} is kept (restart with --allow_changed_settings and the new "
+                f"values to continue from it)" if last else "no checkpoint was written")
+        raise TrainingDivergedError(
+            f"training diverged at epoch {epoch}, batch {iteration} (optimizer step {self.position.global_step}): "
+            f"{what}; {kept}. Try a lower --learning_rate (now {self.cfg.learning_rate:g}), more --warmup_steps "
+            f"or --max_grad_norm clipping (now {self.cfg.max_grad_norm:g})"
+            + (", or fp32 instead of --fp16" if self.cfg.precision == "fp16" else ""))
 
     def validate(self) -> ValidationResult | None:
         if not self.dev:
@@ -216,16 +270,21 @@ class BiEncoderTrainer:
         """Validate, write a checkpoint, keep the best by the current metric, prune the others."""
         result = self.validate()
         pos = self.position
+        if result is not None and not math.isfinite(result.value):   # all-reduced: the same on every rank
+            self._diverged(f"the validation {result.metric} is {result.value}", pos.epoch, pos.iteration - 1)
         path = os.path.join(self.cfg.output_dir, checkpoint_name(self.cfg.checkpoint_file_name, pos.epoch, pos.iteration))
+        record = None if result is None else {
+            "metric": result.metric, "value": result.value, "epoch": pos.epoch, "iteration": pos.iteration,
+            "global_step": pos.global_step, **result.details,
+            "train_loss": sum(self.losses) / max(len(self.losses), 1)}
         if self.ctx.is_main:
+            # The checkpoint carries its validation record: a kill before the next two writes is repaired
+            # from it on restart (repair_run_dir).
             save_checkpoint(path, unwrap(self.ddp_model), optimizer=self.optimizer, scheduler=self.scheduler,
-                            position=pos, training=self.cfg.to_dict())
-            if result is not None:
-                append_history(self.cfg.output_dir, {"metric": result.metric, "value": result.value,
-                                                     "epoch": pos.epoch, "iteration": pos.iteration,
-                                                     "global_step": pos.global_step, **result.details,
-                                                     "train_loss": sum(self.losses) / max(len(self.losses), 1)})
-                update_best(self.cfg.output_dir, BestRecord(path, result.metric, result.value, pos.epoch,
-                                                            pos.iteration, pos.global_step))
+                            position=pos, training=self.cfg.to_dict(), validation=record,
+                            extra_state={"scaler": self.scaler.state_dict(), "rolling_losses": list(self.losses)})
+            if record is not None:
+                append_history(self.cfg.output_dir, record)
+                update_best(self.cfg.output_dir, best_record(path, record))
             prune_checkpoints(self.cfg.output_dir, self.cfg.checkpoint_file_name, self.cfg.keep_checkpoints)
         barrier(self.ctx)
