@@ -34,7 +34,7 @@ from dpr.training.checkpoint import load_biencoder, resolve_checkpoint
 logger = logging.getLogger("quickstart")
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data", "scifact")
-SPLIT = "test"          # prepare_data's --eval_split below: the split that is evaluated
+SPLIT = "test"  # prepare_data's --eval_split below: the split that is evaluated
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--beir_dir", default=DEFAULT_DATA, help="a BEIR dataset folder (default: SciFact)")
     parser.add_argument("--out_dir", default="runs/quickstart", help="all outputs go here")
     parser.add_argument("--model", default="minilm-l6", help="encoder (short name, folder or hub name)")
-    parser.add_argument("--full", action="store_true",
-                        help="full-size recipe: prefixes on both sides, 64 tokens, 8 epochs (re-encodes the corpus)")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="full-size recipe: prefixes on both sides, 64 tokens, 8 epochs (re-encodes the corpus)",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (3; 8 with --full)")
     parser.add_argument("--sequence_length", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=32)
@@ -78,8 +81,9 @@ def _embed(args: argparse.Namespace, out_file: str, model: InferenceModelConfig,
             print(f"encoded {shard.header.count} passages in {shard.seconds:.1f} s -> {shard.path}/")
 
 
-def _evaluate(args: argparse.Namespace, name: str, embeddings: str, model: InferenceModelConfig,
-              newer_than: str = "") -> dict:
+def _evaluate(
+    args: argparse.Namespace, name: str, embeddings: str, model: InferenceModelConfig, newer_than: str = ""
+) -> dict:
     """The metrics record of ``model`` over the shards ``<embeddings>_*`` on the --beir_dir test split
     (dense_retriever's metrics JSON, saved as ``<name>-metrics.json`` and reused when still current)."""
     metrics = os.path.join(args.out_dir, f"{name}-metrics.json")
@@ -110,16 +114,50 @@ def _check(code: int) -> None:
 def _train(args: argparse.Namespace, data: str, base_embeddings: str) -> str:
     out = os.path.join(args.out_dir, "prefix-both" if args.full else "prefix-question")
     epochs = args.epochs or (8 if args.full else 3)
-    side = ["--tune_side", "both", "--pre_seq_len", "64"] if args.full else \
-        ["--tune_side", "question", "--pre_seq_len", "32", "--ctx_embeddings", base_embeddings + "_*"]
-    _check(train_dense_encoder.main([
-        "--pretrained_model_cfg", args.model, "--prefix", *side,
-        "--train_file", os.path.join(data, "scifact-train.json"), "--dev_file", os.path.join(data, "scifact-dev.json"),
-        "--output_dir", out, "--seed", "12345", "--sequence_length", str(args.sequence_length),
-        "--batch_size", str(args.batch_size), "--dev_batch_size", str(args.batch_size), "--learning_rate", "1e-2",
-        # Question-side training looks passage vectors up, so extra hard negatives cost almost nothing.
-        "--warmup_percentage", "0.05", "--max_grad_norm", "2.0", "--hard_negatives", "1" if args.full else "3",
-        "--num_train_epochs", str(epochs), "--eval_per_epoch", "1", "--log_batch_step", "10"]))
+    side = (
+        ["--tune_side", "both", "--pre_seq_len", "64"]
+        if args.full
+        else ["--tune_side", "question", "--pre_seq_len", "32", "--ctx_embeddings", base_embeddings + "_*"]
+    )
+    _check(
+        train_dense_encoder.main(
+            [
+                "--pretrained_model_cfg",
+                args.model,
+                "--prefix",
+                *side,
+                "--train_file",
+                os.path.join(data, "scifact-train.json"),
+                "--dev_file",
+                os.path.join(data, "scifact-dev.json"),
+                "--output_dir",
+                out,
+                "--seed",
+                "12345",
+                "--sequence_length",
+                str(args.sequence_length),
+                "--batch_size",
+                str(args.batch_size),
+                "--dev_batch_size",
+                str(args.batch_size),
+                "--learning_rate",
+                "1e-2",
+                # Question-side training looks passage vectors up, so extra hard negatives cost almost nothing.
+                "--warmup_percentage",
+                "0.05",
+                "--max_grad_norm",
+                "2.0",
+                "--hard_negatives",
+                "1" if args.full else "3",
+                "--num_train_epochs",
+                str(epochs),
+                "--eval_per_epoch",
+                "1",
+                "--log_batch_step",
+                "10",
+            ]
+        )
+    )
     return out
 
 
@@ -137,10 +175,32 @@ def main(argv: list[str] | None = None) -> int:
     dataset = os.path.basename(os.path.normpath(args.beir_dir))
     data = os.path.join(args.out_dir, "data")
     logger.info("stage 1/5: prepare %s (BM25 hard negatives, dev held out)", dataset)
-    _check(prepare_data.main(["beir", "--beir_dir", args.beir_dir, "--out_dir", data, "--name", "scifact",
-                              "--train_split", "train", "--eval_split", "test", "--dev_ratio", "0.1",
-                              "--hard_negatives", "30", "--other_negatives", "30", "--seed", "0"]
-                             + (["--no_progress"] if args.no_progress else [])))
+    _check(
+        prepare_data.main(
+            [
+                "beir",
+                "--beir_dir",
+                args.beir_dir,
+                "--out_dir",
+                data,
+                "--name",
+                "scifact",
+                "--train_split",
+                "train",
+                "--eval_split",
+                "test",
+                "--dev_ratio",
+                "0.1",
+                "--hard_negatives",
+                "30",
+                "--other_negatives",
+                "30",
+                "--seed",
+                "0",
+            ]
+            + (["--no_progress"] if args.no_progress else [])
+        )
+    )
     passages = os.path.join(data, "scifact-passages.tsv")
     base = _model(args)
     base_embeddings = os.path.join(args.out_dir, "embeddings", "zero-shot")
@@ -152,18 +212,23 @@ def main(argv: list[str] | None = None) -> int:
     run = _train(args, data, base_embeddings)
     best = resolve_checkpoint(run)
     trained_embeddings = base_embeddings
-    if args.full:   # the passage side changed: its index must be rebuilt
+    if args.full:  # the passage side changed: its index must be rebuilt
         trained_embeddings = os.path.join(args.out_dir, "embeddings", os.path.basename(best))
         _embed(args, trained_embeddings, _model(args, best), passages)
     logger.info("stage 5/5: evaluate the trained prefix")
-    trained = _evaluate(args, "trained", trained_embeddings, _model(args, best),
-                        newer_than=os.path.join(run, "best_checkpoint.json"))
+    trained = _evaluate(
+        args, "trained", trained_embeddings, _model(args, best), newer_than=os.path.join(run, "best_checkpoint.json")
+    )
     bm25 = _metrics(os.path.join(data, "scifact-test-bm25.json"))["metrics"]
-    rows = [("BM25 (bm25s)", bm25, "-"), (f"{args.model} zero-shot", zero_shot["metrics"], "0 (frozen)"),
-            (f"{args.model} + {'both-sides' if args.full else 'question-side'} prefix", trained["metrics"],
-             _share(best))]
-    print(f"\n{dataset} {SPLIT} ({zero_shot['queries']:,} queries, {zero_shot['passages']:,} passages); "
-          f"best checkpoint {best}")
+    rows = [
+        ("BM25 (bm25s)", bm25, "-"),
+        (f"{args.model} zero-shot", zero_shot["metrics"], "0 (frozen)"),
+        (f"{args.model} + {'both-sides' if args.full else 'question-side'} prefix", trained["metrics"], _share(best)),
+    ]
+    print(
+        f"\n{dataset} {SPLIT} ({zero_shot['queries']:,} queries, {zero_shot['passages']:,} passages); "
+        f"best checkpoint {best}"
+    )
     print(f"{'retriever':<42} {'nDCG@10':>8} {'R@100':>7}  trainable parameters")
     for name, metrics, share in rows:
         print(f"{name:<42} {metrics['nDCG@10']:>8.4f} {metrics['R@100']:>7.4f}  {share}")

@@ -64,9 +64,11 @@ DEFAULT_CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "
 def header(threads: int) -> str:
     """One line naming the machine, the library versions and the date, printed before any number."""
     cpu = platform.processor() or platform.machine()
-    return (f"# {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} threads), "
-            f"transformers {transformers.__version__}, python {platform.python_version()}, "
-            f"{datetime.datetime.now().isoformat(timespec='seconds')}")
+    return (
+        f"# {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} threads), "
+        f"transformers {transformers.__version__}, python {platform.python_version()}, "
+        f"{datetime.datetime.now().isoformat(timespec='seconds')}"
+    )
 
 
 def load_passages(path: str, count: int) -> list[Passage]:
@@ -80,13 +82,13 @@ def load_passages(path: str, count: int) -> list[Passage]:
 def matmul_gflops(size: int, repeats: int) -> float:
     """Best fp32 rate of ``size x size @ size x size`` over ``repeats`` runs, in GFLOP/s (2 n^3 FLOPs)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.matmul(a, b)                                    # warm-up: thread pool, allocator
+    torch.matmul(a, b)  # warm-up: thread pool, allocator
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         torch.matmul(a, b)
         best = min(best, time.perf_counter() - start)
-    return 2.0 * size ** 3 / best / 1e9
+    return 2.0 * size**3 / best / 1e9
 
 
 def encoder_flops(shapes: list[tuple[int, int]], config: transformers.BertConfig, prefix_len: int = 0) -> float:
@@ -99,6 +101,7 @@ def encoder_flops(shapes: list[tuple[int, int]], config: transformers.BertConfig
 @contextlib.contextmanager
 def recorded_shapes(module: torch.nn.Module, shapes: list[tuple[int, int]]) -> Iterator[None]:
     """Append the ``(B, T)`` of every ``input_ids`` that enters ``module`` to ``shapes``."""
+
     def hook(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is not None:
@@ -121,9 +124,14 @@ def bert_module(model: torch.nn.Module) -> transformers.BertModel:
 
 def build_encoder(model: str, tuning: str, pre_seq_len: int, max_length: int) -> BiEncoder:
     """A bi-encoder whose passage side we time; ``share_encoder`` keeps one backbone for finetune."""
-    config = EncoderConfig(pretrained_model_cfg=model, tuning=tuning, pre_seq_len=pre_seq_len,
-                           sequence_length=max_length, title_mode="concat",
-                           share_encoder=tuning == "finetune")
+    config = EncoderConfig(
+        pretrained_model_cfg=model,
+        tuning=tuning,
+        pre_seq_len=pre_seq_len,
+        sequence_length=max_length,
+        title_mode="concat",
+        share_encoder=tuning == "finetune",
+    )
     return build_biencoder(config).eval()
 
 
@@ -133,7 +141,7 @@ def load_sentence_transformer(model: str, max_length: int):  # -> SentenceTransf
     except ImportError as err:
         raise SystemExit(f"this benchmark needs sentence-transformers: pip install -e '.[bench]' ({err})") from err
     st = SentenceTransformer(resolve_model_path(model), device="cpu")
-    st.max_seq_length = max_length           # counts [CLS] and [SEP], as our max_length does
+    st.max_seq_length = max_length  # counts [CLS] and [SEP], as our max_length does
     return st
 
 
@@ -143,7 +151,7 @@ def timed(fn: Callable[[], np.ndarray]) -> float:
     return time.perf_counter() - start
 
 
-Variants = dict[str, tuple[Callable[[], np.ndarray], torch.nn.Module]]   # name -> (run, module to hook)
+Variants = dict[str, tuple[Callable[[], np.ndarray], torch.nn.Module]]  # name -> (run, module to hook)
 
 
 def build_variants(args: argparse.Namespace, passages: list[Passage]) -> tuple[Variants, transformers.BertConfig]:
@@ -152,14 +160,15 @@ def build_variants(args: argparse.Namespace, passages: list[Passage]) -> tuple[V
     Hooks sit on the embeddings because sentence-transformers calls ``BertModel.forward`` directly,
     past module hooks.
     """
-    texts = [f"{p.title} {p.text}".strip() for p in passages]        # exactly our title_mode="concat"
+    texts = [f"{p.title} {p.text}".strip() for p in passages]  # exactly our title_mode="concat"
     tokenizer = load_tokenizer(args.model)
     base = build_encoder(args.model, "finetune", 0, args.max_length)
     st = load_sentence_transformer(args.model, args.max_length)
 
     def ours(model: BiEncoder) -> Callable[[], np.ndarray]:
-        return lambda: encode_texts(model, tokenizer, passages, "passage", max_length=args.max_length,
-                                    batch_size=args.batch_size)
+        return lambda: encode_texts(
+            model, tokenizer, passages, "passage", max_length=args.max_length, batch_size=args.batch_size
+        )
 
     # Fair only if both run the same arithmetic: fp32 weights, the same attention kernel.
     st_bert = bert_module(st)
@@ -168,12 +177,17 @@ def build_variants(args: argparse.Namespace, passages: list[Passage]) -> tuple[V
         if dtypes != {torch.float32}:
             raise SystemExit(f"{name} has {dtypes} weights; this benchmark compares fp32 encoders")
     if base.backbone.config._attn_implementation != st_bert.config._attn_implementation:
-        logger.warning("attention kernels differ: ours %s, sentence-transformers %s",
-                       base.backbone.config._attn_implementation, st_bert.config._attn_implementation)
+        logger.warning(
+            "attention kernels differ: ours %s, sentence-transformers %s",
+            base.backbone.config._attn_implementation,
+            st_bert.config._attn_implementation,
+        )
     variants: Variants = {
         "ours": (ours(base), base.ctx_encoder.backbone.embeddings),
-        "sentence-transformers": (lambda: st.encode(texts, batch_size=args.batch_size, convert_to_numpy=True,
-                                                    normalize_embeddings=True), st_bert.embeddings),
+        "sentence-transformers": (
+            lambda: st.encode(texts, batch_size=args.batch_size, convert_to_numpy=True, normalize_embeddings=True),
+            st_bert.embeddings,
+        ),
     }
     if args.pre_seq_len > 0:
         prefix = build_encoder(args.model, "prefix", args.pre_seq_len, args.max_length)
@@ -194,7 +208,7 @@ def first_pass(variants: Variants) -> tuple[dict[str, list[tuple[int, int]]], fl
     for name, (run, module) in variants.items():
         with recorded_shapes(module, shapes[name]):
             outputs[name] = run()
-    ours = outputs["ours"] / np.linalg.norm(outputs["ours"], axis=1, keepdims=True)       # (N, D)
+    ours = outputs["ours"] / np.linalg.norm(outputs["ours"], axis=1, keepdims=True)  # (N, D)
     return shapes, float(np.abs(ours - outputs["sentence-transformers"]).max())
 
 
@@ -215,22 +229,42 @@ def timed_rounds(variants: Variants, repeats: int, matmul_size: int) -> tuple[di
     return times, max(rates)
 
 
-def summarise(args: argparse.Namespace, n: int, real_tokens: int, shapes: dict[str, list[tuple[int, int]]],
-              times: dict[str, list[float]], matmul_rate: float, bert_config: transformers.BertConfig) -> dict:
+def summarise(
+    args: argparse.Namespace,
+    n: int,
+    real_tokens: int,
+    shapes: dict[str, list[tuple[int, int]]],
+    times: dict[str, list[float]],
+    matmul_rate: float,
+    bert_config: transformers.BertConfig,
+) -> dict:
     """Rates, padding, FLOPs and the ratios, as one JSON-ready dict."""
-    results: dict = {"header": header(torch.get_num_threads()), "model": args.model, "passages": n,
-                     "batch_size": args.batch_size, "max_length": args.max_length, "repeats": args.repeats,
-                     "matmul_gflops": matmul_rate, "matmul_size": args.matmul_size, "real_tokens": real_tokens,
-                     "sentence_transformers": _st_version(), "variants": {}}
+    results: dict = {
+        "header": header(torch.get_num_threads()),
+        "model": args.model,
+        "passages": n,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "repeats": args.repeats,
+        "matmul_gflops": matmul_rate,
+        "matmul_size": args.matmul_size,
+        "real_tokens": real_tokens,
+        "sentence_transformers": _st_version(),
+        "variants": {},
+    }
     for name, seconds in times.items():
         best, median = min(seconds), statistics.median(seconds)
         prefix_len = args.pre_seq_len if name == prefix_name(args.pre_seq_len) else 0
         flops = encoder_flops(shapes[name], bert_config, prefix_len)
         results["variants"][name] = {
-            "passages_per_s_best": n / best, "passages_per_s_median": n / median, "seconds": seconds,
+            "passages_per_s_best": n / best,
+            "passages_per_s_median": n / median,
+            "seconds": seconds,
             "computed_tokens": sum(b * t for b, t in shapes[name]),
-            "padding_overhead": sum(b * t for b, t in shapes[name]) / real_tokens, "gflop": flops / 1e9,
-            "achieved_gflops": flops / best / 1e9, "fraction_of_matmul": flops / best / 1e9 / matmul_rate,
+            "padding_overhead": sum(b * t for b, t in shapes[name]) / real_tokens,
+            "gflop": flops / 1e9,
+            "achieved_gflops": flops / best / 1e9,
+            "fraction_of_matmul": flops / best / 1e9 / matmul_rate,
         }
     v = results["variants"]
 
@@ -246,6 +280,7 @@ def summarise(args: argparse.Namespace, n: int, real_tokens: int, shapes: dict[s
 
 def _st_version() -> str:
     import sentence_transformers
+
     return sentence_transformers.__version__
 
 
@@ -257,26 +292,38 @@ def real_lengths(tokenizer, texts: list[str], max_length: int) -> list[int]:
 
 def report(results: dict) -> None:
     v = results["variants"]
-    print(f"{results['model']}, {results['passages']} SciFact passages, batch {results['batch_size']}, "
-          f"max length {results['max_length']}, fp32, {results['repeats']} alternating rounds "
-          f"(sentence-transformers {results['sentence_transformers']})")
+    print(
+        f"{results['model']}, {results['passages']} SciFact passages, batch {results['batch_size']}, "
+        f"max length {results['max_length']}, fp32, {results['repeats']} alternating rounds "
+        f"(sentence-transformers {results['sentence_transformers']})"
+    )
     for name, r in v.items():
-        print(f"  {name:<26}: {r['passages_per_s_best']:8.1f} passages/s best, {r['passages_per_s_median']:8.1f} "
-              f"median; {r['padding_overhead']:.3f} computed tokens per real token")
+        print(
+            f"  {name:<26}: {r['passages_per_s_best']:8.1f} passages/s best, {r['passages_per_s_median']:8.1f} "
+            f"median; {r['padding_overhead']:.3f} computed tokens per real token"
+        )
     ratio = results["ours_over_sentence_transformers"]
     # The verdict uses the best times: other load on the machine only ever adds time.
-    print(f"ours / sentence-transformers throughput: {ratio['best']:.3f} best, {ratio['median']:.3f} median "
-          f"(target >= 1.3) -> {'OK' if ratio['best'] >= 1.3 else 'MISSED'}")
-    print(f"same vectors: max |ours - sentence-transformers| after L2 normalisation = "
-          f"{results['max_abs_diff_vs_sentence_transformers']:.2e}")
+    print(
+        f"ours / sentence-transformers throughput: {ratio['best']:.3f} best, {ratio['median']:.3f} median "
+        f"(target >= 1.3) -> {'OK' if ratio['best'] >= 1.3 else 'MISSED'}"
+    )
+    print(
+        f"same vectors: max |ours - sentence-transformers| after L2 normalisation = "
+        f"{results['max_abs_diff_vs_sentence_transformers']:.2e}"
+    )
     ours = v["ours"]
-    print(f"fp32 matmul ({results['matmul_size']}^2, best): {results['matmul_gflops']:.1f} GFLOP/s; ours computes "
-          f"{ours['gflop']:.1f} GFLOP -> {ours['achieved_gflops']:.1f} GFLOP/s (best run) = "
-          f"{100 * ours['fraction_of_matmul']:.1f}% of the matmul rate")
+    print(
+        f"fp32 matmul ({results['matmul_size']}^2, best): {results['matmul_gflops']:.1f} GFLOP/s; ours computes "
+        f"{ours['gflop']:.1f} GFLOP -> {ours['achieved_gflops']:.1f} GFLOP/s (best run) = "
+        f"{100 * ours['fraction_of_matmul']:.1f}% of the matmul rate"
+    )
     if "prefix_over_base" in results:
         p = results["prefix_over_base"]
-        print(f"{results['pre_seq_len']}-token prefix: {p['best']:.3f}x the base model's passages/s (best; median "
-              f"{p['median']:.3f}); it computes {p['flop_ratio']:.3f}x the FLOPs")
+        print(
+            f"{results['pre_seq_len']}-token prefix: {p['best']:.3f}x the base model's passages/s (best; median "
+            f"{p['median']:.3f}); it computes {p['flop_ratio']:.3f}x the FLOPs"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,20 +97,36 @@ def main() -> int:
     recall = float(np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(flat_ids, hnsw_ids)]))
 
     result = {
-        "vectors": n, "dim": dim, "queries": len(queries), "k": args.k, "faiss_threads": faiss.omp_get_max_threads(),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores", "faiss": faiss.__version__,
-        "qps_bare_flat": len(queries) / t_bare, "qps_ours_flat": len(queries) / t_ours,
+        "vectors": n,
+        "dim": dim,
+        "queries": len(queries),
+        "k": args.k,
+        "faiss_threads": faiss.omp_get_max_threads(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "faiss": faiss.__version__,
+        "qps_bare_flat": len(queries) / t_bare,
+        "qps_ours_flat": len(queries) / t_ours,
         "ours_over_bare": t_bare / t_ours,
-        "hnsw_m": args.hnsw_m, "ef_search": args.ef_search, "hnsw_build_s": build_s,
-        "qps_hnsw": len(queries) / t_hnsw, "hnsw_recall_at_k": recall, "hnsw_speedup_over_flat": t_ours / t_hnsw,
+        "hnsw_m": args.hnsw_m,
+        "ef_search": args.ef_search,
+        "hnsw_build_s": build_s,
+        "qps_hnsw": len(queries) / t_hnsw,
+        "hnsw_recall_at_k": recall,
+        "hnsw_speedup_over_flat": t_ours / t_hnsw,
     }
-    print(f"{n:,} vectors x {dim}, {len(queries):,} queries, top-{args.k}, FAISS {faiss.__version__}, "
-          f"{result['faiss_threads']} threads")
+    print(
+        f"{n:,} vectors x {dim}, {len(queries):,} queries, top-{args.k}, FAISS {faiss.__version__}, "
+        f"{result['faiss_threads']} threads"
+    )
     print(f"flat  bare FAISS IndexFlatIP : {result['qps_bare_flat']:10.1f} queries/s")
-    print(f"flat  DenseIndex             : {result['qps_ours_flat']:10.1f} queries/s  "
-          f"(ours/bare throughput {result['ours_over_bare']:.3f})")
-    print(f"hnsw  DenseIndex (M={args.hnsw_m}, efSearch={args.ef_search}): {result['qps_hnsw']:10.1f} queries/s, "
-          f"recall@{args.k} vs flat {recall:.4f}, build {build_s:.1f} s")
+    print(
+        f"flat  DenseIndex             : {result['qps_ours_flat']:10.1f} queries/s  "
+        f"(ours/bare throughput {result['ours_over_bare']:.3f})"
+    )
+    print(
+        f"hnsw  DenseIndex (M={args.hnsw_m}, efSearch={args.ef_search}): {result['qps_hnsw']:10.1f} queries/s, "
+        f"recall@{args.k} vs flat {recall:.4f}, build {build_s:.1f} s"
+    )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(result, handle, indent=2)

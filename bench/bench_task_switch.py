@@ -38,8 +38,9 @@ def make_tasks(model: str, pre_seq_len: int, folder: str) -> dict[str, str]:
     paths = {}
     for seed, task in enumerate(("A", "B")):
         torch.manual_seed(seed)
-        biencoder = build_biencoder(EncoderConfig(pretrained_model_cfg=model, tuning="prefix",
-                                                  pre_seq_len=pre_seq_len, sequence_length=64))
+        biencoder = build_biencoder(
+            EncoderConfig(pretrained_model_cfg=model, tuning="prefix", pre_seq_len=pre_seq_len, sequence_length=64)
+        )
         paths[task] = save_checkpoint(os.path.join(folder, task), biencoder)
     return paths
 
@@ -63,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: least noise)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    transformers.logging.set_verbosity_error()          # the MLM-head load report is not news here
+    transformers.logging.set_verbosity_error()  # the MLM-head load report is not news here
     transformers.utils.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as folder:
         encoder = TaskEncoder.from_checkpoints(make_tasks(args.model, args.pre_seq_len, folder))
-    time_requests(encoder, ["A", "B"] * 20)                         # warm-up: allocator, tokenizer caches
+    time_requests(encoder, ["A", "B"] * 20)  # warm-up: allocator, tokenizer caches
     per_round = max(2, args.repeats // args.rounds)
     switching, same = [], []
     for _ in range(args.rounds):
@@ -76,9 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     med_switch, med_same = statistics.median(switching), statistics.median(same)
     overhead_ms = (med_switch - med_same) * 1e3
     tuned, total = encoder.library.parameter_counts()
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s); "
-          f"{args.model}, 2 prefix tasks of {args.pre_seq_len} tokens ({tuned:,} tuned + "
-          f"{total - tuned:,} shared backbone parameters)")
+    print(
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s); "
+        f"{args.model}, 2 prefix tasks of {args.pre_seq_len} tokens ({tuned:,} tuned + "
+        f"{total - tuned:,} shared backbone parameters)"
+    )
     print(f"one-query request, same task every time : median {med_same * 1e3:.3f} ms  (n={len(same)})")
     print(f"one-query request, task switches A/B    : median {med_switch * 1e3:.3f} ms  (n={len(switching)})")
     print(f"per-switch overhead: {overhead_ms:+.3f} ms (target < 1 ms) -> {'OK' if overhead_ms < 1.0 else 'OVER'}")

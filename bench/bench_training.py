@@ -66,9 +66,11 @@ LEARNING_RATES = {"prefix": 1e-2, "finetune": 2e-5}
 def header(threads: int) -> str:
     """One line naming the machine, the library versions and the date, printed before any number."""
     cpu = platform.processor() or platform.machine()
-    return (f"# {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} threads), "
-            f"transformers {transformers.__version__}, python {platform.python_version()}, "
-            f"{datetime.datetime.now().isoformat(timespec='seconds')}")
+    return (
+        f"# {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} threads), "
+        f"transformers {transformers.__version__}, python {platform.python_version()}, "
+        f"{datetime.datetime.now().isoformat(timespec='seconds')}"
+    )
 
 
 def make_batch(args: argparse.Namespace) -> BiEncoderBatch:
@@ -78,23 +80,45 @@ def make_batch(args: argparse.Namespace) -> BiEncoderBatch:
     """
     with open(os.path.join(args.data, "queries.jsonl"), encoding="utf-8") as handle:
         questions = [json.loads(line)["text"] for line in itertools.islice(handle, args.batch_size)]
-    passages = [p for _, p in itertools.islice(iter_beir_corpus(os.path.join(args.data, "corpus.jsonl")),
-                                                2 * args.batch_size)]
+    passages = [
+        p for _, p in itertools.islice(iter_beir_corpus(os.path.join(args.data, "corpus.jsonl")), 2 * args.batch_size)
+    ]
     if len(questions) < args.batch_size or len(passages) < 2 * args.batch_size:
-        raise SystemExit(f"{args.data}: need {args.batch_size} queries and {2 * args.batch_size} passages, "
-                         f"found {len(questions)} and {len(passages)}")
-    samples = [BiEncoderSample(question=q, answers=(), positive_passages=(passages[i],), negative_passages=(),
-                               hard_negative_passages=(passages[args.batch_size + i],))
-               for i, q in enumerate(questions)]
+        raise SystemExit(
+            f"{args.data}: need {args.batch_size} queries and {2 * args.batch_size} passages, "
+            f"found {len(questions)} and {len(passages)}"
+        )
+    samples = [
+        BiEncoderSample(
+            question=q,
+            answers=(),
+            positive_passages=(passages[i],),
+            negative_passages=(),
+            hard_negative_passages=(passages[args.batch_size + i],),
+        )
+        for i, q in enumerate(questions)
+    ]
     # The model's own title format ("title text" for sentence-transformers folders), as the trainer uses.
     title_mode = resolve_config(build_config(args, "prefix")).title_mode
-    return build_biencoder_batch(samples, load_tokenizer(args.model), np.random.default_rng(0),
-                                 max_length=args.sequence_length, hard_negatives=1, title_mode=title_mode)
+    return build_biencoder_batch(
+        samples,
+        load_tokenizer(args.model),
+        np.random.default_rng(0),
+        max_length=args.sequence_length,
+        hard_negatives=1,
+        title_mode=title_mode,
+    )
 
 
 def build_config(args: argparse.Namespace, mode: str) -> EncoderConfig:
-    return EncoderConfig(pretrained_model_cfg=args.model, tuning=mode, pre_seq_len=args.pre_seq_len,
-                         sequence_length=args.sequence_length, dropout=args.dropout, prefix_dropout=args.dropout)
+    return EncoderConfig(
+        pretrained_model_cfg=args.model,
+        tuning=mode,
+        pre_seq_len=args.pre_seq_len,
+        sequence_length=args.sequence_length,
+        dropout=args.dropout,
+        prefix_dropout=args.dropout,
+    )
 
 
 class Stepper:
@@ -111,9 +135,15 @@ class Stepper:
 
     def step(self, batch: BiEncoderBatch) -> float:
         """One optimizer step on ``batch``; returns the loss."""
-        q, c = self.model(batch.question_ids, batch.question_mask, batch.question_segments,
-                          batch.context_ids, batch.context_mask, batch.context_segments)   # (B, D), (2B, D)
-        loss, _ = biencoder_nll(dot_scores(q * self.scale, c), batch.positive_idx)         # ()
+        q, c = self.model(
+            batch.question_ids,
+            batch.question_mask,
+            batch.question_segments,
+            batch.context_ids,
+            batch.context_mask,
+            batch.context_segments,
+        )  # (B, D), (2B, D)
+        loss, _ = biencoder_nll(dot_scores(q * self.scale, c), batch.positive_idx)  # ()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.trainable, self.max_grad_norm)
         self.optimizer.step()
@@ -172,17 +202,27 @@ def child(args: argparse.Namespace) -> int:
     stepper = Stepper(args, args.child)
     touch(stepper.model)
     rss_model = _status_bytes("VmRSS") or 0
-    peak_build = peak_rss() - rss0          # includes imports' peak if it was higher: for information only
+    peak_build = peak_rss() - rss0  # includes imports' peak if it was higher: for information only
     # Reset here: the training peak should not include transients of loading the checkpoint.
     was_reset = reset_peak_rss()
     for _ in range(args.memory_steps):
         stepper.step(batch)
     trainable, total = parameter_counts(stepper.model)
-    print(json.dumps({"mode": args.child, "rss_before": rss0, "weights_rss": rss_model - rss0,
-                      "peak_build": peak_build, "peak_training": peak_rss() - rss0,
-                      "peak_method": "VmHWM after clear_refs" if was_reset else "ru_maxrss (not reset)",
-                      "unique_weight_bytes": unique_storage_bytes(stepper.model),
-                      "trainable": trainable, "total": total}))
+    print(
+        json.dumps(
+            {
+                "mode": args.child,
+                "rss_before": rss0,
+                "weights_rss": rss_model - rss0,
+                "peak_build": peak_build,
+                "peak_training": peak_rss() - rss0,
+                "peak_method": "VmHWM after clear_refs" if was_reset else "ru_maxrss (not reset)",
+                "unique_weight_bytes": unique_storage_bytes(stepper.model),
+                "trainable": trainable,
+                "total": total,
+            }
+        )
+    )
     return 0
 
 
@@ -196,21 +236,35 @@ def measure_memory(args: argparse.Namespace, mode: str) -> dict:
 
 
 def _passed_on(args: argparse.Namespace) -> list[str]:
-    return ["--model", args.model, "--data", args.data, "--batch_size", str(args.batch_size),
-            "--sequence_length", str(args.sequence_length), "--pre_seq_len", str(args.pre_seq_len),
-            "--memory_steps", str(args.memory_steps), "--threads", str(torch.get_num_threads()),
-            "--dropout", str(args.dropout)]
+    return [
+        "--model",
+        args.model,
+        "--data",
+        args.data,
+        "--batch_size",
+        str(args.batch_size),
+        "--sequence_length",
+        str(args.sequence_length),
+        "--pre_seq_len",
+        str(args.pre_seq_len),
+        "--memory_steps",
+        str(args.memory_steps),
+        "--threads",
+        str(torch.get_num_threads()),
+        "--dropout",
+        str(args.dropout),
+    ]
 
 
 def time_steps(args: argparse.Namespace, batch: BiEncoderBatch) -> dict[str, list[float]]:
     """Seconds per step of each mode: both models live here, stepping in alternating rounds."""
     steppers = {mode: Stepper(args, mode) for mode in MODES}
-    for stepper in steppers.values():                     # warm-up: allocator, thread pool, AdamW state
+    for stepper in steppers.values():  # warm-up: allocator, thread pool, AdamW state
         for _ in range(args.warmup_steps):
             stepper.step(batch)
     times: dict[str, list[float]] = {mode: [] for mode in MODES}
     for round_ in range(args.rounds):
-        for mode in MODES if round_ % 2 == 0 else MODES[::-1]:   # neither mode always goes first
+        for mode in MODES if round_ % 2 == 0 else MODES[::-1]:  # neither mode always goes first
             for _ in range(args.steps_per_round):
                 start = time.perf_counter()
                 steppers[mode].step(batch)
@@ -220,24 +274,32 @@ def time_steps(args: argparse.Namespace, batch: BiEncoderBatch) -> dict[str, lis
 
 def report(results: dict) -> None:
     t, m = results["step_seconds"], results["memory"]
-    print(f"{results['model']}, batch {results['batch_size']} questions + {2 * results['batch_size']} passages "
-          f"(widths {results['question_width']} / {results['passage_width']} tokens), prefix {results['pre_seq_len']} "
-          f"tokens, fp32, {results['rounds']} rounds x {results['steps_per_round']} steps per mode")
+    print(
+        f"{results['model']}, batch {results['batch_size']} questions + {2 * results['batch_size']} passages "
+        f"(widths {results['question_width']} / {results['passage_width']} tokens), prefix {results['pre_seq_len']} "
+        f"tokens, fp32, {results['rounds']} rounds x {results['steps_per_round']} steps per mode"
+    )
     for mode in MODES:
         mem = m[mode]
-        print(f"  {mode:<9}: step {statistics.median(t[mode]):7.3f} s median, {min(t[mode]):7.3f} s best; "
-              f"trainable {mem['trainable']:,} of {mem['total']:,}; weights {mem['unique_weight_bytes'] / 2**20:7.1f} "
-              f"MiB unique, {mem['weights_rss'] / 2**20:7.1f} MiB RSS; "
-              f"training peak +{mem['peak_training'] / 2**20:7.1f} "
-              f"MiB RSS ({mem['peak_method']})")
+        print(
+            f"  {mode:<9}: step {statistics.median(t[mode]):7.3f} s median, {min(t[mode]):7.3f} s best; "
+            f"trainable {mem['trainable']:,} of {mem['total']:,}; weights {mem['unique_weight_bytes'] / 2**20:7.1f} "
+            f"MiB unique, {mem['weights_rss'] / 2**20:7.1f} MiB RSS; "
+            f"training peak +{mem['peak_training'] / 2**20:7.1f} "
+            f"MiB RSS ({mem['peak_method']})"
+        )
     r = results["ratios"]
     # The verdict uses the best times: other load on the machine only ever adds time.
-    print(f"prefix / fine-tuning step time: {r['step_best']:.3f} best, {r['step_median']:.3f} median "
-          f"(target <= 0.6) -> {'OK' if r['step_best'] <= 0.6 else 'MISSED'}")
+    print(
+        f"prefix / fine-tuning step time: {r['step_best']:.3f} best, {r['step_median']:.3f} median "
+        f"(target <= 0.6) -> {'OK' if r['step_best'] <= 0.6 else 'MISSED'}"
+    )
     print(f"prefix / fine-tuning peak training memory: {r['peak_training']:.3f}")
     verdict = {key: "OK" if r[key] <= 0.55 else "MISSED" for key in ("weights_unique", "weights_rss")}
-    print(f"shared backbone / two copies, model weights (target <= 0.55): {r['weights_unique']:.3f} unique bytes "
-          f"-> {verdict['weights_unique']}, {r['weights_rss']:.3f} RSS -> {verdict['weights_rss']}")
+    print(
+        f"shared backbone / two copies, model weights (target <= 0.55): {r['weights_unique']:.3f} unique bytes "
+        f"-> {verdict['weights_unique']}, {r['weights_rss']:.3f} RSS -> {verdict['weights_rss']}"
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -247,8 +309,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=16, help="questions per batch (each +1 pos, +1 hard neg)")
     parser.add_argument("--sequence_length", type=int, default=256)
     parser.add_argument("--pre_seq_len", type=int, default=64)
-    parser.add_argument("--dropout", type=float, default=0.1,
-                        help="backbone and prefix dropout of both modes (0.1 as P-tuning v2; 0 is ~3x faster on CPU)")
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=0.1,
+        help="backbone and prefix dropout of both modes (0.1 as P-tuning v2; 0 is ~3x faster on CPU)",
+    )
     parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
     parser.add_argument("--steps_per_round", type=int, default=2)
     parser.add_argument("--warmup_steps", type=int, default=2)
@@ -274,10 +340,17 @@ def main(argv: list[str] | None = None) -> int:
     times = time_steps(args, batch)
     pre, fine = memory["prefix"], memory["finetune"]
     results = {
-        "header": header(torch.get_num_threads()), "model": args.model, "batch_size": args.batch_size,
-        "sequence_length": args.sequence_length, "pre_seq_len": args.pre_seq_len, "rounds": args.rounds,
-        "steps_per_round": args.steps_per_round, "question_width": int(batch.question_ids.shape[1]),
-        "passage_width": int(batch.context_ids.shape[1]), "step_seconds": times, "memory": memory,
+        "header": header(torch.get_num_threads()),
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "sequence_length": args.sequence_length,
+        "pre_seq_len": args.pre_seq_len,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps_per_round,
+        "question_width": int(batch.question_ids.shape[1]),
+        "passage_width": int(batch.context_ids.shape[1]),
+        "step_seconds": times,
+        "memory": memory,
         "ratios": {
             "step_median": statistics.median(times["prefix"]) / statistics.median(times["finetune"]),
             "step_best": min(times["prefix"]) / min(times["finetune"]),

@@ -41,11 +41,45 @@ PREFIX = "dpr_biencoder"
 
 def training_argv(model_dir: str, train: str, dev: str, out: str) -> list[str]:
     """Small but complete: accumulation, a cut accumulation at validation, warmup, dropout, pruning."""
-    return ["--pretrained_model_cfg", model_dir, "--train_file", train, "--dev_file", dev, "--output_dir", out,
-            "--prefix", "--pre_seq_len", "4", "--batch_size", "4", "--dev_batch_size", "4", "--sequence_length",
-            "32", "--seed", "3", "--learning_rate", "0.01", "--num_train_epochs", "2", "--eval_per_epoch", "2",
-            "--gradient_accumulation_steps", "2", "--hard_negatives", "2", "--warmup_steps", "2",
-            "--keep_checkpoints", "2", "--train_rolling_loss_step", "5", "--log_batch_step", "100"]
+    return [
+        "--pretrained_model_cfg",
+        model_dir,
+        "--train_file",
+        train,
+        "--dev_file",
+        dev,
+        "--output_dir",
+        out,
+        "--prefix",
+        "--pre_seq_len",
+        "4",
+        "--batch_size",
+        "4",
+        "--dev_batch_size",
+        "4",
+        "--sequence_length",
+        "32",
+        "--seed",
+        "3",
+        "--learning_rate",
+        "0.01",
+        "--num_train_epochs",
+        "2",
+        "--eval_per_epoch",
+        "2",
+        "--gradient_accumulation_steps",
+        "2",
+        "--hard_negatives",
+        "2",
+        "--warmup_steps",
+        "2",
+        "--keep_checkpoints",
+        "2",
+        "--train_rolling_loss_step",
+        "5",
+        "--log_batch_step",
+        "100",
+    ]
 
 
 def _kill_self() -> None:
@@ -71,6 +105,7 @@ def _install_kill(point: str, occurrence: int) -> None:
             original(model, path)
             if due():
                 _kill_self()
+
         checkpoint.save_tuned_weights = weights_then_kill
     elif point == "after_checkpoint":
         save = trainer.save_checkpoint
@@ -80,6 +115,7 @@ def _install_kill(point: str, occurrence: int) -> None:
             if due():
                 _kill_self()
             return path
+
         trainer.save_checkpoint = save_then_kill
     elif point == "torn_log":
         append = trainer.append_history
@@ -88,9 +124,10 @@ def _install_kill(point: str, occurrence: int) -> None:
             if due():
                 line = json.dumps(record, sort_keys=True) + "\n"
                 with open(os.path.join(output_dir, HISTORY_FILE), "a", encoding="utf-8") as handle:
-                    handle.write(line[:len(line) // 2])
+                    handle.write(line[: len(line) // 2])
                 _kill_self()
             append(output_dir, record)
+
         trainer.append_history = torn_append
     elif point == "before_best":
         update = trainer.update_best
@@ -99,6 +136,7 @@ def _install_kill(point: str, occurrence: int) -> None:
             if due():
                 _kill_self()
             return update(*args)
+
         trainer.update_best = kill_then_update
     else:
         raise ValueError(f"unknown kill point {point!r}; one of {KILL_POINTS}")
@@ -123,7 +161,7 @@ def _child(argv: list[str], kill: Kill | None, log_path: str) -> None:
     import train_dense_encoder
     from dpr.cli import run_cli
 
-    torch.set_num_threads(1)            # the same reduction order in every run, whatever the machine
+    torch.set_num_threads(1)  # the same reduction order in every run, whatever the machine
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -138,8 +176,7 @@ def forkserver() -> multiprocessing.context.BaseContext:
     return context
 
 
-def run_once(context: Any, argv: list[str], log_path: str, kill: Kill | None = None,
-             timeout_s: float = 300.0) -> int:
+def run_once(context: Any, argv: list[str], log_path: str, kill: Kill | None = None, timeout_s: float = 300.0) -> int:
     """Run one training process, SIGKILLed as ``kill`` says (if still running then). Its exit code."""
     out = argv[argv.index("--output_dir") + 1]
     process = context.Process(target=_child, args=(argv, kill, log_path))
@@ -155,15 +192,16 @@ def run_once(context: Any, argv: list[str], log_path: str, kill: Kill | None = N
     timed = kill is not None and kill.point is None
     process.join(0 if timed else timeout_s)
     if process.is_alive():
-        process.kill()                  # SIGKILL: no handler, no cleanup, as a crash or the OOM killer
+        process.kill()  # SIGKILL: no handler, no cleanup, as a crash or the OOM killer
         process.join()
         if not timed:
             raise TimeoutError(f"training did not finish in {timeout_s} s; see {log_path}")
     return process.exitcode
 
 
-def run_until_done(context: Any, argv: list[str], log_path: str, kills: Sequence[Kill],
-                   max_restarts: int = 50) -> tuple[list[int], list[str]]:
+def run_until_done(
+    context: Any, argv: list[str], log_path: str, kills: Sequence[Kill], max_restarts: int = 50
+) -> tuple[list[int], list[str]]:
     """Apply ``kills`` one per run, then run to the end.
 
     Returns every run's exit code (-9: SIGKILL; a run that ended before its kill, 0, ends the series) and
@@ -188,18 +226,27 @@ def _temporary_folders(out: str) -> set[str]:
     """The hidden ``.<name>.<random>.tmp`` folders that dpr.atomic.atomic_directory fills before its rename."""
     if not os.path.isdir(out):
         return set()
-    return {name for name in os.listdir(out)
-            if name.startswith(".") and name.endswith(".tmp") and os.path.isdir(os.path.join(out, name))}
+    return {
+        name
+        for name in os.listdir(out)
+        if name.startswith(".") and name.endswith(".tmp") and os.path.isdir(os.path.join(out, name))
+    }
 
 
 def _snapshot(out: str) -> dict[str, Any]:
     """What a run folder looks like from outside: visible entries, temporary folders, log and best text."""
+
     def text(name: str) -> str:
         path = os.path.join(out, name)
         return open(path, encoding="utf-8").read() if os.path.isfile(path) else ""
+
     visible = sorted(n for n in os.listdir(out) if not n.startswith(".")) if os.path.isdir(out) else []
-    return {"visible": visible, "temporary": _temporary_folders(out), "log": text("validation_log.jsonl"),
-            "best": text("best_checkpoint.json")}
+    return {
+        "visible": visible,
+        "temporary": _temporary_folders(out),
+        "log": text("validation_log.jsonl"),
+        "best": text("best_checkpoint.json"),
+    }
 
 
 def landing(out: str, before: dict[str, Any]) -> str:
@@ -215,7 +262,7 @@ def landing(out: str, before: dict[str, Any]) -> str:
         return "inside a log line"
     found = list_checkpoints(out, PREFIX)
     if found and after["visible"] != before["visible"]:
-        record = getattr(read_checkpoint_info(found[-1][1]), "validation", None)   # None: before this record existed
+        record = getattr(read_checkpoint_info(found[-1][1]), "validation", None)  # None: before this record existed
         if record is not None and json.dumps(record, sort_keys=True) not in after["log"]:
             return "between a checkpoint and its log line"
     if after == before:
@@ -240,10 +287,13 @@ def compare_runs(reference: str, resumed: str) -> dict[str, Any]:
     a = load_file(os.path.join(last_a, "model.safetensors"))
     b = load_file(os.path.join(last_b, "model.safetensors"))
     delta = max(float((a[k] - b[k]).abs().max()) for k in a) if set(a) == set(b) else float("inf")
-    return {"same_files": names(reference) == names(resumed), "max_abs_delta": delta,
-            "same_log": text(reference, "validation_log.jsonl") == text(resumed, "validation_log.jsonl"),
-            "same_best": text(reference, "best_checkpoint.json") == text(resumed, "best_checkpoint.json"),
-            "log_lines": (text(reference, "validation_log.jsonl") or "").count("\n")}
+    return {
+        "same_files": names(reference) == names(resumed),
+        "max_abs_delta": delta,
+        "same_log": text(reference, "validation_log.jsonl") == text(resumed, "validation_log.jsonl"),
+        "same_best": text(reference, "best_checkpoint.json") == text(resumed, "best_checkpoint.json"),
+        "log_lines": (text(reference, "validation_log.jsonl") or "").count("\n"),
+    }
 
 
 def is_equal(result: dict[str, Any]) -> bool:
@@ -259,19 +309,38 @@ def make_tiny_setup(folder: str) -> tuple[str, str, str]:
 
     model_dir = os.path.join(folder, "tiny-bert")
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=37, max_position_embeddings=128), add_pooling_layer=False
-              ).save_pretrained(model_dir)
+    BertModel(
+        BertConfig(
+            vocab_size=30522,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            max_position_embeddings=128,
+        ),
+        add_pooling_layer=False,
+    ).save_pretrained(model_dir)
     load_tokenizer("bert-tiny").save_pretrained(model_dir)
 
     def passage(i: int) -> dict:
-        return {"title": f"topic {i}", "text": f"passage number {i} about subject {i % 7} and item {i * 3}",
-                "passage_id": str(i)}
+        return {
+            "title": f"topic {i}",
+            "text": f"passage number {i} about subject {i % 7} and item {i * 3}",
+            "passage_id": str(i),
+        }
 
     def samples(start: int, count: int) -> list[dict]:
-        return [{"question": f"what is item {i * 3} of subject {i % 7}?", "answers": [str(i)],
-                 "positive_ctxs": [passage(i)], "hard_negative_ctxs": [passage(1000 + i * 3 + k) for k in range(3)],
-                 "negative_ctxs": [passage(5000 + i)]} for i in range(start, start + count)]
+        return [
+            {
+                "question": f"what is item {i * 3} of subject {i % 7}?",
+                "answers": [str(i)],
+                "positive_ctxs": [passage(i)],
+                "hard_negative_ctxs": [passage(1000 + i * 3 + k) for k in range(3)],
+                "negative_ctxs": [passage(5000 + i)],
+            }
+            for i in range(start, start + count)
+        ]
+
     paths = []
     for name, (start, count) in (("train.json", (0, 24)), ("dev.json", (100, 8))):
         paths.append(os.path.join(folder, name))
@@ -301,6 +370,7 @@ def main() -> int:
     """Run as a script; the forked runs must find this file as the module ``kill_resume``."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import kill_resume
+
     return kill_resume.bench()
 
 
@@ -331,7 +401,7 @@ def bench() -> int:
         result = compare_runs(reference, out)
         failures += not is_equal(result)
         tally.update(landed)
-        shown = [describe(kill) for kill in kills[:len(landed)]]
+        shown = [describe(kill) for kill in kills[: len(landed)]]
         print(f"round {round_}: {len(landed)} kills {list(zip(shown, landed))} -> {result}", flush=True)
     print(f"kills landed: {dict(tally)}")
     print(f"{args.rounds - failures}/{args.rounds} rounds identical to the unbroken run")

@@ -39,8 +39,15 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-MODE_COLOURS = {"prefix": "tab:blue", "prompt": "tab:orange", "bitfit": "tab:green", "adapter": "tab:purple",
-                "finetune": "tab:red", "zero-shot": "tab:gray", "bm25": "black"}
+MODE_COLOURS = {
+    "prefix": "tab:blue",
+    "prompt": "tab:orange",
+    "bitfit": "tab:green",
+    "adapter": "tab:purple",
+    "finetune": "tab:red",
+    "zero-shot": "tab:gray",
+    "bm25": "black",
+}
 MODEL_MARKERS = ("o", "s", "^", "D", "v", "P")
 LINE_STYLES = ("-", (0, (5, 1)), (0, (1, 1)), (0, (3, 1, 1, 1)))
 METRIC_KEYS = {"nDCG@10": ("nDCG@10", "ndcg10"), "R@100": ("R@100", "r100")}
@@ -55,7 +62,7 @@ class Run:
     folder: str
     mode: str
     label: str
-    records: list[dict[str, Any]]        # validation_log.jsonl, in file order
+    records: list[dict[str, Any]]  # validation_log.jsonl, in file order
 
 
 def pyplot():  # -> matplotlib.pyplot; imported lazily so the project needs matplotlib only to plot
@@ -63,8 +70,9 @@ def pyplot():  # -> matplotlib.pyplot; imported lazily so the project needs matp
         import matplotlib
     except ImportError as err:
         raise SystemExit(f"plotting needs matplotlib: pip install -e '.[bench]' (or '.[plot]') ({err})") from err
-    matplotlib.use("Agg")                 # files only: no display on servers or in CI
+    matplotlib.use("Agg")  # files only: no display on servers or in CI
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -85,8 +93,9 @@ def run_mode(folder: str) -> str:
             try:
                 return str(config["encoder"]["tuning"])
             except (KeyError, TypeError) as err:
-                raise InputError(f"{path}: expected a checkpoint config with key encoder.tuning, "
-                                 f"missing {err}") from err
+                raise InputError(
+                    f"{path}: expected a checkpoint config with key encoder.tuning, missing {err}"
+                ) from err
     raise InputError(f"{folder}: no checkpoint config.json found (looked for best_checkpoint.json and */config.json)")
 
 
@@ -117,7 +126,7 @@ def plot_curves(runs: list[Run], out: str) -> None:
     styles: dict[str, int] = {}
     for run in runs:
         colour = MODE_COLOURS.get(run.mode, None)
-        style = LINE_STYLES[styles.get(run.mode, 0) % len(LINE_STYLES)]       # runs of one mode: new dashes
+        style = LINE_STYLES[styles.get(run.mode, 0) % len(LINE_STYLES)]  # runs of one mode: new dashes
         styles[run.mode] = styles.get(run.mode, 0) + 1
         train = [(r["global_step"], r["train_loss"]) for r in run.records if r.get("train_loss") is not None]
         nll = [(r["global_step"], r["value"]) for r in run.records if r["metric"] == "nll"]
@@ -129,8 +138,9 @@ def plot_curves(runs: list[Run], out: str) -> None:
         if rank:
             rank_ax.plot(*zip(*rank), color=colour, linestyle=style, marker="o", label=run.label)
     loss_ax.set(title="loss (rolling train; dev NLL marked x)", xlabel="optimizer step", ylabel="NLL")
-    rank_ax.set(title="dev average rank of the positive (lower is better)", xlabel="optimizer step",
-                ylabel="average rank")
+    rank_ax.set(
+        title="dev average rank of the positive (lower is better)", xlabel="optimizer step", ylabel="average rank"
+    )
     for ax in (loss_ax, rank_ax):
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -175,9 +185,16 @@ def read_table(path: str) -> list[dict[str, Any]]:
         share = _number(row, ("trainable_share",), where)
         if not 0.0 <= share <= 1.0:
             raise InputError(f"{where}: trainable_share must be a fraction in [0, 1], found {share}")
-        rows.append({"name": row["name"], "mode": row["mode"], "model": row["model"], "share": share,
-                     "train_data": row.get("train_data") or "-",
-                     **{metric: _number(row, keys, where) for metric, keys in METRIC_KEYS.items()}})
+        rows.append(
+            {
+                "name": row["name"],
+                "mode": row["mode"],
+                "model": row["model"],
+                "share": share,
+                "train_data": row.get("train_data") or "-",
+                **{metric: _number(row, keys, where) for metric, keys in METRIC_KEYS.items()},
+            }
+        )
     return rows
 
 
@@ -189,21 +206,39 @@ def plot_quality(rows: list[dict[str, Any]], in_domain: str, out: str) -> None:
     baselines = list({(r["name"], r["nDCG@10"], r["R@100"]): r for r in rows if r["share"] == 0}.values())
     trained = [r for r in rows if r["share"] > 0]
     for ax, metric in zip(axes, METRIC_KEYS):
-        for i, r in enumerate(baselines):        # untrained: no x position on a log axis, so a line
-            ax.axhline(r[metric], color=MODE_COLOURS.get(r["mode"], "gray"), linewidth=1,
-                       linestyle=LINE_STYLES[1 + i % (len(LINE_STYLES) - 1)], label=r["name"])
+        for i, r in enumerate(baselines):  # untrained: no x position on a log axis, so a line
+            ax.axhline(
+                r[metric],
+                color=MODE_COLOURS.get(r["mode"], "gray"),
+                linewidth=1,
+                linestyle=LINE_STYLES[1 + i % (len(LINE_STYLES) - 1)],
+                label=r["name"],
+            )
         for r in trained:
             colour = MODE_COLOURS.get(r["mode"], "tab:brown")
-            filled = r["train_data"] in (in_domain, "-")     # no train_data: no out-of-domain claim
+            filled = r["train_data"] in (in_domain, "-")  # no train_data: no out-of-domain claim
             marker = MODEL_MARKERS[models.index(r["model"]) % len(MODEL_MARKERS)]
-            ax.scatter(100 * r["share"], r[metric], s=55, marker=marker, edgecolors=colour, linewidths=1.5,
-                       facecolors=colour if filled else "none", zorder=3)
-            ax.annotate(r["mode"], (100 * r["share"], r[metric]), textcoords="offset points", xytext=(5, 4),
-                        fontsize=7, color=colour)
+            ax.scatter(
+                100 * r["share"],
+                r[metric],
+                s=55,
+                marker=marker,
+                edgecolors=colour,
+                linewidths=1.5,
+                facecolors=colour if filled else "none",
+                zorder=3,
+            )
+            ax.annotate(
+                r["mode"],
+                (100 * r["share"], r[metric]),
+                textcoords="offset points",
+                xytext=(5, 4),
+                fontsize=7,
+                color=colour,
+            )
         if trained:
             ax.set_xscale("log")
-        ax.set(title=f"SciFact test {metric}", xlabel="trainable parameters (% of the model, log scale)",
-               ylabel=metric)
+        ax.set(title=f"SciFact test {metric}", xlabel="trainable parameters (% of the model, log scale)", ylabel=metric)
         ax.grid(alpha=0.3, which="both")
     # One legend below both panels (same lines, markers and fills on each side), clear of the points.
     _quality_legend(fig, axes[1], models, any(r["train_data"] not in (in_domain, "-") for r in trained), in_domain)
@@ -215,12 +250,24 @@ def plot_quality(rows: list[dict[str, Any]], in_domain: str, out: str) -> None:
 def _quality_legend(fig, ax, models: list[str], any_out_of_domain: bool, in_domain: str) -> None:
     """A legend of what the marker shapes and fills mean (colours are named beside every point)."""
     from matplotlib.lines import Line2D
-    handles = [Line2D([], [], marker=MODEL_MARKERS[i % len(MODEL_MARKERS)], color="gray", linestyle="none",
-                      label=model) for i, model in enumerate(models)]
+
+    handles = [
+        Line2D([], [], marker=MODEL_MARKERS[i % len(MODEL_MARKERS)], color="gray", linestyle="none", label=model)
+        for i, model in enumerate(models)
+    ]
     handles.append(Line2D([], [], marker="o", color="gray", linestyle="none", label=f"trained on {in_domain}"))
     if any_out_of_domain:
-        handles.append(Line2D([], [], marker="o", color="gray", markerfacecolor="none", linestyle="none",
-                              label="trained on other data (out of domain)"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="o",
+                color="gray",
+                markerfacecolor="none",
+                linestyle="none",
+                label="trained on other data (out of domain)",
+            )
+        )
     baseline_handles, _ = ax.get_legend_handles_labels()
     fig.legend(handles=baseline_handles + handles, fontsize=8, loc="lower center", ncol=4, frameon=False)
 
@@ -235,8 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.runs and not args.table:
         parser.error("nothing to plot: give --runs and/or --table")
-    print(f"# {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
-          f"{datetime.datetime.now().isoformat(timespec='seconds')}")
+    print(
+        f"# {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
+        f"{datetime.datetime.now().isoformat(timespec='seconds')}"
+    )
     os.makedirs(args.out_dir, exist_ok=True)
     written: dict[str, Any] = {}
     try:

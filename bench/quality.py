@@ -37,8 +37,13 @@ from dpr.training.checkpoint import load_biencoder, resolve_checkpoint  # noqa: 
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 # PT-Retrieval's published learning rates per mode.
 LEARNING_RATES = {"prefix": "1e-2", "prompt": "1e-2", "bitfit": "1e-2", "adapter": "1e-4", "finetune": "1e-5"}
-MODE_FLAGS = {"prefix": ["--prefix"], "prompt": ["--prompt"], "bitfit": ["--bitfit"], "adapter": ["--adapter"],
-              "finetune": []}
+MODE_FLAGS = {
+    "prefix": ["--prefix"],
+    "prompt": ["--prompt"],
+    "bitfit": ["--bitfit"],
+    "adapter": ["--adapter"],
+    "finetune": [],
+}
 
 
 def mode_flags(args: argparse.Namespace, mode: str) -> list[str]:
@@ -72,12 +77,45 @@ def subsample_train(data: str, size: int, seed: int = 0) -> str:
 def prepare(out: str, train_data: str) -> str:
     folder = os.path.join(out, "data", train_data)
     if train_data == "scifact":
-        check(prepare_data.main(["beir", "--beir_dir", os.path.join(SHARED, "scifact"), "--out_dir", folder,
-                                 "--name", "scifact", "--dev_ratio", "0.1", "--seed", "0", "--no_progress"]))
+        check(
+            prepare_data.main(
+                [
+                    "beir",
+                    "--beir_dir",
+                    os.path.join(SHARED, "scifact"),
+                    "--out_dir",
+                    folder,
+                    "--name",
+                    "scifact",
+                    "--dev_ratio",
+                    "0.1",
+                    "--seed",
+                    "0",
+                    "--no_progress",
+                ]
+            )
+        )
     else:
-        check(prepare_data.main(["squad", "--squad_file", os.path.join(SHARED, "squad1.1", "train-subset-v1.1.json"),
-                                 "--eval_file", os.path.join(SHARED, "squad1.1", "dev-v1.1.json"), "--out_dir", folder,
-                                 "--name", "squad", "--dev_ratio", "0.1", "--seed", "0", "--no_progress"]))
+        check(
+            prepare_data.main(
+                [
+                    "squad",
+                    "--squad_file",
+                    os.path.join(SHARED, "squad1.1", "train-subset-v1.1.json"),
+                    "--eval_file",
+                    os.path.join(SHARED, "squad1.1", "dev-v1.1.json"),
+                    "--out_dir",
+                    folder,
+                    "--name",
+                    "squad",
+                    "--dev_ratio",
+                    "0.1",
+                    "--seed",
+                    "0",
+                    "--no_progress",
+                ]
+            )
+        )
     return folder
 
 
@@ -87,12 +125,42 @@ def evaluate(args: argparse.Namespace, name: str, model_flags: list[str]) -> dic
     if not os.path.exists(metrics_path):
         emb = os.path.join(args.out, "embeddings", name)
         if not os.path.exists(emb + "_0"):
-            check(generate_embeddings.main(["--ctx_file", args.passages, "--out_file", emb, "--batch_size", "64",
-                                            "--sequence_length", str(args.sequence_length), "--no_progress",
-                                            *model_flags]))
-        check(dense_retriever.main(["--encoded_ctx_file", emb + "_*", "--beir_dir", os.path.join(SHARED, "scifact"),
-                                    "--split", "test", "--n-docs", "100", "--metrics_file", metrics_path,
-                                    "--sequence_length", str(args.sequence_length), "--no_progress", *model_flags]))
+            check(
+                generate_embeddings.main(
+                    [
+                        "--ctx_file",
+                        args.passages,
+                        "--out_file",
+                        emb,
+                        "--batch_size",
+                        "64",
+                        "--sequence_length",
+                        str(args.sequence_length),
+                        "--no_progress",
+                        *model_flags,
+                    ]
+                )
+            )
+        check(
+            dense_retriever.main(
+                [
+                    "--encoded_ctx_file",
+                    emb + "_*",
+                    "--beir_dir",
+                    os.path.join(SHARED, "scifact"),
+                    "--split",
+                    "test",
+                    "--n-docs",
+                    "100",
+                    "--metrics_file",
+                    metrics_path,
+                    "--sequence_length",
+                    str(args.sequence_length),
+                    "--no_progress",
+                    *model_flags,
+                ]
+            )
+        )
     with open(metrics_path, encoding="utf-8") as handle:
         return json.load(handle)
 
@@ -108,32 +176,75 @@ def train(args: argparse.Namespace, mode: str, data: str, train_data: str) -> tu
     if train_data == "squad":
         train_file = subsample_train(data, args.squad_train_questions)
     started = time.perf_counter()
-    check(train_dense_encoder.main([
-        "--pretrained_model_cfg", args.model, *mode_flags(args, mode),
-        "--train_file", train_file,
-        "--dev_file", os.path.join(data, f"{train_data}-dev.json"), "--output_dir", run, "--seed", "12345",
-        "--sequence_length", str(args.sequence_length), "--batch_size", str(args.batch_size),
-        "--dev_batch_size", str(args.batch_size), "--learning_rate", LEARNING_RATES[mode],
-        "--warmup_percentage", "0.05", "--max_grad_norm", "2.0", "--hard_negatives", "1",
-        "--num_train_epochs", str(args.epochs), "--eval_per_epoch", "1", "--log_batch_step", "50",
-        "--val_av_rank_start_epoch", str(args.av_rank_from), "--val_av_rank_max_qs", "200"]))
+    check(
+        train_dense_encoder.main(
+            [
+                "--pretrained_model_cfg",
+                args.model,
+                *mode_flags(args, mode),
+                "--train_file",
+                train_file,
+                "--dev_file",
+                os.path.join(data, f"{train_data}-dev.json"),
+                "--output_dir",
+                run,
+                "--seed",
+                "12345",
+                "--sequence_length",
+                str(args.sequence_length),
+                "--batch_size",
+                str(args.batch_size),
+                "--dev_batch_size",
+                str(args.batch_size),
+                "--learning_rate",
+                LEARNING_RATES[mode],
+                "--warmup_percentage",
+                "0.05",
+                "--max_grad_norm",
+                "2.0",
+                "--hard_negatives",
+                "1",
+                "--num_train_epochs",
+                str(args.epochs),
+                "--eval_per_epoch",
+                "1",
+                "--log_batch_step",
+                "50",
+                "--val_av_rank_start_epoch",
+                str(args.av_rank_from),
+                "--val_av_rank_max_qs",
+                "200",
+            ]
+        )
+    )
     seconds = time.perf_counter() - started
     with atomic_file(timing) as handle:
         json.dump({"train_seconds": seconds}, handle)
     return run, seconds
 
 
-def row(name: str, mode: str, train_data: str, metrics: dict, checkpoint: str | None, seconds: float,
-        model: str) -> dict:
+def row(
+    name: str, mode: str, train_data: str, metrics: dict, checkpoint: str | None, seconds: float, model: str
+) -> dict:
     share, trainable = 0.0, 0
     if checkpoint:
         loaded, _ = load_biencoder(checkpoint)
         trainable = sum(p.numel() for n, p in loaded.named_parameters() if n in set(loaded.tuned_names))
         share = trainable / parameter_counts(loaded)[1]
     m = metrics["metrics"]
-    return {"name": name, "model": model, "mode": mode, "train_data": train_data, "trainable": trainable,
-            "trainable_share": share, "nDCG@10": m["nDCG@10"], "R@100": m["R@100"],
-            "ECE": metrics.get("ece_top5"), "train_seconds": round(seconds, 1), "checkpoint": checkpoint}
+    return {
+        "name": name,
+        "model": model,
+        "mode": mode,
+        "train_data": train_data,
+        "trainable": trainable,
+        "trainable_share": share,
+        "nDCG@10": m["nDCG@10"],
+        "R@100": m["R@100"],
+        "ECE": metrics.get("ece_top5"),
+        "train_seconds": round(seconds, 1),
+        "checkpoint": checkpoint,
+    }
 
 
 def save_table(table: str, rows: list[dict]) -> list[dict]:
@@ -161,13 +272,19 @@ def markdown(rows: list[dict]) -> str:
         ece = f"{r['ECE']:.3f}" if r["ECE"] is not None else "-"
         share = f"{100 * r['trainable_share']:.2f}%" if r["trainable"] else "-"
         seconds = f"{r['train_seconds']:.0f}" if r["train_seconds"] else "-"
-        lines.append(f"| {r['name']} | {r['train_data']} | {r['nDCG@10']:.4f} | {r['R@100']:.4f} | {ece} | {share} "
-                     f"| {seconds} |")
+        lines.append(
+            f"| {r['name']} | {r['train_data']} | {r['nDCG@10']:.4f} | {r['R@100']:.4f} | {ece} | {share} | {seconds} |"
+        )
     return "\n".join(lines)
 
 
-MODE_LABELS = {"prefix": "prefix (P-tuning v2)", "prompt": "prompt", "bitfit": "BitFit", "adapter": "adapters",
-               "finetune": "full fine-tuning"}
+MODE_LABELS = {
+    "prefix": "prefix (P-tuning v2)",
+    "prompt": "prompt",
+    "bitfit": "BitFit",
+    "adapter": "adapters",
+    "finetune": "full fine-tuning",
+}
 
 
 def markdown_by_mode(rows: list[dict], in_domain: str = "scifact", out_domain: str = "squad") -> str:
@@ -178,8 +295,11 @@ def markdown_by_mode(rows: list[dict], in_domain: str = "scifact", out_domain: s
     def cell(r: dict | None) -> str:
         return "not run" if r is None else f"{r['nDCG@10']:.4f} / {r['R@100']:.4f} / {r['ECE']:.3f}"
 
-    lines = [f"| model | mode | trainable | {in_domain}-trained nDCG@10 / R@100 / ECE | {out_domain}-trained "
-             "nDCG@10 / R@100 / ECE | out-of-domain change in nDCG@10 |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"| model | mode | trainable | {in_domain}-trained nDCG@10 / R@100 / ECE | {out_domain}-trained "
+        "nDCG@10 / R@100 / ECE | out-of-domain change in nDCG@10 |",
+        "|---|---|---|---|---|---|",
+    ]
     for model in models:
         for mode, label in MODE_LABELS.items():
             inside, outside = (by_name.get(f"{model}-{mode}-{d}") for d in (in_domain, out_domain))
@@ -200,10 +320,18 @@ def main() -> int:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--sequence_length", type=int, default=256)
     parser.add_argument("--pre_seq_len", type=int, default=32, help="prefix / prompt length")
-    parser.add_argument("--dropout", type=float, default=None,
-                        help="backbone and prefix dropout for training (default: the trainer's 0.1)")
-    parser.add_argument("--squad_train_questions", type=int, default=None,
-                        help="SQuAD questions to train on (default: as many as SciFact train)")
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=None,
+        help="backbone and prefix dropout for training (default: the trainer's 0.1)",
+    )
+    parser.add_argument(
+        "--squad_train_questions",
+        type=int,
+        default=None,
+        help="SQuAD questions to train on (default: as many as SciFact train)",
+    )
     parser.add_argument("--av_rank_from", type=int, default=0, help="average-rank validation from this epoch")
     parser.add_argument("--out", default="runs/quality")
     parser.add_argument("--table", default=None, help="JSON table to write (default <out>/<model>.json)")
@@ -220,12 +348,32 @@ def main() -> int:
     args.passages = os.path.join(scifact, "scifact-passages.tsv")
     with open(os.path.join(scifact, "scifact-test-bm25.json"), encoding="utf-8") as handle:
         bm25 = json.load(handle)
-    rows = [{"name": "BM25", "model": "bm25s", "mode": "bm25", "train_data": "-", "trainable": 0,
-             "trainable_share": 0.0, "nDCG@10": bm25["metrics"]["nDCG@10"], "R@100": bm25["metrics"]["R@100"],
-             "ECE": None, "train_seconds": 0.0, "checkpoint": None}]
-    rows.append(row(f"{args.model} zero-shot", "zero-shot", "-",
-                    evaluate(args, f"{args.model}-zero-shot", ["--pretrained_model_cfg", args.model]),
-                    None, 0.0, args.model))
+    rows = [
+        {
+            "name": "BM25",
+            "model": "bm25s",
+            "mode": "bm25",
+            "train_data": "-",
+            "trainable": 0,
+            "trainable_share": 0.0,
+            "nDCG@10": bm25["metrics"]["nDCG@10"],
+            "R@100": bm25["metrics"]["R@100"],
+            "ECE": None,
+            "train_seconds": 0.0,
+            "checkpoint": None,
+        }
+    ]
+    rows.append(
+        row(
+            f"{args.model} zero-shot",
+            "zero-shot",
+            "-",
+            evaluate(args, f"{args.model}-zero-shot", ["--pretrained_model_cfg", args.model]),
+            None,
+            0.0,
+            args.model,
+        )
+    )
     table = args.table or os.path.join(args.out, f"{args.model}.json")
     save_table(table, rows)
     if args.squad_train_questions is None:
@@ -237,8 +385,9 @@ def main() -> int:
             run, seconds = train(args, mode, data, train_data)
             best = resolve_checkpoint(run)
             name = f"{args.model}-{mode}-{train_data}"
-            rows.append(row(name, mode, train_data, evaluate(args, name, ["--model_file", best]), best, seconds,
-                            args.model))
+            rows.append(
+                row(name, mode, train_data, evaluate(args, name, ["--model_file", best]), best, seconds, args.model)
+            )
             print(json.dumps(rows[-1]), flush=True)
             save_table(table, rows)
     print(markdown(save_table(table, rows)))

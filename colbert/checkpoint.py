@@ -28,8 +28,7 @@ import torch
 from colbert.model import ColBERT, build_colbert
 from colbert.options import ColBERTConfig, colbert_config_from_args
 from dpr.atomic import atomic_directory
-from dpr.models.serialization import (backbone_fingerprint, check_backbone,
-                                     load_tuned_weights, save_tuned_weights)
+from dpr.models.serialization import backbone_fingerprint, check_backbone, load_tuned_weights, save_tuned_weights
 from dpr.options import ConfigError
 from dpr.training.checkpoint import CheckpointError, load_training_state
 
@@ -40,7 +39,7 @@ VERSION = 1
 PREFIX = "colbert"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-STATE_FILE = "training_state.pt"     # the same name dpr uses, so its weights_only reader applies
+STATE_FILE = "training_state.pt"  # the same name dpr uses, so its weights_only reader applies
 
 __all__ = [
     "CheckpointInfo",
@@ -68,12 +67,24 @@ def checkpoint_path(output_dir: str, step: int) -> str:
     return os.path.join(output_dir, f"{PREFIX}-{step}")
 
 
-def save_colbert(path: str, model: ColBERT, *, step: int = 0, training: dict[str, Any] | None = None,
-                 state: dict[str, Any] | None = None) -> str:
+def save_colbert(
+    path: str,
+    model: ColBERT,
+    *,
+    step: int = 0,
+    training: dict[str, Any] | None = None,
+    state: dict[str, Any] | None = None,
+) -> str:
     """Write a checkpoint folder atomically; ``state`` holds optimizer / scheduler / scaler state dicts."""
-    config = {"format": FORMAT, "version": VERSION, "colbert": model.config.to_dict(),
-              "backbone": backbone_fingerprint(model.backbone), "tuned_parameters": list(model.tuned_names),
-              "step": step, "training": training or {}}
+    config = {
+        "format": FORMAT,
+        "version": VERSION,
+        "colbert": model.config.to_dict(),
+        "backbone": backbone_fingerprint(model.backbone),
+        "tuned_parameters": list(model.tuned_names),
+        "step": step,
+        "training": training or {},
+    }
     with atomic_directory(path) as tmp:
         with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as handle:
             json.dump(config, handle, indent=2, sort_keys=True)
@@ -103,9 +114,13 @@ def read_checkpoint_info(path: str) -> CheckpointInfo:
     for key in ("colbert", "backbone", "step"):
         if key not in config:
             raise CheckpointError(f"{config_path}: missing key {key!r}")
-    return CheckpointInfo(path=path, config=ColBERTConfig.from_dict(config["colbert"], config_path),
-                          backbone=config["backbone"], step=int(config["step"]),
-                          training=config.get("training") or {})
+    return CheckpointInfo(
+        path=path,
+        config=ColBERTConfig.from_dict(config["colbert"], config_path),
+        backbone=config["backbone"],
+        step=int(config["step"]),
+        training=config.get("training") or {},
+    )
 
 
 def load_colbert(path: str, args: argparse.Namespace | None = None) -> tuple[ColBERT, CheckpointInfo]:

@@ -59,9 +59,11 @@ def _decode(raw: bytes, path: str, line_no: int) -> str:
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise DataFormatError(f"{path}:{line_no}: expected UTF-8 text, found byte {raw[err.start:err.start + 1]!r} "
-                              f"at column {err.start + 1}; convert the file to UTF-8 (e.g. iconv -f latin1 "
-                              f"-t utf-8)") from err
+        raise DataFormatError(
+            f"{path}:{line_no}: expected UTF-8 text, found byte {raw[err.start : err.start + 1]!r} "
+            f"at column {err.start + 1}; convert the file to UTF-8 (e.g. iconv -f latin1 "
+            f"-t utf-8)"
+        ) from err
     if line_no == 1:
         line = line.removeprefix("\ufeff")  # a byte-order mark is no part of the first field
     return line.rstrip("\r\n")
@@ -87,8 +89,10 @@ def _first_char(path: str) -> str:
 
 def _check_doc(passage: Passage, where: str) -> Passage:
     if not passage.text.strip() and not passage.title.strip():
-        raise DataFormatError(f"{where}: empty document (no text, no title); ColBERT cannot score a document "
-                              f"without tokens, remove it from the file")
+        raise DataFormatError(
+            f"{where}: empty document (no text, no title); ColBERT cannot score a document "
+            f"without tokens, remove it from the file"
+        )
     return passage
 
 
@@ -101,8 +105,7 @@ def _iter_colbert_tsv(path: str) -> Iterator[tuple[str, Passage, str]]:
             continue
         cells = line.split("\t")
         if len(cells) < 2 or not cells[0].strip():
-            raise DataFormatError(f"{path}:{line_no}: expected 'pid<TAB>passage[<TAB>title]', "
-                                  f"found {line[:80]!r}")
+            raise DataFormatError(f"{path}:{line_no}: expected 'pid<TAB>passage[<TAB>title]', found {line[:80]!r}")
         pid = cells[0].strip()
         title = cells[2] if len(cells) > 2 else ""
         yield pid, Passage(text=cells[1], title=title, passage_id=pid), f"{path}:{line_no}"
@@ -192,8 +195,11 @@ def _id_row(line: str) -> tuple[str, str, str] | None:
         row = json.loads(line)
     except json.JSONDecodeError:
         return None
-    if (not isinstance(row, list) or len(row) != 3
-            or any(isinstance(x, bool) or not isinstance(x, (str, int)) for x in row)):
+    if (
+        not isinstance(row, list)
+        or len(row) != 3
+        or any(isinstance(x, bool) or not isinstance(x, (str, int)) for x in row)
+    ):
         return None
     return str(row[0]), str(row[1]), str(row[2])
 
@@ -202,13 +208,13 @@ def triples_format(path: str) -> tuple[str, str]:
     """``("text" | "ids", why)``: by the file name, else by the first non-blank line (why says which)."""
     name = path.lower().removesuffix(".gz")
     if name.endswith(_TEXT_SUFFIXES):
-        return "text", f"its name ends in {name[name.rindex('.'):]}"
+        return "text", f"its name ends in {name[name.rindex('.') :]}"
     if name.endswith(_ID_SUFFIXES):
-        return "ids", f"its name ends in {name[name.rindex('.'):]}"
+        return "ids", f"its name ends in {name[name.rindex('.') :]}"
     for line_no, line in _lines(path):
         if not line.strip():
             continue
-        if _id_row(line) is not None:        # a text query may start with '[': only a whole id list counts
+        if _id_row(line) is not None:  # a text query may start with '[': only a whole id list counts
             return "ids", f"line {line_no} is {_ID_FORM}"
         if len(line.split("\t")) == 3:
             return "text", f"line {line_no} is {_TEXT_FORM}"
@@ -222,10 +228,14 @@ def _text_triple(line: str, path: str, line_no: int, why: str) -> list[str]:
     cells = line.split("\t")
     if len(cells) != 3:
         if _id_row(line) is not None:
-            raise DataFormatError(f"{path}:{line_no}: found {_ID_FORM}, but the file holds text triples ({why}); "
-                                  f"a triples file holds one form: use .jsonl for id triples")
-        raise DataFormatError(f"{path}:{line_no}: expected 3 tab-separated columns (query, positive, negative), "
-                              f"found {len(cells)}: {line[:80]!r}")
+            raise DataFormatError(
+                f"{path}:{line_no}: found {_ID_FORM}, but the file holds text triples ({why}); "
+                f"a triples file holds one form: use .jsonl for id triples"
+            )
+        raise DataFormatError(
+            f"{path}:{line_no}: expected 3 tab-separated columns (query, positive, negative), "
+            f"found {len(cells)}: {line[:80]!r}"
+        )
     for column, cell in zip(("query", "positive", "negative"), cells, strict=True):
         if not cell.strip():
             raise DataFormatError(f"{path}:{line_no}: column '{column}' is empty")
@@ -250,7 +260,7 @@ class TsvTriples(Sequence[Triple]):
                     _text_triple(line, path, line_no, why)
                     offsets.append(position)
                 position += len(raw)
-        self.offsets = np.array(offsets, dtype=np.int64)                                  # (N,)
+        self.offsets = np.array(offsets, dtype=np.int64)  # (N,)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -262,8 +272,9 @@ class TsvTriples(Sequence[Triple]):
         try:
             line = raw.decode("utf-8").removeprefix("\ufeff").rstrip("\r\n")
         except UnicodeDecodeError as err:  # checked when opened: the file changed since
-            raise DataFormatError(f"{self.path}: triple {index + 1} is not UTF-8 text (the file changed "
-                                  f"during training?): {err}") from err
+            raise DataFormatError(
+                f"{self.path}: triple {index + 1} is not UTF-8 text (the file changed during training?): {err}"
+            ) from err
         query, positive, negative = line.split("\t")
         return Triple(query, Passage(positive), Passage(negative))
 
@@ -273,7 +284,7 @@ def _tsv_triples(path: str, why: str) -> Sequence[Triple]:
         compressed = raw.read(2) == b"\x1f\x8b"
     if not compressed:
         return TsvTriples(path, why)
-    triples = []                       # gzip cannot seek cheaply: read the (smaller) file into memory
+    triples = []  # gzip cannot seek cheaply: read the (smaller) file into memory
     for line_no, line in _lines(path):
         if line.strip():
             query, positive, negative = _text_triple(line, path, line_no, why)
@@ -297,8 +308,10 @@ def _id_triples(path: str, why: str) -> list[tuple[int, str, str, str]]:
 def _id_line_problem(line: str, why: str) -> str:
     """What is wrong with a line of an id triples file that is no ``[qid, pid+, pid-]`` list."""
     if len(line.split("\t")) == 3 and not line.lstrip().startswith(("[", "{")):
-        return (f"found {_TEXT_FORM}, but the file holds id triples ({why}); a triples file holds one form: "
-                f"use .tsv for text triples")
+        return (
+            f"found {_TEXT_FORM}, but the file holds id triples ({why}); a triples file holds one form: "
+            f"use .tsv for text triples"
+        )
     if line.strip() in ("[", "[{") or line.lstrip().startswith("[{"):
         return f"expected {_ID_FORM} a line, found a JSON array of objects: DPR JSON goes to --dpr_train_file"
     try:
@@ -308,26 +321,35 @@ def _id_line_problem(line: str, why: str) -> str:
     return f"expected {_ID_FORM} (ids as strings or ints), found {line.strip()[:80]!r}"
 
 
-def _resolve_ids(path: str, rows: Sequence[tuple[int, str, str, str]], queries: dict[str, str],
-                 queries_path: str, collection: dict[str, Passage], collection_path: str,
-                 pid_sample: Sequence[str]) -> list[Triple]:
+def _resolve_ids(
+    path: str,
+    rows: Sequence[tuple[int, str, str, str]],
+    queries: dict[str, str],
+    queries_path: str,
+    collection: dict[str, Passage],
+    collection_path: str,
+    pid_sample: Sequence[str],
+) -> list[Triple]:
     triples = []
     for line_no, qid, pos, neg in rows:
         if qid not in queries:
             sample = ", ".join(repr(q) for q in itertools.islice(queries, 3))
-            raise DataFormatError(f"{path}:{line_no}: qid {qid!r} is not in the queries file {queries_path} "
-                                  f"(its qids look like {sample}); the queries do not match the triples")
+            raise DataFormatError(
+                f"{path}:{line_no}: qid {qid!r} is not in the queries file {queries_path} "
+                f"(its qids look like {sample}); the queries do not match the triples"
+            )
         for pid in (pos, neg):
             if pid not in collection:
                 sample = ", ".join(repr(p) for p in pid_sample)
-                raise DataFormatError(f"{path}:{line_no}: pid {pid!r} is not in the collection {collection_path} "
-                                      f"(its pids look like {sample}); the collection does not match the triples")
+                raise DataFormatError(
+                    f"{path}:{line_no}: pid {pid!r} is not in the collection {collection_path} "
+                    f"(its pids look like {sample}); the collection does not match the triples"
+                )
         triples.append(Triple(queries[qid], collection[pos], collection[neg]))
     return triples
 
 
-def read_triples(path: str, queries_path: str | None = None,
-                 collection_path: str | None = None) -> Sequence[Triple]:
+def read_triples(path: str, queries_path: str | None = None, collection_path: str | None = None) -> Sequence[Triple]:
     """Text triples (TSV), or id triples (JSONL) resolved through the queries and the collection.
 
     The whole file is checked here (encoding, columns, ids), so a bad line fails before training.
@@ -342,8 +364,9 @@ def read_triples(path: str, queries_path: str | None = None,
             raise DataFormatError(f"{path} holds [qid, pid+, pid-] triples ({why}): pass --queries and --collection")
         rows = _id_triples(path, why)
         collection, pid_sample = _collect(collection_path, {pid for row in rows for pid in row[2:]})
-        triples = _resolve_ids(path, rows, read_queries(queries_path), queries_path, collection, collection_path,
-                               pid_sample)
+        triples = _resolve_ids(
+            path, rows, read_queries(queries_path), queries_path, collection, collection_path, pid_sample
+        )
     if not triples:
         raise DataFormatError(f"{path}: no triples found")
     logger.info("%s: %d triples", path, len(triples))

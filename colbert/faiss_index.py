@@ -22,7 +22,7 @@ from dpr.options import ConfigError
 
 logger = logging.getLogger(__name__)
 
-ADD_CHUNK = 1 << 20   # vectors converted to float32 and added per call (bounded memory)
+ADD_CHUNK = 1 << 20  # vectors converted to float32 and added per call (bounded memory)
 
 
 @dataclass(frozen=True)
@@ -87,19 +87,21 @@ class TokenIndex:
 
     def train(self, sample: np.ndarray, settings: FaissSettings, total: int) -> None:
         """Train the coarse quantiser and PQ codebooks on ``(S, dim)`` vectors sampled from ``total``."""
-        needed = max(settings.partitions, 2 ** settings.nbits)
+        needed = max(settings.partitions, 2**settings.nbits)
         if len(sample) < needed:
-            raise ConfigError(f"IVF-PQ needs at least max(--partitions {settings.partitions}, 2**--pq_nbits "
-                              f"{2 ** settings.nbits}) = {needed} training vectors; --sample {settings.sample} of "
-                              f"{total} token vectors gives {len(sample)}: raise --sample, lower --partitions, "
-                              f"or use a flat index (no --partitions)")
+            raise ConfigError(
+                f"IVF-PQ needs at least max(--partitions {settings.partitions}, 2**--pq_nbits "
+                f"{2**settings.nbits}) = {needed} training vectors; --sample {settings.sample} of "
+                f"{total} token vectors gives {len(sample)}: raise --sample, lower --partitions, "
+                f"or use a flat index (no --partitions)"
+            )
         logger.info("training %s on %d of %d token vectors", settings.kind, len(sample), total)
         self._index.train(np.ascontiguousarray(sample, dtype=np.float32))
 
     def add(self, vectors: np.ndarray) -> None:
         """Append ``(N, dim)`` vectors (fp16 or fp32); their labels continue from :attr:`ntotal`."""
         for start in range(0, len(vectors), ADD_CHUNK):
-            self._index.add(np.ascontiguousarray(vectors[start:start + ADD_CHUNK], dtype=np.float32))
+            self._index.add(np.ascontiguousarray(vectors[start : start + ADD_CHUNK], dtype=np.float32))
 
     def search(self, queries: np.ndarray, k: int, nprobe: int = 10) -> np.ndarray:
         """Top-``k`` token positions for each of ``(n, dim)`` query token vectors: ``(n, k)`` int64, -1 = none."""

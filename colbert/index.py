@@ -32,12 +32,16 @@ logger = logging.getLogger("colbert.index")  # not __name__: under `python -m` t
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m colbert.index", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m colbert.index", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_colbert_model_params(parser)
     g = parser.add_argument_group("indexing")
-    g.add_argument("--collection", required=True,
-                   help="collection.tsv (pid<TAB>passage[<TAB>title]), DPR passages TSV or BEIR corpus.jsonl")
+    g.add_argument(
+        "--collection",
+        required=True,
+        help="collection.tsv (pid<TAB>passage[<TAB>title]), DPR passages TSV or BEIR corpus.jsonl",
+    )
     g.add_argument("--index_root", required=True)
     g.add_argument("--index_name", required=True)
     g.add_argument("--partitions", type=int, default=0, help="IVF cells (0 = exact flat index, for small corpora)")
@@ -46,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pq_nbits", type=int, default=8, help="bits per PQ code")
     g.add_argument("--shard_size", type=int, default=100_000, help="documents per shard")
     g.add_argument("--bsize", type=int, default=64, help="documents per encoder batch")
-    g.add_argument("--amp", dest="precision", action="store_const", const="fp16", default="fp32",
-                   help="fp16 autocast (CUDA only)")
+    g.add_argument(
+        "--amp", dest="precision", action="store_const", const="fp16", default="fp32", help="fp16 autocast (CUDA only)"
+    )
     g.add_argument("--no_cuda", action="store_true")
     g.add_argument("--no_progress", dest="progress", action="store_false")
     return parser
@@ -66,16 +71,28 @@ def main(argv: list[str] | None = None) -> int:
     model.to(device)
     logger.info("%s", trainable_report(model))
     encoder = model.config.encoder
-    tokenizer = ColBERTTokenizer.from_config(load_tokenizer(encoder.pretrained_model_cfg, encoder.do_lower_case),
-                                             model.config)
+    tokenizer = ColBERTTokenizer.from_config(
+        load_tokenizer(encoder.pretrained_model_cfg, encoder.do_lower_case), model.config
+    )
     index_dir = os.path.join(args.index_root, args.index_name)
     provenance = {"checkpoint": os.path.abspath(args.checkpoint), "collection": os.path.abspath(args.collection)}
-    meta = build_index(model, tokenizer, iter_collection(args.collection), index_dir, settings=settings,
-                       shard_size=args.shard_size, batch_size=args.bsize, precision=args.precision,
-                       provenance=provenance, progress=args.progress)
-    print(f"index {index_dir}: {meta['num_docs']} documents, {meta['num_embeddings']} token vectors "
-          f"({meta['num_embeddings'] / meta['num_docs']:.1f} per document), {len(meta['shards'])} shard(s), "
-          f"FAISS {settings.kind}")
+    meta = build_index(
+        model,
+        tokenizer,
+        iter_collection(args.collection),
+        index_dir,
+        settings=settings,
+        shard_size=args.shard_size,
+        batch_size=args.bsize,
+        precision=args.precision,
+        provenance=provenance,
+        progress=args.progress,
+    )
+    print(
+        f"index {index_dir}: {meta['num_docs']} documents, {meta['num_embeddings']} token vectors "
+        f"({meta['num_embeddings'] / meta['num_docs']:.1f} per document), {len(meta['shards'])} shard(s), "
+        f"FAISS {settings.kind}"
+    )
     return 0
 
 

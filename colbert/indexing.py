@@ -46,16 +46,20 @@ FAISS_FILE = "faiss.index"
 
 def model_identity(model: ColBERT) -> dict[str, Any]:
     """What an index records about the model that built it: full config, backbone shape, weights digest."""
-    return {"colbert": model.config.to_dict(), "backbone": backbone_fingerprint(model.backbone),
-            "model_digest": encoder_digest(model)}
+    return {
+        "colbert": model.config.to_dict(),
+        "backbone": backbone_fingerprint(model.backbone),
+        "model_digest": encoder_digest(model),
+    }
 
 
 def _shard_name(shard_id: int) -> str:
     return f"shard-{shard_id:05d}"
 
 
-def _write_shard(folder: str, shard_id: int, vectors: np.ndarray, doclens: np.ndarray,
-                 pids: Sequence[str]) -> dict[str, Any]:
+def _write_shard(
+    folder: str, shard_id: int, vectors: np.ndarray, doclens: np.ndarray, pids: Sequence[str]
+) -> dict[str, Any]:
     name = _shard_name(shard_id)
     save_file({"embeddings": vectors, "doclens": doclens}, os.path.join(folder, f"{name}.safetensors"))
     with open(os.path.join(folder, f"{name}.pids.json"), "w", encoding="utf-8") as handle:
@@ -79,8 +83,10 @@ def _build_faiss(folder: str, shards: Sequence[dict[str, Any]], dim: int, settin
     token_index = TokenIndex.create(dim, settings)
     shard_file = [os.path.join(folder, f"{shard['name']}.safetensors") for shard in shards]
     if token_index.needs_training:
-        sample = [load_file(path)["embeddings"][sample_rows(shard["embeddings"], settings, i)]
-                  for i, (path, shard) in enumerate(zip(shard_file, shards, strict=True))]
+        sample = [
+            load_file(path)["embeddings"][sample_rows(shard["embeddings"], settings, i)]
+            for i, (path, shard) in enumerate(zip(shard_file, shards, strict=True))
+        ]
         token_index.train(np.concatenate(sample), settings, sum(shard["embeddings"] for shard in shards))
     for path in shard_file:
         token_index.add(load_file(path)["embeddings"])
@@ -88,10 +94,19 @@ def _build_faiss(folder: str, shards: Sequence[dict[str, Any]], dim: int, settin
     return token_index
 
 
-def build_index(model: ColBERT, tokenizer: ColBERTTokenizer, collection: Iterator[tuple[str, Passage]],
-                index_dir: str, *, settings: FaissSettings, shard_size: int = 100_000, batch_size: int = 64,
-                precision: str = "fp32", provenance: dict[str, Any] | None = None,
-                progress: bool = False) -> dict[str, Any]:
+def build_index(
+    model: ColBERT,
+    tokenizer: ColBERTTokenizer,
+    collection: Iterator[tuple[str, Passage]],
+    index_dir: str,
+    *,
+    settings: FaissSettings,
+    shard_size: int = 100_000,
+    batch_size: int = 64,
+    precision: str = "fp32",
+    provenance: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Encode ``(pid, passage)`` rows shard by shard, build the FAISS index, write ``index_dir``; returns meta."""
     if shard_size < 1:
         raise ConfigError(f"--shard_size must be >= 1, got {shard_size}")
@@ -99,16 +114,25 @@ def build_index(model: ColBERT, tokenizer: ColBERTTokenizer, collection: Iterato
     with atomic_directory(index_dir) as tmp:
         for shard_id, chunk in enumerate(_chunks(collection, shard_size)):
             pids = [pid for pid, _ in chunk]
-            vectors, doclens = encode_documents(model, tokenizer, [p for _, p in chunk], batch_size=batch_size,
-                                                precision=precision, progress=progress)
+            vectors, doclens = encode_documents(
+                model, tokenizer, [p for _, p in chunk], batch_size=batch_size, precision=precision, progress=progress
+            )
             shards.append(_write_shard(tmp, shard_id, vectors, doclens, pids))
             logger.info("shard %d: %d documents, %d token vectors", shard_id, len(pids), len(vectors))
         if not shards:
             raise DataFormatError("the collection holds no documents")
         _build_faiss(tmp, shards, model.config.dim, settings).save(os.path.join(tmp, FAISS_FILE))
-        meta = {"format": FORMAT, "version": VERSION, **model_identity(model), **(provenance or {}),
-                "num_docs": sum(s["docs"] for s in shards), "num_embeddings": sum(s["embeddings"] for s in shards),
-                "dim": model.config.dim, "shards": shards, "faiss": settings.to_dict()}
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            **model_identity(model),
+            **(provenance or {}),
+            "num_docs": sum(s["docs"] for s in shards),
+            "num_embeddings": sum(s["embeddings"] for s in shards),
+            "dim": model.config.dim,
+            "shards": shards,
+            "faiss": settings.to_dict(),
+        }
         with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as handle:
             json.dump(meta, handle, indent=2)
     logger.info("index %s: %d documents, %d token vectors", index_dir, meta["num_docs"], meta["num_embeddings"])
@@ -126,8 +150,9 @@ def read_meta(index_dir: str) -> dict[str, Any]:
         raise DataFormatError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version", 0) > VERSION:
         found = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else (None, None)
-        raise DataFormatError(f"{path}: format {found[0]!r} version {found[1]}, expected {FORMAT!r} "
-                              f"version <= {VERSION}")
+        raise DataFormatError(
+            f"{path}: format {found[0]!r} version {found[1]}, expected {FORMAT!r} version <= {VERSION}"
+        )
     missing = sorted({"colbert", "backbone", "model_digest", "shards", "num_embeddings", "dim"} - set(meta))
     if missing:
         raise DataFormatError(f"{path}: missing keys {missing}")
@@ -136,8 +161,11 @@ def read_meta(index_dir: str) -> dict[str, Any]:
 
 def _diff(stored: Any, found: Any, prefix: str = "") -> list[str]:
     if isinstance(stored, dict) and isinstance(found, dict):
-        return [d for key in sorted(set(stored) | set(found))
-                for d in _diff(stored.get(key), found.get(key), f"{prefix}{key}.")]
+        return [
+            d
+            for key in sorted(set(stored) | set(found))
+            for d in _diff(stored.get(key), found.get(key), f"{prefix}{key}.")
+        ]
     return [] if stored == found else [f"{prefix.rstrip('.')}: index {stored!r}, model {found!r}"]
 
 
@@ -147,50 +175,58 @@ def check_model(meta: dict[str, Any], model: ColBERT, index_dir: str) -> None:
     diffs = _diff(meta["colbert"], found["colbert"], "") + _diff(meta["backbone"], found["backbone"], "backbone.")
     diffs = [d for d in diffs if not d.startswith(("encoder.dropout", "encoder.prefix_dropout"))]
     if diffs:
-        raise ConfigError(f"index {index_dir} was built by another ColBERT config: {'; '.join(diffs)}; "
-                          f"use the checkpoint it was built with ({meta.get('checkpoint')}) or re-index")
+        raise ConfigError(
+            f"index {index_dir} was built by another ColBERT config: {'; '.join(diffs)}; "
+            f"use the checkpoint it was built with ({meta.get('checkpoint')}) or re-index"
+        )
     if meta["model_digest"] != found["model_digest"]:
-        raise ConfigError(f"index {index_dir} was built with other weights (checkpoint {meta.get('checkpoint')}) "
-                          f"than the model given; use that checkpoint or re-index")
+        raise ConfigError(
+            f"index {index_dir} was built with other weights (checkpoint {meta.get('checkpoint')}) "
+            f"than the model given; use that checkpoint or re-index"
+        )
 
 
 @dataclass
 class DocStore:
     """Every document's token vectors in memory: packed ``(N_tokens, dim)`` fp16 plus ``(N,)`` doclens."""
 
-    embeddings: torch.Tensor      # (N_tokens, dim) fp16
-    doclens: np.ndarray           # (N,) int64
+    embeddings: torch.Tensor  # (N_tokens, dim) fp16
+    doclens: np.ndarray  # (N,) int64
     pids: list[str]
 
     def __post_init__(self) -> None:
         if int(self.doclens.sum()) != self.embeddings.shape[0] or len(self.pids) != len(self.doclens):
-            raise DataFormatError(f"index files disagree: {len(self.pids)} pids, {len(self.doclens)} doclens "
-                                  f"summing to {int(self.doclens.sum())}, {self.embeddings.shape[0]} vectors")
-        self.offsets = np.concatenate([[0], np.cumsum(self.doclens)[:-1]]).astype(np.int64)    # (N,)
+            raise DataFormatError(
+                f"index files disagree: {len(self.pids)} pids, {len(self.doclens)} doclens "
+                f"summing to {int(self.doclens.sum())}, {self.embeddings.shape[0]} vectors"
+            )
+        self.offsets = np.concatenate([[0], np.cumsum(self.doclens)[:-1]]).astype(np.int64)  # (N,)
         self.row_of = {pid: row for row, pid in enumerate(self.pids)}
         # token position -> document row, to turn FAISS hits into candidate documents
-        self.emb2doc = np.repeat(np.arange(len(self.pids), dtype=np.int64), self.doclens)    # (N_tokens,)
+        self.emb2doc = np.repeat(np.arange(len(self.pids), dtype=np.int64), self.doclens)  # (N_tokens,)
 
     @classmethod
-    def from_arrays(cls, vectors: np.ndarray, doclens: np.ndarray, pids: Sequence[str],
-                    dtype: torch.dtype = torch.float32) -> DocStore:
+    def from_arrays(
+        cls, vectors: np.ndarray, doclens: np.ndarray, pids: Sequence[str], dtype: torch.dtype = torch.float32
+    ) -> DocStore:
         """``dtype`` float32 for CPU scoring (fp16 arithmetic on CPUs is slow), float16 to halve memory on GPUs."""
         return cls(torch.from_numpy(np.ascontiguousarray(vectors)).to(dtype), doclens.astype(np.int64), list(pids))
 
     def packed(self, rows: np.ndarray, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """The documents at ``rows`` packed: ``(sum(doclens[rows]), dim)`` float32 vectors and ``(n,)`` doclens."""
-        lens = self.doclens[rows]                                                             # (n,)
+        lens = self.doclens[rows]  # (n,)
         if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and bool(np.all(np.diff(rows) == 1)):
-            start = int(self.offsets[rows[0]])                                                # a contiguous run: slice
-            vectors = self.embeddings[start:start + int(lens.sum())]
+            start = int(self.offsets[rows[0]])  # a contiguous run: slice
+            vectors = self.embeddings[start : start + int(lens.sum())]
         else:
             starts = np.repeat(self.offsets[rows] - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
             vectors = self.embeddings[torch.from_numpy(starts + np.arange(int(lens.sum())))]
         return vectors.to(device=device, dtype=torch.float32), torch.from_numpy(lens).to(device)
 
 
-def load_index(index_dir: str, with_faiss: bool = True,
-               dtype: torch.dtype = torch.float32) -> tuple[dict[str, Any], DocStore, TokenIndex | None]:
+def load_index(
+    index_dir: str, with_faiss: bool = True, dtype: torch.dtype = torch.float32
+) -> tuple[dict[str, Any], DocStore, TokenIndex | None]:
     """Read an index folder: meta, every document's vectors (as ``dtype``), and (optionally) the FAISS index."""
     meta = read_meta(index_dir)
     vectors, doclens, pids = [], [], []
@@ -205,6 +241,8 @@ def load_index(index_dir: str, with_faiss: bool = True,
     store = DocStore.from_arrays(np.concatenate(vectors), np.concatenate(doclens), pids, dtype)
     token_index = TokenIndex.load(os.path.join(index_dir, FAISS_FILE)) if with_faiss else None
     if token_index is not None and token_index.ntotal != store.embeddings.shape[0]:
-        raise DataFormatError(f"{index_dir}: {FAISS_FILE} holds {token_index.ntotal} vectors, the shards "
-                              f"{store.embeddings.shape[0]}; re-index")
+        raise DataFormatError(
+            f"{index_dir}: {FAISS_FILE} holds {token_index.ntotal} vectors, the shards "
+            f"{store.embeddings.shape[0]}; re-index"
+        )
     return meta, store, token_index

@@ -17,7 +17,7 @@ def pairwise_softmax_loss(positive: Tensor, negative: Tensor) -> Tensor:
     """
     if positive.shape != negative.shape or positive.dim() != 1:
         raise ValueError(f"expected two (B,) score vectors, found {tuple(positive.shape)} and {tuple(negative.shape)}")
-    scores = torch.stack([positive, negative], dim=1).float()                 # (B, 2)
+    scores = torch.stack([positive, negative], dim=1).float()  # (B, 2)
     labels = torch.zeros(len(positive), dtype=torch.long, device=positive.device)
     return F.cross_entropy(scores, labels)
 

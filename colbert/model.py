@@ -45,18 +45,21 @@ class ColBERT(nn.Module):
     def backbone(self) -> BertModel:
         return self.encoder.backbone
 
-    def _vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 token_type_ids: torch.Tensor | None) -> torch.Tensor:
-        states = self.encoder.token_states(input_ids, attention_mask, token_type_ids)   # (B, T, H)
-        return F.normalize(self.linear(states), p=2, dim=-1)                             # (B, T, dim)
+    def _vectors(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None
+    ) -> torch.Tensor:
+        states = self.encoder.token_states(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+        return F.normalize(self.linear(states), p=2, dim=-1)  # (B, T, dim)
 
-    def encode_query(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_query(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``(B, Lq)`` query tokens (with ``[MASK]`` padding) -> ``(B, Lq, dim)``; every position is kept."""
         return self._vectors(input_ids, attention_mask, token_type_ids)
 
-    def encode_passage(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_passage(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``(B, Ld)`` document tokens -> ``(B, Ld, dim)``; the caller's ``score_mask`` says which to score."""
         return self._vectors(input_ids, attention_mask, token_type_ids)
 
@@ -64,22 +67,25 @@ class ColBERT(nn.Module):
         """MaxSim of every query with every document, ``(Nq, Lq, dim), (Nd, Ld, dim) -> (Nq, Nd)``."""
         return maxsim_all(q, d, d_mask, self.config.similarity)
 
-    def forward(self, q_ids: torch.Tensor, q_mask: torch.Tensor, d_ids: torch.Tensor,
-                d_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, q_ids: torch.Tensor, q_mask: torch.Tensor, d_ids: torch.Tensor, d_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Both sides in one call: ``(B, Lq, dim)`` query and ``(C, Ld, dim)`` document vectors."""
         return self.encode_query(q_ids, q_mask), self.encode_passage(d_ids, d_mask)
 
 
-def build_colbert_from_backbone(config: ColBERTConfig, backbone: BertModel,
-                                prompt_init_ids: list[int] | None = None) -> ColBERT:
+def build_colbert_from_backbone(
+    config: ColBERTConfig, backbone: BertModel, prompt_init_ids: list[int] | None = None
+) -> ColBERT:
     """Wrap a loaded backbone. ``prompt_init_ids``: tokens of ``--prompt_init_text`` (the caller tokenizes)."""
     encoder_cfg = config.encoder
     check_positions(encoder_cfg, backbone.config.max_position_embeddings)
     set_trainable(backbone, encoder_cfg.tuning)
     prompt_init = None
     if encoder_cfg.tuning == "prompt":
-        prompt_init = prompt_init_embeddings(backbone.embeddings.word_embeddings.weight, prompt_init_ids,
-                                             encoder_cfg.pre_seq_len)
+        prompt_init = prompt_init_embeddings(
+            backbone.embeddings.word_embeddings.weight, prompt_init_ids, encoder_cfg.pre_seq_len
+        )
     return ColBERT(TunedEncoder(backbone, encoder_cfg, prompt_init), config)
 
 

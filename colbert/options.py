@@ -45,19 +45,24 @@ class ColBERTConfig:
     def __post_init__(self) -> None:
         for name in ("query_maxlen", "doc_maxlen"):
             if getattr(self, name) < MIN_MAXLEN:
-                raise ConfigError(f"--{name} must be >= {MIN_MAXLEN} ([CLS] [marker] token [SEP]), "
-                                  f"got {getattr(self, name)}")
+                raise ConfigError(
+                    f"--{name} must be >= {MIN_MAXLEN} ([CLS] [marker] token [SEP]), got {getattr(self, name)}"
+                )
         if self.dim < 1:
             raise ConfigError(f"--dim must be >= 1, got {self.dim}")
         if self.similarity not in SIMILARITIES:
             raise ConfigError(f"--similarity {self.similarity!r} is not one of {', '.join(SIMILARITIES)}")
         if getattr(self.encoder, "tune_side", "both") != "both":
             # ColBERT has one encoder for both sides: there is no separate query side to tune.
-            raise ConfigError(f"ColBERT tunes its one encoder for queries and documents; tune_side must be "
-                              f"'both', got {self.encoder.tune_side!r}")
+            raise ConfigError(
+                f"ColBERT tunes its one encoder for queries and documents; tune_side must be "
+                f"'both', got {self.encoder.tune_side!r}"
+            )
         if self.encoder.share_encoder:
-            raise ConfigError("ColBERT always uses one encoder for queries and documents; "
-                              "share_encoder must be False in its encoder config")
+            raise ConfigError(
+                "ColBERT always uses one encoder for queries and documents; "
+                "share_encoder must be False in its encoder config"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -78,32 +83,52 @@ class ColBERTConfig:
 
 
 # ColBERT fields with their flag names; all of them define the network or its inputs.
-COLBERT_FIELDS = {"query_maxlen": "--query_maxlen", "doc_maxlen": "--doc_maxlen", "dim": "--dim",
-                  "similarity": "--similarity", "mask_punctuation": "--mask-punctuation"}
+COLBERT_FIELDS = {
+    "query_maxlen": "--query_maxlen",
+    "doc_maxlen": "--doc_maxlen",
+    "dim": "--dim",
+    "similarity": "--similarity",
+    "mask_punctuation": "--mask-punctuation",
+}
 
 
 def add_colbert_model_params(parser: argparse.ArgumentParser) -> None:
     """Backbone, tuning mode and ColBERT flags; defaults are None so a checkpoint can fill them."""
     group = parser.add_argument_group("ColBERT model")
-    group.add_argument("--checkpoint", default=None,
-                       help="ColBERT checkpoint folder (its stored config decides the network)")
-    group.add_argument("--pretrained_model_cfg", default=None,
-                       help="BERT backbone: Hugging Face name, local folder or short name (minilm-l6, "
-                            "bert-tiny); default minilm-l6")
-    group.add_argument("--do_lower_case", action="store_const", const=True, default=None,
-                       help="lower-case text before tokenizing (uncased models already do)")
+    group.add_argument(
+        "--checkpoint", default=None, help="ColBERT checkpoint folder (its stored config decides the network)"
+    )
+    group.add_argument(
+        "--pretrained_model_cfg",
+        default=None,
+        help="BERT backbone: Hugging Face name, local folder or short name (minilm-l6, bert-tiny); default minilm-l6",
+    )
+    group.add_argument(
+        "--do_lower_case",
+        action="store_const",
+        const=True,
+        default=None,
+        help="lower-case text before tokenizing (uncased models already do)",
+    )
     group.add_argument("--query_maxlen", type=int, default=None, help="query tokens incl. [MASK] padding (32)")
     group.add_argument("--doc_maxlen", type=int, default=None, help="document tokens at most (180)")
     group.add_argument("--dim", type=int, default=None, help="token vector size after the linear layer (128)")
     group.add_argument("--similarity", choices=SIMILARITIES, default=None, help="MaxSim similarity (cosine)")
-    group.add_argument("--mask-punctuation", "--mask_punctuation", dest="mask_punctuation",
-                       action="store_const", const=True, default=None,
-                       help="drop punctuation tokens from documents (they are encoded but not scored)")
+    group.add_argument(
+        "--mask-punctuation",
+        "--mask_punctuation",
+        dest="mask_punctuation",
+        action="store_const",
+        const=True,
+        default=None,
+        help="drop punctuation tokens from documents (they are encoded but not scored)",
+    )
     add_tuning_params(parser)
 
 
-def colbert_config_from_args(args: argparse.Namespace, stored: ColBERTConfig | None = None,
-                             source: str = "checkpoint") -> ColBERTConfig:
+def colbert_config_from_args(
+    args: argparse.Namespace, stored: ColBERTConfig | None = None, source: str = "checkpoint"
+) -> ColBERTConfig:
     """Build the config from flags, filling unset ones from ``stored`` (or the defaults).
 
     Raises ConfigError naming the flag, its value and the stored value when a typed flag contradicts
@@ -115,13 +140,19 @@ def colbert_config_from_args(args: argparse.Namespace, stored: ColBERTConfig | N
     if stored is not None:
         for name, value in given.items():
             if value != getattr(stored, name):
-                raise ConfigError(f"{COLBERT_FIELDS[name]} is {value!r} but {source} was built with "
-                                  f"{name}={getattr(stored, name)!r}; drop the flag or use another checkpoint")
+                raise ConfigError(
+                    f"{COLBERT_FIELDS[name]} is {value!r} but {source} was built with "
+                    f"{name}={getattr(stored, name)!r}; drop the flag or use another checkpoint"
+                )
     values = {**{f.name: getattr(base, f.name) for f in dataclasses.fields(ColBERTConfig)}, **given}
     # Pooling and projection are DPR's; ColBERT's token vectors come from its own linear layer.
     values["encoder"] = dataclasses.replace(
-        encoder, pooling="cls", projection_dim=0, share_encoder=False,
-        sequence_length=max(values["query_maxlen"], values["doc_maxlen"]))
+        encoder,
+        pooling="cls",
+        projection_dim=0,
+        share_encoder=False,
+        sequence_length=max(values["query_maxlen"], values["doc_maxlen"]),
+    )
     return ColBERTConfig(**values)
 
 
@@ -159,8 +190,10 @@ class ColBERTTrainConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if self.bsize % self.accum:
-            raise ConfigError(f"--bsize {self.bsize} must be divisible by --accum {self.accum} "
-                              f"(each optimizer step splits the batch into --accum parts)")
+            raise ConfigError(
+                f"--bsize {self.bsize} must be divisible by --accum {self.accum} "
+                f"(each optimizer step splits the batch into --accum parts)"
+            )
         if self.lr <= 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
         if self.precision not in PRECISIONS:
@@ -174,38 +207,66 @@ def add_colbert_training_params(parser: argparse.ArgumentParser) -> None:
     """Data and optimisation flags of ``python -m colbert.train`` (ColBERT v1 names where it had them)."""
     d = argparse.Namespace(**{f.name: f.default for f in dataclasses.fields(ColBERTTrainConfig)})
     data = parser.add_argument_group("training data")
-    data.add_argument("--triples", help="triples: TSV 'query<TAB>positive<TAB>negative' or JSONL "
-                                        "'[qid, pid+, pid-]' (then --queries and --collection)")
+    data.add_argument(
+        "--triples",
+        help="triples: TSV 'query<TAB>positive<TAB>negative' or JSONL "
+        "'[qid, pid+, pid-]' (then --queries and --collection)",
+    )
     data.add_argument("--queries", help="queries.tsv (qid<TAB>query) or BEIR queries.jsonl, for JSONL triples")
-    data.add_argument("--collection", help="collection.tsv (pid<TAB>passage[<TAB>title]), a DPR passages TSV "
-                                           "or a BEIR corpus.jsonl, for JSONL triples")
-    data.add_argument("--dpr_train_file", nargs="+", default=[],
-                      help="DPR retriever JSON (e.g. prepare_data.py's NAME-train.json): each question gives "
-                           "--hard_negatives triples (question, first positive, BM25 hard negative)")
-    data.add_argument("--hard_negatives", type=int, default=d.hard_negatives,
-                      help="triples per DPR question (one per hard negative, default 1)")
+    data.add_argument(
+        "--collection",
+        help="collection.tsv (pid<TAB>passage[<TAB>title]), a DPR passages TSV "
+        "or a BEIR corpus.jsonl, for JSONL triples",
+    )
+    data.add_argument(
+        "--dpr_train_file",
+        nargs="+",
+        default=[],
+        help="DPR retriever JSON (e.g. prepare_data.py's NAME-train.json): each question gives "
+        "--hard_negatives triples (question, first positive, BM25 hard negative)",
+    )
+    data.add_argument(
+        "--hard_negatives",
+        type=int,
+        default=d.hard_negatives,
+        help="triples per DPR question (one per hard negative, default 1)",
+    )
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", default=d.output_dir, help="checkpoints go to <output_dir>/colbert-<step>")
     train.add_argument("--bsize", type=int, default=d.bsize, help="triples per optimizer step (32)")
     train.add_argument("--accum", type=int, default=d.accum, help="micro-batches per step (bsize/accum each)")
-    train.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (3e-6 fine-tuning; "
-                                                               "prefix tuning wants ~1e-2)")
+    train.add_argument(
+        "--lr", type=float, default=d.lr, help="AdamW learning rate (3e-6 fine-tuning; prefix tuning wants ~1e-2)"
+    )
     train.add_argument("--maxsteps", type=int, default=d.maxsteps, help="optimizer steps in all")
     train.add_argument("--warmup", type=int, default=d.warmup, help="linear warmup steps, then constant")
     train.add_argument("--max_grad_norm", type=float, default=d.max_grad_norm, help="clip (0 = off)")
-    train.add_argument("--in_batch_negatives", action="store_true",
-                       help="score each query against every passage of the batch, not only its own pair")
+    train.add_argument(
+        "--in_batch_negatives",
+        action="store_true",
+        help="score each query against every passage of the batch, not only its own pair",
+    )
     train.add_argument("--seed", type=int, default=d.seed)
     train.add_argument("--save_every", type=int, default=d.save_every, help="checkpoint every N steps")
-    train.add_argument("--keep_checkpoints", type=int, default=d.keep_checkpoints,
-                       help="most recent checkpoints kept (0 = all)")
+    train.add_argument(
+        "--keep_checkpoints", type=int, default=d.keep_checkpoints, help="most recent checkpoints kept (0 = all)"
+    )
     train.add_argument("--log_every", type=int, default=d.log_every)
-    train.add_argument("--resume", action="store_true",
-                       help="continue from --checkpoint (or the latest in --output_dir) with its optimizer state")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --checkpoint (or the latest in --output_dir) with its optimizer state",
+    )
     train.add_argument("--dropout", type=float, default=None, help="backbone dropout (0.1)")
     hw = parser.add_argument_group("hardware")
-    hw.add_argument("--amp", dest="precision", action="store_const", const="fp16", default="fp32",
-                    help="fp16 autocast with loss scaling (CUDA only)")
+    hw.add_argument(
+        "--amp",
+        dest="precision",
+        action="store_const",
+        const="fp16",
+        default="fp32",
+        help="fp16 autocast with loss scaling (CUDA only)",
+    )
     hw.add_argument("--no_cuda", action="store_true")
 
 

@@ -26,19 +26,20 @@ Ranking = dict[str, list[tuple[str, float]]]
 BLOCK_ELEMENTS = 1 << 25
 
 
-def score_documents(q: torch.Tensor, store: DocStore, rows: np.ndarray, similarity: str,
-                    device: torch.device | str = "cpu") -> np.ndarray:
+def score_documents(
+    q: torch.Tensor, store: DocStore, rows: np.ndarray, similarity: str, device: torch.device | str = "cpu"
+) -> np.ndarray:
     """Exact MaxSim of queries ``(Nq, Lq, dim)`` with the documents at ``rows`` ``(n,)``: ``(Nq, n)`` float32."""
     q = q.to(device=device, dtype=torch.float32)
-    out = np.empty((q.shape[0], len(rows)), dtype=np.float32)                       # (Nq, n)
-    budget = max(1, BLOCK_ELEMENTS // (q.shape[0] * q.shape[1]))                   # tokens per block
-    cumulative = np.cumsum(store.doclens[rows])                                      # (n,)
+    out = np.empty((q.shape[0], len(rows)), dtype=np.float32)  # (Nq, n)
+    budget = max(1, BLOCK_ELEMENTS // (q.shape[0] * q.shape[1]))  # tokens per block
+    cumulative = np.cumsum(store.doclens[rows])  # (n,)
     start = 0
     while start < len(rows):
         done = int(cumulative[start - 1]) if start else 0
         end = max(start + 1, int(np.searchsorted(cumulative, done + budget, side="right")))
-        vectors, lens = store.packed(rows[start:end], device)                        # (t, dim), (b,)
-        out[:, start:end] = maxsim_packed(q, vectors, lens, similarity).cpu().numpy()   # (Nq, b)
+        vectors, lens = store.packed(rows[start:end], device)  # (t, dim), (b,)
+        out[:, start:end] = maxsim_packed(q, vectors, lens, similarity).cpu().numpy()  # (Nq, b)
         start = end
     return out
 
@@ -54,42 +55,70 @@ def _ranked(scores: np.ndarray, rows: np.ndarray, store: DocStore, depth: int) -
     return [(pid, score) for score, pid in pairs[:depth]]
 
 
-def brute_force(q: torch.Tensor, qids: Sequence[str], store: DocStore, depth: int, similarity: str, *,
-                query_batch: int = 16, device: torch.device | str = "cpu", progress: bool = False) -> Ranking:
+def brute_force(
+    q: torch.Tensor,
+    qids: Sequence[str],
+    store: DocStore,
+    depth: int,
+    similarity: str,
+    *,
+    query_batch: int = 16,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> Ranking:
     """Exact MaxSim of every query ``(Nq, Lq, dim)`` with every document; for small corpora."""
     all_rows = np.arange(len(store.pids))
     ranking: Ranking = {}
     for start in tqdm(range(0, len(qids), query_batch), desc="brute-force MaxSim", disable=not progress):
-        scores = score_documents(q[start:start + query_batch], store, all_rows, similarity, device)  # (b, N)
+        scores = score_documents(q[start : start + query_batch], store, all_rows, similarity, device)  # (b, N)
         for offset, row_scores in enumerate(scores):
             ranking[qids[start + offset]] = _ranked(row_scores, all_rows, store, depth)
     return ranking
 
 
-def end_to_end(q: torch.Tensor, qids: Sequence[str], store: DocStore, token_index: TokenIndex, *, depth: int,
-               faiss_depth: int, nprobe: int, similarity: str, device: torch.device | str = "cpu",
-               progress: bool = False) -> Ranking:
+def end_to_end(
+    q: torch.Tensor,
+    qids: Sequence[str],
+    store: DocStore,
+    token_index: TokenIndex,
+    *,
+    depth: int,
+    faiss_depth: int,
+    nprobe: int,
+    similarity: str,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> Ranking:
     """ColBERT's end-to-end retrieval: every query token fetches its ``faiss_depth`` nearest document
     tokens; their documents are scored with exact MaxSim and the best ``depth`` kept."""
     ranking: Ranking = {}
     for i in tqdm(range(len(qids)), desc="end-to-end retrieval", disable=not progress):
-        labels = token_index.search(q[i].numpy(), faiss_depth, nprobe)                 # (Lq, k)
-        rows = np.unique(store.emb2doc[labels[labels >= 0]])                           # (n,) sorted
-        scores = score_documents(q[i:i + 1], store, rows, similarity, device)[0]       # (n,)
+        labels = token_index.search(q[i].numpy(), faiss_depth, nprobe)  # (Lq, k)
+        rows = np.unique(store.emb2doc[labels[labels >= 0]])  # (n,) sorted
+        scores = score_documents(q[i : i + 1], store, rows, similarity, device)[0]  # (n,)
         ranking[qids[i]] = _ranked(scores, rows, store, depth)
     return ranking
 
 
-def rerank(q: torch.Tensor, qids: Sequence[str], candidates: Sequence[Sequence[str]], store: DocStore,
-           similarity: str, *, device: torch.device | str = "cpu", progress: bool = False) -> Ranking:
+def rerank(
+    q: torch.Tensor,
+    qids: Sequence[str],
+    candidates: Sequence[Sequence[str]],
+    store: DocStore,
+    similarity: str,
+    *,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> Ranking:
     """Re-score each query's candidate pids with exact MaxSim and sort them (all candidates are kept)."""
     ranking: Ranking = {}
     for i in tqdm(range(len(qids)), desc="re-ranking", disable=not progress):
         missing = [pid for pid in candidates[i] if pid not in store.row_of]
         if missing:
-            raise DataFormatError(f"query {qids[i]!r}: the run's pids {missing[:5]} are not in the collection "
-                                  f"(or index) being re-ranked")
+            raise DataFormatError(
+                f"query {qids[i]!r}: the run's pids {missing[:5]} are not in the collection (or index) being re-ranked"
+            )
         rows = np.array([store.row_of[pid] for pid in candidates[i]], dtype=np.int64)
-        scores = score_documents(q[i:i + 1], store, rows, similarity, device)[0]
+        scores = score_documents(q[i : i + 1], store, rows, similarity, device)[0]
         ranking[qids[i]] = _ranked(scores, rows, store, len(rows))
     return ranking

@@ -46,8 +46,9 @@ REPORTED = ("MRR@10", "R@50", "R@200", "R@1000", "nDCG@10")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m colbert.retrieve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m colbert.retrieve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_colbert_model_params(parser)
     d = parser.add_argument_group("data")
     d.add_argument("--queries", required=True, help="queries.tsv or BEIR queries.jsonl")
@@ -63,8 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--faiss_depth", type=int, default=1024, help="nearest document tokens per query token")
     r.add_argument("--depth", type=int, default=1000, help="documents ranked per query")
     r.add_argument("--bsize", type=int, default=128, help="queries (or documents) per encoder batch")
-    r.add_argument("--ignore_identical_ids", action="store_true",
-                   help="drop a document whose id equals the query id (BEIR corpora that contain the queries)")
+    r.add_argument(
+        "--ignore_identical_ids",
+        action="store_true",
+        help="drop a document whose id equals the query id (BEIR corpora that contain the queries)",
+    )
     r.add_argument("--amp", dest="precision", action="store_const", const="fp16", default="fp32")
     r.add_argument("--no_cuda", action="store_true")
     r.add_argument("--no_progress", dest="progress", action="store_false")
@@ -95,8 +99,10 @@ def _queries(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, dict[s
     qrels = read_qrels(args.qrels)
     missing = sorted(set(qrels) - set(queries))
     if missing:
-        raise DataFormatError(f"{args.queries}: {len(missing)} queries judged in {args.qrels} have no text "
-                              f"(e.g. {missing[:5]}); are these the matching files?")
+        raise DataFormatError(
+            f"{args.queries}: {len(missing)} queries judged in {args.qrels} have no text "
+            f"(e.g. {missing[:5]}); are these the matching files?"
+        )
     logger.info("%d of %d queries are judged in %s: searching those", len(qrels), len(queries), args.qrels)
     return {qid: queries[qid] for qid in qrels}, qrels
 
@@ -111,8 +117,13 @@ def _model(args: argparse.Namespace, meta: dict[str, Any] | None, index_dir: str
     return model.to(select_device(args.no_cuda, args.precision))
 
 
-def _store_for_rerank(args: argparse.Namespace, model: ColBERT, tokenizer: ColBERTTokenizer,
-                      topk: dict[str, list[str]], dtype: torch.dtype) -> DocStore:
+def _store_for_rerank(
+    args: argparse.Namespace,
+    model: ColBERT,
+    tokenizer: ColBERTTokenizer,
+    topk: dict[str, list[str]],
+    dtype: torch.dtype,
+) -> DocStore:
     """Encode just the documents the run names (ColBERT v1's re-ranking without an index)."""
     wanted = {pid for pids in topk.values() for pid in pids}
     passages = read_collection(args.collection, wanted)
@@ -120,8 +131,14 @@ def _store_for_rerank(args: argparse.Namespace, model: ColBERT, tokenizer: ColBE
     if missing:
         raise DataFormatError(f"{args.topk}: {len(missing)} pids are not in {args.collection} (e.g. {missing[:5]})")
     pids = sorted(passages)
-    vectors, doclens = encode_documents(model, tokenizer, [passages[p] for p in pids], batch_size=args.bsize,
-                                        precision=args.precision, progress=args.progress)
+    vectors, doclens = encode_documents(
+        model,
+        tokenizer,
+        [passages[p] for p in pids],
+        batch_size=args.bsize,
+        precision=args.precision,
+        progress=args.progress,
+    )
     return DocStore.from_arrays(vectors, doclens, pids, dtype)
 
 
@@ -129,8 +146,9 @@ def _search(args: argparse.Namespace, index_dir: str | None, queries: dict[str, 
     meta = read_meta(index_dir) if index_dir else None
     model = _model(args, meta, index_dir)
     encoder = model.config.encoder
-    tokenizer = ColBERTTokenizer.from_config(load_tokenizer(encoder.pretrained_model_cfg, encoder.do_lower_case),
-                                             model.config)
+    tokenizer = ColBERTTokenizer.from_config(
+        load_tokenizer(encoder.pretrained_model_cfg, encoder.do_lower_case), model.config
+    )
     device, similarity = next(model.parameters()).device, model.config.similarity
     # fp16 halves the memory on a GPU; on a CPU fp16 arithmetic is slow, so documents are held as fp32.
     dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -138,20 +156,39 @@ def _search(args: argparse.Namespace, index_dir: str | None, queries: dict[str, 
     qids = [qid for qid in queries if topk is None or qid in topk]
     if topk is not None and len(qids) < len(queries):
         logger.warning("%d queries have no candidates in %s: they get no results", len(queries) - len(qids), args.topk)
-    q = encode_queries(model, tokenizer, [queries[qid] for qid in qids], batch_size=args.bsize,
-                       precision=args.precision, progress=args.progress)                  # (Nq, Lq, dim)
+    q = encode_queries(
+        model,
+        tokenizer,
+        [queries[qid] for qid in qids],
+        batch_size=args.bsize,
+        precision=args.precision,
+        progress=args.progress,
+    )  # (Nq, Lq, dim)
     began = time.perf_counter()
     if topk is not None:
-        store = (load_index(index_dir, False, dtype)[1] if index_dir
-                 else _store_for_rerank(args, model, tokenizer, topk, dtype))
+        store = (
+            load_index(index_dir, False, dtype)[1]
+            if index_dir
+            else _store_for_rerank(args, model, tokenizer, topk, dtype)
+        )
         ranking = rerank(q, qids, [topk[qid] for qid in qids], store, similarity, device=device, progress=args.progress)
     elif args.brute_force:
         store = load_index(index_dir, False, dtype)[1]
         ranking = brute_force(q, qids, store, args.depth, similarity, device=device, progress=args.progress)
     else:
         _, store, token_index = load_index(index_dir, True, dtype)
-        ranking = end_to_end(q, qids, store, token_index, depth=args.depth, faiss_depth=args.faiss_depth,
-                             nprobe=args.nprobe, similarity=similarity, device=device, progress=args.progress)
+        ranking = end_to_end(
+            q,
+            qids,
+            store,
+            token_index,
+            depth=args.depth,
+            faiss_depth=args.faiss_depth,
+            nprobe=args.nprobe,
+            similarity=similarity,
+            device=device,
+            progress=args.progress,
+        )
     seconds = time.perf_counter() - began
     print(f"ranked {len(ranking)} queries in {seconds:.2f} s ({len(ranking) / max(seconds, 1e-9):.1f} queries/s)")
     return ranking
@@ -172,12 +209,17 @@ def main(argv: list[str] | None = None) -> int:
     ranking = _search(args, index_dir, queries)
     os.makedirs(args.output_dir, exist_ok=True)
     write_ranking_tsv(ranking, os.path.join(args.output_dir, "ranking.tsv"))
-    write_trec_run({qid: dict(rows) for qid, rows in ranking.items()}, os.path.join(args.output_dir, "ranking.trec"),
-                   tag="colbert")
-    record: dict[str, Any] = {"queries": len(ranking), "mode": "rerank" if args.topk else
-                              ("brute_force" if args.brute_force else "end_to_end"),
-                              "index": index_dir, "depth": args.depth, "faiss_depth": args.faiss_depth,
-                              "nprobe": args.nprobe}
+    write_trec_run(
+        {qid: dict(rows) for qid, rows in ranking.items()}, os.path.join(args.output_dir, "ranking.trec"), tag="colbert"
+    )
+    record: dict[str, Any] = {
+        "queries": len(ranking),
+        "mode": "rerank" if args.topk else ("brute_force" if args.brute_force else "end_to_end"),
+        "index": index_dir,
+        "depth": args.depth,
+        "faiss_depth": args.faiss_depth,
+        "nprobe": args.nprobe,
+    }
     if qrels is not None:
         record["metrics"] = _evaluate(args, ranking, qrels)
     with atomic_file(os.path.join(args.output_dir, "metrics.json")) as handle:

@@ -17,7 +17,7 @@ from dpr.evaluation.metrics import read_qrels_tsv
 
 logger = logging.getLogger(__name__)
 
-Ranking = Mapping[str, Sequence[tuple[str, float]]]   # qid -> [(pid, score)], best first
+Ranking = Mapping[str, Sequence[tuple[str, float]]]  # qid -> [(pid, score)], best first
 
 
 def write_ranking_tsv(ranking: Ranking, path: str) -> int:
@@ -38,15 +38,17 @@ def _is_int(text: str) -> bool:
 
 def _run_row(cells: list[str], path: str, line_no: int) -> tuple[str, str]:
     """``(qid, pid)`` of one line of a TREC run, a ranking.tsv or a top1000 TSV."""
-    if len(cells) == 6 and _is_int(cells[3]):                       # qid Q0 pid rank score tag
+    if len(cells) == 6 and _is_int(cells[3]):  # qid Q0 pid rank score tag
         return cells[0], cells[2]
-    if len(cells) in (3, 4) and _is_int(cells[2]):                  # qid pid rank [score]
+    if len(cells) in (3, 4) and _is_int(cells[2]):  # qid pid rank [score]
         return cells[0], cells[1]
-    if len(cells) == 4:                                             # qid pid query passage
+    if len(cells) == 4:  # qid pid query passage
         return cells[0], cells[1]
-    raise DataFormatError(f"{path}:{line_no}: expected a TREC run line (qid Q0 pid rank score tag), "
-                          f"'qid<TAB>pid<TAB>rank[<TAB>score]' or 'qid<TAB>pid<TAB>query<TAB>passage', "
-                          f"found {len(cells)} columns")
+    raise DataFormatError(
+        f"{path}:{line_no}: expected a TREC run line (qid Q0 pid rank score tag), "
+        f"'qid<TAB>pid<TAB>rank[<TAB>score]' or 'qid<TAB>pid<TAB>query<TAB>passage', "
+        f"found {len(cells)} columns"
+    )
 
 
 def read_topk(path: str) -> dict[str, list[str]]:

@@ -30,18 +30,18 @@ def _check(q: Tensor, d: Tensor, d_mask: Tensor, similarity: str) -> None:
 
 def _token_sims(q: Tensor, d: Tensor, similarity: str) -> Tensor:
     """Token similarities ``(..., Lq, dim) x (..., Ld, dim) -> (..., Lq, Ld)`` (broadcasting leading dims)."""
-    dots = q @ d.transpose(-1, -2)                                        # (..., Lq, Ld)
+    dots = q @ d.transpose(-1, -2)  # (..., Lq, Ld)
     if similarity == "cosine":
         return dots
-    q_sq = (q * q).sum(-1).unsqueeze(-1)                                  # (..., Lq, 1)
-    d_sq = (d * d).sum(-1).unsqueeze(-2)                                  # (..., 1, Ld)
-    return -(q_sq + d_sq - 2.0 * dots).clamp(min=0.0)                     # (..., Lq, Ld)
+    q_sq = (q * q).sum(-1).unsqueeze(-1)  # (..., Lq, 1)
+    d_sq = (d * d).sum(-1).unsqueeze(-2)  # (..., 1, Ld)
+    return -(q_sq + d_sq - 2.0 * dots).clamp(min=0.0)  # (..., Lq, Ld)
 
 
 def _reduce(sims: Tensor, d_mask: Tensor) -> Tensor:
     """Max over unmasked document tokens, sum over query tokens: ``(..., Lq, Ld) -> (...)``."""
-    sims = sims.masked_fill(~d_mask.unsqueeze(-2), float("-inf"))         # (..., Lq, Ld)
-    return sims.amax(dim=-1).sum(dim=-1)                                  # (...)
+    sims = sims.masked_fill(~d_mask.unsqueeze(-2), float("-inf"))  # (..., Lq, Ld)
+    return sims.amax(dim=-1).sum(dim=-1)  # (...)
 
 
 def maxsim(q: Tensor, d: Tensor, d_mask: Tensor, similarity: str = "cosine") -> Tensor:
@@ -49,7 +49,7 @@ def maxsim(q: Tensor, d: Tensor, d_mask: Tensor, similarity: str = "cosine") -> 
     _check(q, d, d_mask, similarity)
     if q.shape[0] != d.shape[0]:
         raise ValueError(f"maxsim pairs queries with documents: {q.shape[0]} queries, {d.shape[0]} documents")
-    return _reduce(_token_sims(q, d, similarity), d_mask.bool())          # (B,)
+    return _reduce(_token_sims(q, d, similarity), d_mask.bool())  # (B,)
 
 
 def maxsim_all(q: Tensor, d: Tensor, d_mask: Tensor, similarity: str = "cosine") -> Tensor:
@@ -58,8 +58,8 @@ def maxsim_all(q: Tensor, d: Tensor, d_mask: Tensor, similarity: str = "cosine")
     Memory is ``Nq * Nd * Lq * Ld`` floats: callers chunk large inputs.
     """
     _check(q, d, d_mask, similarity)
-    sims = _token_sims(q.unsqueeze(1), d.unsqueeze(0), similarity)       # (Nq, Nd, Lq, Ld)
-    return _reduce(sims, d_mask.bool().unsqueeze(0))                      # (Nq, Nd)
+    sims = _token_sims(q.unsqueeze(1), d.unsqueeze(0), similarity)  # (Nq, Nd, Lq, Ld)
+    return _reduce(sims, d_mask.bool().unsqueeze(0))  # (Nq, Nd)
 
 
 def maxsim_packed(q: Tensor, d: Tensor, doclens: Tensor, similarity: str = "cosine") -> Tensor:
@@ -76,6 +76,6 @@ def maxsim_packed(q: Tensor, d: Tensor, doclens: Tensor, similarity: str = "cosi
     if doclens.dim() != 1 or int(doclens.sum()) != d.shape[0] or bool((doclens < 1).any()):
         raise ValueError(f"doclens must be >= 1 and add up to the {d.shape[0]} document vectors")
     n_queries, query_len = q.shape[0], q.shape[1]
-    sims = _token_sims(d, q.reshape(-1, q.shape[-1]), similarity)        # (sum(doclens), Nq*Lq)
-    best = torch.segment_reduce(sims, "max", lengths=doclens.to(sims.device), axis=0)   # (Nd, Nq*Lq)
-    return best.view(-1, n_queries, query_len).sum(dim=-1).T             # (Nq, Nd)
+    sims = _token_sims(d, q.reshape(-1, q.shape[-1]), similarity)  # (sum(doclens), Nq*Lq)
+    best = torch.segment_reduce(sims, "max", lengths=doclens.to(sims.device), axis=0)  # (Nd, Nq*Lq)
+    return best.view(-1, n_queries, query_len).sum(dim=-1).T  # (Nq, Nd)

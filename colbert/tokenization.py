@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from colbert.options import ColBERTConfig
-from dpr.options import ConfigError
 from dpr.data.readers import Passage
+from dpr.options import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +48,10 @@ def punctuation_ids(tokenizer: Any) -> frozenset[int]:
 def _token_id(tokenizer: Any, token: str, what: str) -> int:
     token_id = tokenizer.convert_tokens_to_ids(token)
     if token_id is None or token_id == tokenizer.unk_token_id:
-        raise ConfigError(f"the tokenizer has no {token} token for {what}; ColBERT needs a BERT vocabulary "
-                         f"with [unused0] and [unused1]")
+        raise ConfigError(
+            f"the tokenizer has no {token} token for {what}; ColBERT needs a BERT vocabulary "
+            f"with [unused0] and [unused1]"
+        )
     return int(token_id)
 
 
@@ -73,8 +75,14 @@ class ColBERTTokenizer:
         return cls(tokenizer, config.query_maxlen, config.doc_maxlen, config.mask_punctuation)
 
     def _pieces(self, texts: list[str], max_pieces: int) -> list[list[int]]:
-        encoded = self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_pieces,
-                                 return_attention_mask=False, return_token_type_ids=False)
+        encoded = self.tokenizer(
+            texts,
+            add_special_tokens=False,
+            truncation=True,
+            max_length=max_pieces,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
         return [list(ids) for ids in encoded["input_ids"]]
 
     def queries(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -85,12 +93,12 @@ class ColBERTTokenizer:
         if not texts:
             raise ValueError("queries: no texts given")
         pieces = self._pieces(list(texts), self.query_maxlen - _SPECIALS)
-        ids = torch.full((len(pieces), self.query_maxlen), self.mask_id, dtype=torch.long)   # (B, Lq)
-        mask = torch.zeros_like(ids)                                                         # (B, Lq)
+        ids = torch.full((len(pieces), self.query_maxlen), self.mask_id, dtype=torch.long)  # (B, Lq)
+        mask = torch.zeros_like(ids)  # (B, Lq)
         for row, word_ids in enumerate(pieces):
             tokens = [self.cls_id, self.q_marker, *word_ids, self.sep_id]
-            ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            mask[row, :len(tokens)] = 1
+            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, : len(tokens)] = 1
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
 
     def docs(self, passages: Sequence[Passage]) -> dict[str, torch.Tensor]:
@@ -102,15 +110,19 @@ class ColBERTTokenizer:
             raise ValueError("docs: no passages given")
         pieces = self._pieces([doc_text(p) for p in passages], self.doc_maxlen - _SPECIALS)
         width = max(len(p) for p in pieces) + _SPECIALS
-        ids = torch.full((len(pieces), width), self.pad_id, dtype=torch.long)               # (B, T)
-        mask = torch.zeros_like(ids)                                                         # (B, T)
+        ids = torch.full((len(pieces), width), self.pad_id, dtype=torch.long)  # (B, T)
+        mask = torch.zeros_like(ids)  # (B, T)
         for row, word_ids in enumerate(pieces):
             tokens = [self.cls_id, self.d_marker, *word_ids, self.sep_id]
-            ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            mask[row, :len(tokens)] = 1
-        score_mask = mask.bool()                                                             # (B, T)
+            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, : len(tokens)] = 1
+        score_mask = mask.bool()  # (B, T)
         if self.skiplist:
             skip = torch.tensor(sorted(self.skiplist), dtype=torch.long)
             score_mask &= ~torch.isin(ids, skip)
-        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids),
-                "score_mask": score_mask}
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "token_type_ids": torch.zeros_like(ids),
+            "score_mask": score_mask,
+        }

@@ -25,8 +25,13 @@ from colbert.checkpoint import latest_checkpoint, load_colbert, load_training_st
 from colbert.data import Triple, read_triples, triples_from_dpr
 from colbert.encoding import select_device
 from colbert.model import ColBERT, build_colbert
-from colbert.options import (ColBERTTrainConfig, add_colbert_model_params, add_colbert_training_params,
-                             colbert_config_from_args, train_config_from_args)
+from colbert.options import (
+    ColBERTTrainConfig,
+    add_colbert_model_params,
+    add_colbert_training_params,
+    colbert_config_from_args,
+    train_config_from_args,
+)
 from colbert.tokenization import ColBERTTokenizer
 from colbert.training import ColBERTTrainer
 from dpr.cli import run_cli, setup_logging
@@ -39,8 +44,9 @@ logger = logging.getLogger("colbert.train")  # not __name__: under `python -m` t
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m colbert.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m colbert.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_colbert_model_params(parser)
     add_colbert_training_params(parser)
     parser.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bar")
@@ -65,8 +71,10 @@ def load_model(args: argparse.Namespace, cfg: ColBERTTrainConfig) -> tuple[ColBE
         if source is None:
             logger.warning("--resume: no colbert-<step> checkpoint in %s yet, starting a new run", cfg.output_dir)
     elif existing is not None:
-        raise ConfigError(f"--output_dir {cfg.output_dir} already holds {existing}; pass --resume to continue "
-                          f"that run or choose another --output_dir")
+        raise ConfigError(
+            f"--output_dir {cfg.output_dir} already holds {existing}; pass --resume to continue "
+            f"that run or choose another --output_dir"
+        )
     else:
         source = args.checkpoint
     if source is None:
@@ -91,14 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = train_config_from_args(args)
     device = select_device(args.no_cuda, cfg.precision)
-    torch.manual_seed(cfg.seed)          # the linear layer's and the prefix's initialisation
+    torch.manual_seed(cfg.seed)  # the linear layer's and the prefix's initialisation
     model, start, state = load_model(args, cfg)
     logger.info("ColBERT config: %s", json.dumps(model.config.to_dict(), sort_keys=True))
     logger.info("training config: %s", json.dumps(cfg.to_dict(), sort_keys=True))
     logger.info("%s", trainable_report(model))
     base = load_tokenizer(model.config.encoder.pretrained_model_cfg, model.config.encoder.do_lower_case)
     tokenizer = ColBERTTokenizer.from_config(base, model.config)
-    triples = load_triples(cfg)          # the whole file is checked here, before the first step
+    triples = load_triples(cfg)  # the whole file is checked here, before the first step
     trainer = ColBERTTrainer(cfg, model, tokenizer, triples, device, start, state)
     last = trainer.run(progress=args.progress)
     print(f"last checkpoint: {last} (step {trainer.step}); {trainable_report(model)}")

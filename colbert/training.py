@@ -39,40 +39,59 @@ def batch_indices(step: int, bsize: int, count: int, seed: int) -> list[int]:
         epoch, offset = divmod(position, count)
         perm = np.random.default_rng([seed, epoch]).permutation(count)
         take = min(bsize - len(indices), count - offset)
-        indices.extend(perm[offset:offset + take].tolist())
+        indices.extend(perm[offset : offset + take].tolist())
         position += take
     return indices
 
 
-def batch_loss(model: ColBERT, tokenizer: ColBERTTokenizer, triples: Sequence[Triple], *,
-               in_batch_negatives: bool = False, device: torch.device | str = "cpu") -> torch.Tensor:
+def batch_loss(
+    model: ColBERT,
+    tokenizer: ColBERTTokenizer,
+    triples: Sequence[Triple],
+    *,
+    in_batch_negatives: bool = False,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """The training loss ``()`` of a list of triples (no backward; the caller sets modes and autocast)."""
-    queries = tokenizer.queries([t.query for t in triples])                                # (B, Lq) each
+    queries = tokenizer.queries([t.query for t in triples])  # (B, Lq) each
     docs = tokenizer.docs([t.positive for t in triples] + [t.negative for t in triples])  # (2B, Ld) each
-    q, d = model(queries["input_ids"].to(device), queries["attention_mask"].to(device),
-                 docs["input_ids"].to(device), docs["attention_mask"].to(device))          # (B, Lq, dim), (2B, Ld, dim)
-    q, d, mask = q.float(), d.float(), docs["score_mask"].to(device)                       # MaxSim in fp32
+    q, d = model(
+        queries["input_ids"].to(device),
+        queries["attention_mask"].to(device),
+        docs["input_ids"].to(device),
+        docs["attention_mask"].to(device),
+    )  # (B, Lq, dim), (2B, Ld, dim)
+    q, d, mask = q.float(), d.float(), docs["score_mask"].to(device)  # MaxSim in fp32
     if in_batch_negatives:
-        return in_batch_loss(maxsim_all(q, d, mask, model.config.similarity))              # (B, 2B) -> ()
+        return in_batch_loss(maxsim_all(q, d, mask, model.config.similarity))  # (B, 2B) -> ()
     batch = len(triples)
-    positive = maxsim(q, d[:batch], mask[:batch], model.config.similarity)                 # (B,)
-    negative = maxsim(q, d[batch:], mask[batch:], model.config.similarity)                 # (B,)
+    positive = maxsim(q, d[:batch], mask[:batch], model.config.similarity)  # (B,)
+    negative = maxsim(q, d[batch:], mask[batch:], model.config.similarity)  # (B,)
     return pairwise_softmax_loss(positive, negative)
 
 
 def _warmup_factor(warmup: int) -> Callable[[int], float]:
     """LambdaLR factor: linear warmup over ``warmup`` steps, then constant (ColBERT v1 keeps the rate fixed)."""
+
     def factor(step: int) -> float:
         return min(1.0, (step + 1) / (warmup + 1)) if warmup else 1.0
+
     return factor
 
 
 class ColBERTTrainer:
     """Trains a ColBERT on triples; ``run`` returns the path of the last checkpoint written."""
 
-    def __init__(self, cfg: ColBERTTrainConfig, model: ColBERT, tokenizer: ColBERTTokenizer,
-                 triples: Sequence[Triple], device: torch.device, start_step: int = 0,
-                 training_state: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ColBERTTrainConfig,
+        model: ColBERT,
+        tokenizer: ColBERTTokenizer,
+        triples: Sequence[Triple],
+        device: torch.device,
+        start_step: int = 0,
+        training_state: dict[str, Any] | None = None,
+    ) -> None:
         if not triples:
             raise ValueError("no training triples")
         self.cfg, self.tokenizer, self.triples, self.device = cfg, tokenizer, triples, device
@@ -81,7 +100,7 @@ class ColBERTTrainer:
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, eps=1e-8, weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_factor(cfg.warmup))
         self.scaler = make_grad_scaler(cfg.precision, device)
-        self.amp = autocast(device, cfg.precision)           # built once, entered per micro-batch
+        self.amp = autocast(device, cfg.precision)  # built once, entered per micro-batch
         if training_state is not None:
             self.optimizer.load_state_dict(training_state["optimizer"])
             self.scheduler.load_state_dict(training_state["scheduler"])
@@ -100,8 +119,13 @@ class ColBERTTrainer:
         total = 0.0
         for start in range(0, cfg.bsize, part):
             with self.amp:
-                loss = batch_loss(self.model, self.tokenizer, chosen[start:start + part],
-                                  in_batch_negatives=cfg.in_batch_negatives, device=self.device)
+                loss = batch_loss(
+                    self.model,
+                    self.tokenizer,
+                    chosen[start : start + part],
+                    in_batch_negatives=cfg.in_batch_negatives,
+                    device=self.device,
+                )
             self.scaler.scale(loss / cfg.accum).backward()
             total += float(loss.detach()) / cfg.accum
         self.scaler.unscale_(self.optimizer)
@@ -115,10 +139,18 @@ class ColBERTTrainer:
         return total
 
     def save(self) -> str:
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "scaler": self.scaler.state_dict()}
-        path = save_colbert(checkpoint_path(self.cfg.output_dir, self.step), self.model, step=self.step,
-                            training=self.cfg.to_dict(), state=state)
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+        path = save_colbert(
+            checkpoint_path(self.cfg.output_dir, self.step),
+            self.model,
+            step=self.step,
+            training=self.cfg.to_dict(),
+            state=state,
+        )
         prune_checkpoints(self.cfg.output_dir, self.cfg.keep_checkpoints)
         return path
 
@@ -126,8 +158,14 @@ class ColBERTTrainer:
         """Train up to ``maxsteps`` optimizer steps, saving every ``save_every`` and at the end."""
         cfg = self.cfg
         last = None
-        bar = tqdm(total=cfg.maxsteps, initial=self.step, desc="training", unit="step", disable=not progress,
-                   mininterval=0.1 if sys.stderr.isatty() else 30.0)
+        bar = tqdm(
+            total=cfg.maxsteps,
+            initial=self.step,
+            desc="training",
+            unit="step",
+            disable=not progress,
+            mininterval=0.1 if sys.stderr.isatty() else 30.0,
+        )
         started, first = time.perf_counter(), self.step
         while self.step < cfg.maxsteps:
             loss = self.train_step()
@@ -136,9 +174,16 @@ class ColBERTTrainer:
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
             if self.step % cfg.log_every == 0 or self.step == cfg.maxsteps:
                 rate = (self.step - first) * cfg.bsize / (time.perf_counter() - started)
-                logger.info("step %d/%d: loss %.4f (mean of last %d %.4f), lr %.3g, %.1f triples/s", self.step,
-                            cfg.maxsteps, loss, len(self.losses), sum(self.losses) / len(self.losses),
-                            self.scheduler.get_last_lr()[0], rate)
+                logger.info(
+                    "step %d/%d: loss %.4f (mean of last %d %.4f), lr %.3g, %.1f triples/s",
+                    self.step,
+                    cfg.maxsteps,
+                    loss,
+                    len(self.losses),
+                    sum(self.losses) / len(self.losses),
+                    self.scheduler.get_last_lr()[0],
+                    rate,
+                )
             if self.step % cfg.save_every == 0 or self.step == cfg.maxsteps:
                 last = self.save()
         bar.close()

@@ -23,8 +23,9 @@ logger = logging.getLogger("colbert.triples")  # not __name__: under `python -m`
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m colbert.triples", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m colbert.triples", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dpr_file", nargs="+", required=True, help="DPR JSON/JSONL files or glob patterns")
     parser.add_argument("--hard_negatives", type=int, default=1, help="triples per question (default 1)")
     parser.add_argument("--out", required=True, help="triples TSV to write")

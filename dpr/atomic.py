@@ -44,7 +44,7 @@ _STARTED = time.time()
 # errnos that mean "the output could not be written" whatever file raised them
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
 
-_RANDOM = r"[a-z0-9_]{8}"                   # tempfile's random part (tempfile._RandomNameSequence)
+_RANDOM = r"[a-z0-9_]{8}"  # tempfile's random part (tempfile._RandomNameSequence)
 _ORPHAN = re.compile(rf"^\.(?P<name>.+)\.(?:(?P<tmp>{_RANDOM})\.tmp|old-(?P<old>{_RANDOM}))$")
 
 
@@ -77,8 +77,7 @@ def _write_error(path: str, kind: str, err: OSError, tmp: str | None) -> OutputW
     else:
         left = f"nothing partial was left (the temporary {kind} was removed)"
     unchanged = f"; the previous {path} is unchanged" if os.path.lexists(path) else ""
-    return OutputWriteError(err.errno, f"could not write the {kind} {path}: {_reason(err)}; {left}{unchanged}",
-                            path)
+    return OutputWriteError(err.errno, f"could not write the {kind} {path}: {_reason(err)}; {left}{unchanged}", path)
 
 
 def _is_write_error(err: BaseException, tmp: str, path: str) -> bool:
@@ -100,7 +99,7 @@ def _try_lock(fd: int) -> bool | None:
         return True
     except BlockingIOError:
         return False
-    except OSError:                          # e.g. ENOLCK on a file system without locks
+    except OSError:  # e.g. ENOLCK on a file system without locks
         return None
 
 
@@ -133,18 +132,18 @@ def _clean_one(parent: str, entry: str, match: re.Match) -> str | None:
     path, target = os.path.join(parent, entry), os.path.join(parent, match["name"])
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:                          # gone meanwhile, or not ours to read: leave it
+    except OSError:  # gone meanwhile, or not ours to read: leave it
         return None
     try:
         if not _orphan_is_dead(path, fd):
             return None
         if match["old"] is not None and not os.path.lexists(target):
             try:
-                os.rename(path, target)      # the previous good version, moved aside by a killed swap
+                os.rename(path, target)  # the previous good version, moved aside by a killed swap
                 logger.warning("restored %s from %s, left by an interrupted write", target, path)
                 return target
             except OSError:
-                pass                         # the target appeared meanwhile: this copy is stale
+                pass  # the target appeared meanwhile: this copy is stale
         _remove(path)
         logger.info("removed %s, left by an interrupted write", path)
         return path
@@ -164,8 +163,11 @@ def remove_orphans(directory: str | os.PathLike, name: str | None = None) -> lis
         entries = os.listdir(directory)
     except FileNotFoundError:
         return []
-    matches = [(entry, m) for entry in entries
-               if (m := _ORPHAN.match(entry)) is not None and (name is None or m["name"] == name)]
+    matches = [
+        (entry, m)
+        for entry in entries
+        if (m := _ORPHAN.match(entry)) is not None and (name is None or m["name"] == name)
+    ]
     # newest first: of several .old-* copies of a missing target, the latest is the one put back
     matches.sort(key=lambda pair: _mtime(os.path.join(directory, pair[0])), reverse=True)
     done = []
@@ -210,7 +212,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     except OSError as err:
         raise _write_error(path, "file", err, None) from err
     try:
-        _lock(fd)                            # held until the rename: see remove_orphans
+        _lock(fd)  # held until the rename: see remove_orphans
         kwargs = {"encoding": encoding} if "b" not in mode else {}
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
@@ -295,7 +297,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[str]:
     except OSError as err:
         raise _write_error(path, "folder", err, None) from err
     try:
-        _lock(fd)                            # held until the swap: see remove_orphans
+        _lock(fd)  # held until the swap: see remove_orphans
         os.chmod(tmp, _default_mode(directory=True))
         yield tmp
         _widen_modes(tmp)

@@ -15,8 +15,12 @@ USER_ERRORS = (UserError, FileNotFoundError)
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     # transformers' load reports list the MLM head weights a BertModel does not use: expected, not news.
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

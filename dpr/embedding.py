@@ -16,8 +16,15 @@ from dataclasses import dataclass
 
 from dpr.data.corpus import iter_unique_passages, read_corpus, read_passage_range, resolve_corpus_path
 from dpr.data.readers import DataFormatError, Passage
-from dpr.embeddings_io import (RowDigest, ShardHeader, encoder_digest, passages_digest, shard_path, shard_range,
-                               write_shard)
+from dpr.embeddings_io import (
+    RowDigest,
+    ShardHeader,
+    encoder_digest,
+    passages_digest,
+    shard_path,
+    shard_range,
+    write_shard,
+)
 from dpr.encoding import encode_texts
 from dpr.models.serialization import backbone_fingerprint
 from dpr.options import ConfigError
@@ -30,11 +37,11 @@ logger = logging.getLogger(__name__)
 class EmbedConfig:
     """How passages are encoded and stored (generate_embeddings.py's embedding flags)."""
 
-    batch_size: int = 128                # passages per forward pass
-    max_passages: int | None = None      # only the first N passages of the file (quick runs)
-    fp16_storage: bool = False           # store vectors as float16 (half the disk)
-    insert_title: bool | None = None     # None: as the checkpoint was trained (True for the base model)
-    progress: bool = False               # tqdm bar while encoding
+    batch_size: int = 128  # passages per forward pass
+    max_passages: int | None = None  # only the first N passages of the file (quick runs)
+    fp16_storage: bool = False  # store vectors as float16 (half the disk)
+    insert_title: bool | None = None  # None: as the checkpoint was trained (True for the base model)
+    progress: bool = False  # tqdm bar while encoding
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -76,7 +83,7 @@ def _count_and_digest(ctx_file: str, limit: int | None) -> tuple[int, str]:
 
 def _whole_corpus(ctx_file: str, limit: int | None) -> ShardRows:
     ids, passages = read_corpus(ctx_file, limit)
-    digest = passages_digest(ids, passages)               # the shard is the whole corpus
+    digest = passages_digest(ids, passages)  # the shard is the whole corpus
     return ShardRows(ids, passages, 0, len(ids), len(ids), digest, digest)
 
 
@@ -86,16 +93,36 @@ def _shard_rows(ctx_file: str, total: int, corpus_digest: str, shard_id: int, nu
     return ShardRows(ids, passages, start, end, total, corpus_digest, passages_digest(ids, passages))
 
 
-def _shard_header(loaded: InferenceModel, rows: ShardRows, dim: int, ctx_file: str, cfg: EmbedConfig,
-                  insert_title: bool, shard_id: int, num_shards: int) -> ShardHeader:
+def _shard_header(
+    loaded: InferenceModel,
+    rows: ShardRows,
+    dim: int,
+    ctx_file: str,
+    cfg: EmbedConfig,
+    insert_title: bool,
+    shard_id: int,
+    num_shards: int,
+) -> ShardHeader:
     model = loaded.model
     # The passage side's own config: with --tune_side question it is the base model's, so indexes match.
-    return ShardHeader(encoder=model.config.passage_config().to_dict(), backbone=backbone_fingerprint(model.backbone),
-                       encoder_digest=encoder_digest(model.ctx_encoder), checkpoint=loaded.checkpoint, dim=dim,
-                       count=len(rows.ids), dtype="float16" if cfg.fp16_storage else "float32",
-                       shard_id=shard_id, num_shards=num_shards, start=rows.start, end=rows.end,
-                       total_passages=rows.total, ctx_file=os.path.abspath(ctx_file), insert_title=insert_title,
-                       corpus_digest=rows.corpus_digest, passages_digest=rows.passages_digest)
+    return ShardHeader(
+        encoder=model.config.passage_config().to_dict(),
+        backbone=backbone_fingerprint(model.backbone),
+        encoder_digest=encoder_digest(model.ctx_encoder),
+        checkpoint=loaded.checkpoint,
+        dim=dim,
+        count=len(rows.ids),
+        dtype="float16" if cfg.fp16_storage else "float32",
+        shard_id=shard_id,
+        num_shards=num_shards,
+        start=rows.start,
+        end=rows.end,
+        total_passages=rows.total,
+        ctx_file=os.path.abspath(ctx_file),
+        insert_title=insert_title,
+        corpus_digest=rows.corpus_digest,
+        passages_digest=rows.passages_digest,
+    )
 
 
 def check_shard_ids(shard_ids: Sequence[int], num_shards: int) -> None:
@@ -107,25 +134,54 @@ def check_shard_ids(shard_ids: Sequence[int], num_shards: int) -> None:
         raise ConfigError(f"--num_shards must be >= 1, found {num_shards}")
 
 
-def _encode_shard(loaded: InferenceModel, rows: ShardRows, ctx_file: str, out_file: str, cfg: EmbedConfig,
-                  shard_id: int, num_shards: int) -> EmbeddedShard:
+def _encode_shard(
+    loaded: InferenceModel,
+    rows: ShardRows,
+    ctx_file: str,
+    out_file: str,
+    cfg: EmbedConfig,
+    shard_id: int,
+    num_shards: int,
+) -> EmbeddedShard:
     model = loaded.model
     insert_title = cfg.insert_title if cfg.insert_title is not None else loaded.training.get("insert_title", True)
-    logger.info("shard %d of %d: passages %d..%d of %d from %s", shard_id, num_shards, rows.start, rows.end - 1,
-                rows.total, ctx_file)
+    logger.info(
+        "shard %d of %d: passages %d..%d of %d from %s",
+        shard_id,
+        num_shards,
+        rows.start,
+        rows.end - 1,
+        rows.total,
+        ctx_file,
+    )
     began = time.perf_counter()
-    vectors = encode_texts(model, loaded.tokenizer, rows.passages, "passage",
-                           max_length=model.config.sequence_length, batch_size=cfg.batch_size,
-                           device=loaded.device, precision=loaded.precision, insert_title=insert_title,
-                           progress=cfg.progress)                                              # (n, D)
+    vectors = encode_texts(
+        model,
+        loaded.tokenizer,
+        rows.passages,
+        "passage",
+        max_length=model.config.sequence_length,
+        batch_size=cfg.batch_size,
+        device=loaded.device,
+        precision=loaded.precision,
+        insert_title=insert_title,
+        progress=cfg.progress,
+    )  # (n, D)
     seconds = time.perf_counter() - began
     header = _shard_header(loaded, rows, int(vectors.shape[1]), ctx_file, cfg, insert_title, shard_id, num_shards)
     path = write_shard(shard_path(out_file, shard_id), vectors, rows.ids, header)
     return EmbeddedShard(path, header, seconds)
 
 
-def embed_corpus(loaded: InferenceModel, ctx_file: str, out_file: str, cfg: EmbedConfig = EmbedConfig(), *,
-                 shard_ids: Sequence[int] | None = None, num_shards: int = 1) -> list[EmbeddedShard]:
+def embed_corpus(
+    loaded: InferenceModel,
+    ctx_file: str,
+    out_file: str,
+    cfg: EmbedConfig = EmbedConfig(),
+    *,
+    shard_ids: Sequence[int] | None = None,
+    num_shards: int = 1,
+) -> list[EmbeddedShard]:
     """Encode shards ``shard_ids`` (default: all) of ``num_shards`` of the corpus ``ctx_file`` with ``loaded``.
 
     ``ctx_file``: DPR passages TSV (gzip ok) or BEIR corpus.jsonl (or its folder). Shard ``i`` is written
@@ -142,5 +198,15 @@ def embed_corpus(loaded: InferenceModel, ctx_file: str, out_file: str, cfg: Embe
         raise DataFormatError(f"{ctx_file}: no passages found (empty corpus)")
     if num_shards > total:
         raise ConfigError(f"--num_shards {num_shards} exceeds the {total} passages of {ctx_file}")
-    return [_encode_shard(loaded, _shard_rows(ctx_file, total, corpus_digest, shard_id, num_shards), ctx_file,
-                          out_file, cfg, shard_id, num_shards) for shard_id in shard_ids]
+    return [
+        _encode_shard(
+            loaded,
+            _shard_rows(ctx_file, total, corpus_digest, shard_id, num_shards),
+            ctx_file,
+            out_file,
+            cfg,
+            shard_id,
+            num_shards,
+        )
+        for shard_id in shard_ids
+    ]

@@ -124,7 +124,7 @@ class RowDigest:
         self.count = 0
 
     def update(self, passage_id: str, passage: Passage) -> None:
-        row = json.dumps([passage_id, passage.title, passage.text], ensure_ascii=False)   # unambiguous
+        row = json.dumps([passage_id, passage.title, passage.text], ensure_ascii=False)  # unambiguous
         self._sha.update(row.encode("utf-8") + b"\n")
         self.count += 1
 
@@ -147,10 +147,13 @@ def passage_identity(model: Any) -> tuple[dict[str, Any], dict[str, Any], str]:
     The passage side's config (``EncoderConfig.passage_config``) is the base model's for a
     question-side checkpoint, so an index built before training matches it.
     """
-    from dpr.models.serialization import backbone_fingerprint   # models import nothing from here
+    from dpr.models.serialization import backbone_fingerprint  # models import nothing from here
 
-    return (model.config.passage_config().to_dict(), backbone_fingerprint(model.backbone),
-            encoder_digest(model.ctx_encoder))
+    return (
+        model.config.passage_config().to_dict(),
+        backbone_fingerprint(model.backbone),
+        encoder_digest(model.ctx_encoder),
+    )
 
 
 def shard_path(out_file: str, shard_id: int) -> str:
@@ -162,11 +165,12 @@ def write_shard(path: str, vectors: np.ndarray, ids: Sequence[str], header: Shar
     if header.dtype not in STORAGE_DTYPES:
         raise ValueError(f"storage dtype must be one of {STORAGE_DTYPES}, found {header.dtype!r}")
     if vectors.shape != (header.count, header.dim) or len(ids) != header.count:
-        raise ValueError(f"shard {path}: header says ({header.count}, {header.dim}), got vectors "
-                         f"{vectors.shape} and {len(ids)} ids")
+        raise ValueError(
+            f"shard {path}: header says ({header.count}, {header.dim}), got vectors {vectors.shape} and {len(ids)} ids"
+        )
     if len(set(ids)) != len(ids):
         raise ValueError(f"shard {path}: duplicate passage ids in rows {header.start}..{header.end - 1}")
-    with np.errstate(over="ignore"):          # overflow is checked just below, with a clearer message
+    with np.errstate(over="ignore"):  # overflow is checked just below, with a clearer message
         stored = vectors.astype(header.dtype, copy=False)
     if not np.isfinite(stored).all():
         # fp16 overflows above 65504: refuse rather than store infinities the index would rank first
@@ -203,23 +207,29 @@ class EmbeddingShard:
         """(≤size, dim) float32 vectors with their ids, so a large shard is never copied whole."""
         vectors, ids = self.vectors(), self.ids()
         for start in range(0, len(ids), size):
-            yield np.asarray(vectors[start:start + size], dtype=np.float32), ids[start:start + size]
+            yield np.asarray(vectors[start : start + size], dtype=np.float32), ids[start : start + size]
 
 
 def is_saved_index(folder: str) -> bool:
     """Whether ``folder`` holds an index saved by dense_retriever (one group, or ``group_<g>`` folders)."""
     return os.path.isfile(os.path.join(folder, INDEX_SOURCE_FILE)) or bool(
-        glob.glob(os.path.join(glob.escape(folder), "group_*", INDEX_SOURCE_FILE)))
+        glob.glob(os.path.join(glob.escape(folder), "group_*", INDEX_SOURCE_FILE))
+    )
 
 
 def _read_header(path: str) -> ShardHeader:
     meta_path = os.path.join(path, META_FILE)
     if is_saved_index(path):
-        raise EmbeddingsError(f"{path} is a saved FAISS index (--save_or_load_index), not an embeddings shard "
-                              f"folder; pass the shard folders (<out_file>_<shard_id>) to --encoded_ctx_file")
+        raise EmbeddingsError(
+            f"{path} is a saved FAISS index (--save_or_load_index), not an embeddings shard "
+            f"folder; pass the shard folders (<out_file>_<shard_id>) to --encoded_ctx_file"
+        )
     if not os.path.isfile(meta_path):
-        hint = (" (a DPR pickle? this format needs no pickle: regenerate with generate_embeddings.py)"
-                if os.path.isfile(path) else "")
+        hint = (
+            " (a DPR pickle? this format needs no pickle: regenerate with generate_embeddings.py)"
+            if os.path.isfile(path)
+            else ""
+        )
         raise EmbeddingsError(f"{path} is not an embeddings shard folder: no {META_FILE}{hint}")
     try:
         with open(meta_path, encoding="utf-8") as handle:
@@ -248,12 +258,14 @@ def _load_vectors(path: str, header: ShardHeader) -> np.ndarray:
         raise EmbeddingsError(f"{vectors_path}: missing (the shard has {META_FILE} but no vectors)")
     try:
         vectors = np.load(vectors_path, mmap_mode="r", allow_pickle=False)
-    except ValueError as err:        # numpy raises ValueError for pickled object arrays and bad headers
+    except ValueError as err:  # numpy raises ValueError for pickled object arrays and bad headers
         raise EmbeddingsError(f"{vectors_path}: not a plain numpy array file: {err}") from err
     expected = (header.count, header.dim)
     if vectors.shape != expected or vectors.dtype != np.dtype(header.dtype):
-        raise EmbeddingsError(f"{vectors_path}: holds {vectors.dtype} {vectors.shape}, but "
-                              f"{os.path.join(path, META_FILE)} says {header.dtype} {expected}")
+        raise EmbeddingsError(
+            f"{vectors_path}: holds {vectors.dtype} {vectors.shape}, but "
+            f"{os.path.join(path, META_FILE)} says {header.dtype} {expected}"
+        )
     return vectors
 
 
@@ -270,8 +282,9 @@ def _load_ids(path: str, header: ShardHeader) -> list[str]:
         raise EmbeddingsError(f"{ids_path}: expected a JSON list of passage ids, found {type(ids).__name__}")
     if len(ids) != header.count:
         what = "missing" if len(ids) < header.count else "extra"
-        raise EmbeddingsError(f"{ids_path}: holds {len(ids)} ids for {header.count} vectors "
-                              f"({abs(header.count - len(ids))} {what})")
+        raise EmbeddingsError(
+            f"{ids_path}: holds {len(ids)} ids for {header.count} vectors ({abs(header.count - len(ids))} {what})"
+        )
     for row, pid in enumerate(ids):
         if not isinstance(pid, str) or not pid:
             raise EmbeddingsError(f"{ids_path}: row {row}: expected a non-empty string id, found {pid!r}")
@@ -301,8 +314,7 @@ def _expand(patterns: str | Sequence[str]) -> list[str]:
         if not matches:
             raise FileNotFoundError(f"no embeddings shard matches {pattern!r}")
         for match in matches:
-            folder = os.path.dirname(match) if os.path.basename(match) in (VECTORS_FILE, IDS_FILE, META_FILE) \
-                else match
+            folder = os.path.dirname(match) if os.path.basename(match) in (VECTORS_FILE, IDS_FILE, META_FILE) else match
             if glob.has_magic(pattern) and is_saved_index(folder):
                 logger.info("%s matches %r but is a saved index, not a shard: skipped", folder, pattern)
                 continue
@@ -331,11 +343,15 @@ def find_shards(patterns: str | Sequence[str], allow_partial: bool = False) -> l
         raise EmbeddingsError(f"shard id(s) {duplicated} appear more than once: {paths}")
     absent = sorted(set(range(first.header.num_shards)) - set(seen))
     if absent:
-        message = (f"{len(shards)} of {first.header.num_shards} shards found; shard id(s) {absent} of "
-                   f"{first.header.ctx_file} are missing next to {first.path}")
+        message = (
+            f"{len(shards)} of {first.header.num_shards} shards found; shard id(s) {absent} of "
+            f"{first.header.ctx_file} are missing next to {first.path}"
+        )
         if not allow_partial:
-            raise EmbeddingsError(message + " (their passages could never be retrieved; pass "
-                                  "--allow_partial_corpus to search the shards that exist)")
+            raise EmbeddingsError(
+                message + " (their passages could never be retrieved; pass "
+                "--allow_partial_corpus to search the shards that exist)"
+            )
         logger.warning("%s", message)
     _check_unique_ids(shards)
     return shards
@@ -345,9 +361,15 @@ def _warn_unknown_corpus(shards: Sequence[EmbeddingShard]) -> None:
     """One warning for all shards that predate corpus digests: their corpus version cannot be checked."""
     unknown = [s.path for s in shards if s.header.corpus_digest is None]
     if unknown:
-        logger.warning("%d of %d embeddings shards (e.g. %s) record no corpus digest (written before format "
-                       "version 2): cannot check they were encoded from one version of %s; regenerate them "
-                       "to get the check", len(unknown), len(shards), unknown[0], shards[0].header.ctx_file)
+        logger.warning(
+            "%d of %d embeddings shards (e.g. %s) record no corpus digest (written before format "
+            "version 2): cannot check they were encoded from one version of %s; regenerate them "
+            "to get the check",
+            len(unknown),
+            len(shards),
+            unknown[0],
+            shards[0].header.ctx_file,
+        )
 
 
 def _check_unique_ids(shards: Sequence[EmbeddingShard]) -> None:
@@ -356,7 +378,7 @@ def _check_unique_ids(shards: Sequence[EmbeddingShard]) -> None:
     for n, shard in enumerate(shards):
         for pid in shard.ids():
             if pid in seen:
-                first = next(s for s in shards[:n + 1] if pid in s.ids())
+                first = next(s for s in shards[: n + 1] if pid in s.ids())
                 raise EmbeddingsError(_duplicate_message(pid, first, shard))
             seen.add(pid)
 
@@ -364,10 +386,14 @@ def _check_unique_ids(shards: Sequence[EmbeddingShard]) -> None:
 def _duplicate_message(pid: str, first: EmbeddingShard, second: EmbeddingShard) -> str:
     if first.path == second.path:
         rows = [row for row, other in enumerate(second.ids()) if other == pid]
-        return (f"{os.path.join(second.path, IDS_FILE)}: passage id {pid!r} appears at rows {rows}; each "
-                f"passage must be encoded once (regenerate the shard from a corpus without duplicate ids)")
-    return (f"passage id {pid!r} is in both {first.path} and {second.path}: the shards overlap (two runs "
-            f"over the same rows, or corpora that share ids); pass shards of one generate_embeddings run")
+        return (
+            f"{os.path.join(second.path, IDS_FILE)}: passage id {pid!r} appears at rows {rows}; each "
+            f"passage must be encoded once (regenerate the shard from a corpus without duplicate ids)"
+        )
+    return (
+        f"passage id {pid!r} is in both {first.path} and {second.path}: the shards overlap (two runs "
+        f"over the same rows, or corpora that share ids); pass shards of one generate_embeddings run"
+    )
 
 
 def _check_same_corpus(a: EmbeddingShard, b: EmbeddingShard) -> None:
@@ -376,35 +402,44 @@ def _check_same_corpus(a: EmbeddingShard, b: EmbeddingShard) -> None:
         raise EmbeddingsError(f"{b.meta_path}: dimension {hb.dim} does not match {a.meta_path}: {ha.dim}")
     diffs = _identity_diffs(ha, hb.encoder, hb.backbone, hb.encoder_digest)
     if diffs:
-        raise EmbeddingsError(f"{b.meta_path} and {a.meta_path} were made by different encoders: "
-                              f"{'; '.join(diffs)}")
+        raise EmbeddingsError(f"{b.meta_path} and {a.meta_path} were made by different encoders: {'; '.join(diffs)}")
     if ha.num_shards != hb.num_shards or ha.total_passages != hb.total_passages:
-        raise EmbeddingsError(f"{b.meta_path}: shard {hb.shard_id} of {hb.num_shards} over {hb.total_passages} "
-                              f"passages, but {a.meta_path}: shard {ha.shard_id} of {ha.num_shards} over "
-                              f"{ha.total_passages}; mix of two embedding runs?")
+        raise EmbeddingsError(
+            f"{b.meta_path}: shard {hb.shard_id} of {hb.num_shards} over {hb.total_passages} "
+            f"passages, but {a.meta_path}: shard {ha.shard_id} of {ha.num_shards} over "
+            f"{ha.total_passages}; mix of two embedding runs?"
+        )
     if ha.corpus_digest and hb.corpus_digest and ha.corpus_digest != hb.corpus_digest:
-        raise EmbeddingsError(f"{b.path} and {a.path} were encoded from different versions of the corpus "
-                              f"(digest {hb.corpus_digest[:12]} of {hb.ctx_file} vs {ha.corpus_digest[:12]} of "
-                              f"{ha.ctx_file}): the same ids may hold other texts; regenerate every shard "
-                              f"from one corpus file")
+        raise EmbeddingsError(
+            f"{b.path} and {a.path} were encoded from different versions of the corpus "
+            f"(digest {hb.corpus_digest[:12]} of {hb.ctx_file} vs {ha.corpus_digest[:12]} of "
+            f"{ha.ctx_file}): the same ids may hold other texts; regenerate every shard "
+            f"from one corpus file"
+        )
 
 
-def _identity_diffs(header: ShardHeader, encoder: dict[str, Any], backbone: dict[str, Any],
-                    digest: str) -> list[str]:
+def _identity_diffs(header: ShardHeader, encoder: dict[str, Any], backbone: dict[str, Any], digest: str) -> list[str]:
     """Human-readable differences between a header's encoder and another one (empty when equal)."""
     # A field missing from an older header (or config) holds its default value.
     ours, theirs = {**_DEFAULTS, **header.encoder}, {**_DEFAULTS, **encoder}
-    diffs = [f"{name}: {ours.get(name)!r} vs {theirs.get(name)!r}" for name in IDENTITY_FIELDS
-             if ours.get(name) != theirs.get(name)]
-    diffs += [f"backbone {key}: {header.backbone.get(key)!r} vs {backbone.get(key)!r}"
-              for key in sorted(set(header.backbone) | set(backbone)) if header.backbone.get(key) != backbone.get(key)]
+    diffs = [
+        f"{name}: {ours.get(name)!r} vs {theirs.get(name)!r}"
+        for name in IDENTITY_FIELDS
+        if ours.get(name) != theirs.get(name)
+    ]
+    diffs += [
+        f"backbone {key}: {header.backbone.get(key)!r} vs {backbone.get(key)!r}"
+        for key in sorted(set(header.backbone) | set(backbone))
+        if header.backbone.get(key) != backbone.get(key)
+    ]
     if not diffs and header.encoder_digest != digest:
         diffs.append(f"passage-encoder weights differ (digest {header.encoder_digest[:12]} vs {digest[:12]})")
     return diffs
 
 
-def check_encoder_match(shard: EmbeddingShard, encoder: dict[str, Any], backbone: dict[str, Any], digest: str,
-                        checkpoint: str | None) -> None:
+def check_encoder_match(
+    shard: EmbeddingShard, encoder: dict[str, Any], backbone: dict[str, Any], digest: str, checkpoint: str | None
+) -> None:
     """Refuse embeddings made by another passage encoder than the query encoder's (config or weights).
 
     ``encoder`` / ``backbone`` / ``digest`` describe the query-side model; the error names the shard's
@@ -417,4 +452,5 @@ def check_encoder_match(shard: EmbeddingShard, encoder: dict[str, Any], backbone
         raise EmbeddingsError(
             f"{shard.meta_path}: these embeddings were made by another encoder than the query encoder "
             f"(embeddings: {made_by}; query encoder: {query_by}): {'; '.join(diffs)}. Regenerate the "
-            f"embeddings with this encoder or pass the --model_file they were made with")
+            f"embeddings with this encoder or pass the --model_file they were made with"
+        )

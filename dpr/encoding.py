@@ -43,14 +43,23 @@ def _batch_order(lengths: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     Longest first means a batch that does not fit in memory fails at once rather than at the end of a
     long run, and the progress bar's rate only improves as it goes.
     """
-    order = torch.argsort(lengths, descending=True, stable=True)                 # (W,)
+    order = torch.argsort(lengths, descending=True, stable=True)  # (W,)
     return list(torch.split(order, batch_size))
 
 
-def encode_sorted(encode: EncodeFn, tokenize: TokenizeFn, items: Sequence[Item], *, batch_size: int,
-                  device: torch.device | str = "cpu", precision: str = "fp32",
-                  sort_window: int | None = None, progress: bool = False, desc: str = "encoding",
-                  unit: str = "texts") -> np.ndarray:
+def encode_sorted(
+    encode: EncodeFn,
+    tokenize: TokenizeFn,
+    items: Sequence[Item],
+    *,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    sort_window: int | None = None,
+    progress: bool = False,
+    desc: str = "encoding",
+    unit: str = "texts",
+) -> np.ndarray:
     """Encode ``items`` with ``encode`` and return ``(N, D)`` float32 vectors in the input order.
 
     ``tokenize(list_of_items)`` returns right-padded ``input_ids`` / ``attention_mask`` /
@@ -65,14 +74,18 @@ def encode_sorted(encode: EncodeFn, tokenize: TokenizeFn, items: Sequence[Item],
     if window < 1:
         raise ValueError(f"sort_window must be >= 1, found {sort_window}")
     device = torch.device(device)
-    amp = autocast(device, precision)           # built once, entered per batch
+    amp = autocast(device, precision)  # built once, entered per batch
     out: np.ndarray | None = None
-    with torch.inference_mode(), tqdm(total=len(items), desc=desc, unit=f" {unit}", disable=not progress,
-                                      dynamic_ncols=True, smoothing=0.1) as bar:
+    with (
+        torch.inference_mode(),
+        tqdm(
+            total=len(items), desc=desc, unit=f" {unit}", disable=not progress, dynamic_ncols=True, smoothing=0.1
+        ) as bar,
+    ):
         for start in range(0, len(items), window):
-            chunk = list(items[start:start + window])
-            tokens = tokenize(chunk)                                             # (W, T) each
-            lengths = tokens["attention_mask"].sum(dim=1)                        # (W,)
+            chunk = list(items[start : start + window])
+            tokens = tokenize(chunk)  # (W, T) each
+            lengths = tokens["attention_mask"].sum(dim=1)  # (W,)
             for rows in _batch_order(lengths, batch_size):
                 width = int(lengths[rows].max())
                 batch = {k: v[rows, :width].to(device, non_blocking=True) for k, v in tokens.items()}  # (B, t)
@@ -80,14 +93,15 @@ def encode_sorted(encode: EncodeFn, tokenize: TokenizeFn, items: Sequence[Item],
                     vectors = encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])  # (B, D)
                 vectors = vectors.float().cpu().numpy()
                 if out is None:
-                    out = np.empty((len(items), vectors.shape[1]), dtype=np.float32)   # (N, D)
+                    out = np.empty((len(items), vectors.shape[1]), dtype=np.float32)  # (N, D)
                 out[start + rows.numpy()] = vectors
                 bar.update(len(rows))
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
-def side_functions(model: nn.Module, tokenizer: Any, side: Side, max_length: int,
-                   insert_title: bool = True) -> tuple[EncodeFn, TokenizeFn]:
+def side_functions(
+    model: nn.Module, tokenizer: Any, side: Side, max_length: int, insert_title: bool = True
+) -> tuple[EncodeFn, TokenizeFn]:
     """The encode and tokenize functions of one side of a bi-encoder.
 
     ``side="question"`` takes strings; ``side="passage"`` takes :class:`Passage` objects (title
@@ -98,16 +112,26 @@ def side_functions(model: nn.Module, tokenizer: Any, side: Side, max_length: int
     if side == "passage":
         # The model's own title format, so passages are encoded as the model was trained / evaluated.
         title_mode = getattr(getattr(model, "config", None), "title_mode", "pair")
-        return model.encode_passage, lambda passages: tokenize_passages(tokenizer, passages, max_length,
-                                                                        insert_title=insert_title,
-                                                                        title_mode=title_mode)
+        return model.encode_passage, lambda passages: tokenize_passages(
+            tokenizer, passages, max_length, insert_title=insert_title, title_mode=title_mode
+        )
     raise ValueError(f"side must be 'question' or 'passage', found {side!r}")
 
 
-def encode_texts(model: nn.Module, tokenizer: Any, items: Sequence[str] | Sequence[Passage], side: Side, *,
-                 max_length: int, batch_size: int, device: torch.device | str | None = None,
-                 precision: str = "fp32", insert_title: bool = True, progress: bool = False,
-                 sort_window: int | None = None) -> np.ndarray:
+def encode_texts(
+    model: nn.Module,
+    tokenizer: Any,
+    items: Sequence[str] | Sequence[Passage],
+    side: Side,
+    *,
+    max_length: int,
+    batch_size: int,
+    device: torch.device | str | None = None,
+    precision: str = "fp32",
+    insert_title: bool = True,
+    progress: bool = False,
+    sort_window: int | None = None,
+) -> np.ndarray:
     """Encode questions (strings) or passages with a bi-encoder; returns (N, D) float32 in input order.
 
     The model is put in eval mode (no dropout) for the call and restored to its previous mode after.
@@ -119,8 +143,17 @@ def encode_texts(model: nn.Module, tokenizer: Any, items: Sequence[str] | Sequen
     was_training = model.training
     model.eval()
     try:
-        return encode_sorted(encode, tokenize, items, batch_size=batch_size, device=device,
-                             precision=precision, sort_window=sort_window, progress=progress,
-                             desc=f"encoding {side}s", unit=f"{side}s")
+        return encode_sorted(
+            encode,
+            tokenize,
+            items,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            sort_window=sort_window,
+            progress=progress,
+            desc=f"encoding {side}s",
+            unit=f"{side}s",
+        )
     finally:
         model.train(was_training)

@@ -16,12 +16,19 @@ from dpr.retrieval import InferenceModelConfig
 
 def encoder_overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The encoder settings the user typed: every ``EncoderConfig`` flag whose value is not None (unset)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(EncoderConfig)
-            if getattr(args, f.name, None) is not None}
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(EncoderConfig)
+        if getattr(args, f.name, None) is not None
+    }
 
 
 def inference_config_from_args(args: argparse.Namespace) -> InferenceModelConfig:
     """--model_file / --task, the encoder and tuning flags, --fp16 / --bf16 and --no_cuda."""
-    return InferenceModelConfig(model_file=args.model_file, encoder_overrides=encoder_overrides_from_args(args),
-                                tasks=tuple(getattr(args, "tasks", None) or ()), precision=args.precision,
-                                no_cuda=args.no_cuda)
+    return InferenceModelConfig(
+        model_file=args.model_file,
+        encoder_overrides=encoder_overrides_from_args(args),
+        tasks=tuple(getattr(args, "tasks", None) or ()),
+        precision=args.precision,
+        no_cuda=args.no_cuda,
+    )

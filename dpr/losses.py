@@ -31,8 +31,7 @@ def dot_scores(q: Tensor, p: Tensor) -> Tensor:
     """
     if q.dim() != 2 or p.dim() != 2 or q.shape[1] != p.shape[1]:
         raise ValueError(
-            f"dot_scores expects q (B, D) and p (C, D) with the same D; "
-            f"found q {tuple(q.shape)} and p {tuple(p.shape)}"
+            f"dot_scores expects q (B, D) and p (C, D) with the same D; found q {tuple(q.shape)} and p {tuple(p.shape)}"
         )
     return q @ p.transpose(0, 1)  # (B, D) x (D, C) -> (B, C)
 

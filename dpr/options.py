@@ -16,6 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
+
 from dpr.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -57,8 +58,8 @@ class EncoderConfig:
     dropout: float = 0.1
     gradient_checkpointing: bool = False
     tune_side: str = "both"
-    normalize: bool | None = None          # L2-normalise the output; None = auto (sentence-transformers)
-    title_mode: str = "auto"               # passages as a title/text pair (DPR) or "title text" (concat)
+    normalize: bool | None = None  # L2-normalise the output; None = auto (sentence-transformers)
+    title_mode: str = "auto"  # passages as a title/text pair (DPR) or "title text" (concat)
 
     def __post_init__(self) -> None:
         if self.tuning not in TUNING_MODES:
@@ -78,25 +79,33 @@ class EncoderConfig:
         if self.sequence_length < 3:
             raise ConfigError(f"--sequence_length must be >= 3 ([CLS] x [SEP]), got {self.sequence_length}")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.prefix_dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1): --dropout {self.dropout}, --prefix_dropout {self.prefix_dropout}")
+            raise ConfigError(
+                f"dropout must be in [0, 1): --dropout {self.dropout}, --prefix_dropout {self.prefix_dropout}"
+            )
         if self.share_encoder and self.tuning in FROZEN_BACKBONE_MODES:
             # Frozen modes always share the backbone; sharing the tuned parameters too would make the
             # question and passage sides identical, which is never what a user of these modes wants.
-            raise ConfigError(f"--share_encoder applies to fine-tuning and --bitfit, not --{self.tuning} "
-                              f"(its backbone is always shared)")
+            raise ConfigError(
+                f"--share_encoder applies to fine-tuning and --bitfit, not --{self.tuning} "
+                f"(its backbone is always shared)"
+            )
         if self.title_mode not in TITLE_MODES:
             raise ConfigError(f"--title_mode {self.title_mode!r} is not one of {', '.join(TITLE_MODES)}")
         if self.tune_side not in TUNE_SIDES:
             raise ConfigError(f"--tune_side {self.tune_side!r} is not one of {', '.join(TUNE_SIDES)}")
         if self.tune_side == "question" and (self.projection_dim or self.share_encoder):
             # The passage side is the fixed base encoder: it has no projection and is never shared.
-            raise ConfigError("--tune_side question keeps the passage encoder fixed; it cannot be combined "
-                              f"with --projection_dim {self.projection_dim} or --share_encoder")
+            raise ConfigError(
+                "--tune_side question keeps the passage encoder fixed; it cannot be combined "
+                f"with --projection_dim {self.projection_dim} or --share_encoder"
+            )
         if self.gradient_checkpointing and self.tuning in ("prefix", "adapter"):
             # BERT's checkpointed layers drop past_key_values, and adapter hooks would not run on the
             # recomputation: either would silently train the wrong model, so refuse.
-            raise ConfigError(f"--gradient_checkpointing cannot be combined with --{self.tuning}: the "
-                              f"recomputed layers would run without the {self.tuning}")
+            raise ConfigError(
+                f"--gradient_checkpointing cannot be combined with --{self.tuning}: the "
+                f"recomputed layers would run without the {self.tuning}"
+            )
 
     @property
     def frozen_backbone(self) -> bool:
@@ -110,10 +119,15 @@ class EncoderConfig:
         """
         if self.tune_side == "both":
             return self
-        return EncoderConfig(pretrained_model_cfg=self.pretrained_model_cfg, pooling=self.pooling,
-                             normalize=self.normalize, title_mode=self.title_mode,
-                             sequence_length=self.sequence_length,
-                             do_lower_case=self.do_lower_case, dropout=self.dropout)
+        return EncoderConfig(
+            pretrained_model_cfg=self.pretrained_model_cfg,
+            pooling=self.pooling,
+            normalize=self.normalize,
+            title_mode=self.title_mode,
+            sequence_length=self.sequence_length,
+            do_lower_case=self.do_lower_case,
+            dropout=self.dropout,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -129,86 +143,164 @@ class EncoderConfig:
 
 # Fields that define the network: a flag that contradicts the checkpoint here is an error. The rest
 # (sequence length, dropout, ...) may be changed when a checkpoint is reused.
-ARCHITECTURE_FIELDS = ("pretrained_model_cfg", "tuning", "pre_seq_len", "prefix_mlp", "prefix_hidden_size",
-                       "prompt_encoder", "adapter_size", "pooling", "projection_dim", "share_encoder", "tune_side",
-                       "normalize", "title_mode")
+ARCHITECTURE_FIELDS = (
+    "pretrained_model_cfg",
+    "tuning",
+    "pre_seq_len",
+    "prefix_mlp",
+    "prefix_hidden_size",
+    "prompt_encoder",
+    "adapter_size",
+    "pooling",
+    "projection_dim",
+    "share_encoder",
+    "tune_side",
+    "normalize",
+    "title_mode",
+)
 _FLAG_NAMES = {"tuning": "the tuning mode (--prefix/--prompt/--bitfit/--adapter, none = fine-tuning)"}
 
 
 def add_encoder_params(parser: argparse.ArgumentParser) -> None:
     """Encoder flags; defaults are None so explicit values can be checked against a checkpoint."""
     group = parser.add_argument_group("encoder")
-    group.add_argument("--pretrained_model_cfg", default=None,
-                       help=f"Hugging Face model name, local folder, or a short name of an offline encoder "
-                            f"(minilm-l6, bert-tiny). Default {DEFAULT_MODEL}.")
+    group.add_argument(
+        "--pretrained_model_cfg",
+        default=None,
+        help=f"Hugging Face model name, local folder, or a short name of an offline encoder "
+        f"(minilm-l6, bert-tiny). Default {DEFAULT_MODEL}.",
+    )
     group.add_argument("--model_file", default=None, help="checkpoint folder to start from or evaluate")
     group.add_argument("--projection_dim", type=int, default=None, help="linear projection size (0 = none)")
     group.add_argument("--sequence_length", type=int, default=None, help="max tokens per text (default 512)")
-    group.add_argument("--do_lower_case", action="store_const", const=True, default=None,
-                       help="lower-case text before tokenizing (uncased models already do)")
-    group.add_argument("--pooling", choices=POOLING_MODES, default=None,
-                       help="cls (DPR) or mean (sentence-transformers); auto picks mean for "
-                            "sentence-transformers folders, else cls")
-    group.add_argument("--normalize", dest="normalize", action="store_const", const=True, default=None,
-                       help="L2-normalise the vectors (cosine similarity); default: on when the model folder's "
-                            "sentence-transformers modules include Normalize (minilm-l6), else off")
+    group.add_argument(
+        "--do_lower_case",
+        action="store_const",
+        const=True,
+        default=None,
+        help="lower-case text before tokenizing (uncased models already do)",
+    )
+    group.add_argument(
+        "--pooling",
+        choices=POOLING_MODES,
+        default=None,
+        help="cls (DPR) or mean (sentence-transformers); auto picks mean for sentence-transformers folders, else cls",
+    )
+    group.add_argument(
+        "--normalize",
+        dest="normalize",
+        action="store_const",
+        const=True,
+        default=None,
+        help="L2-normalise the vectors (cosine similarity); default: on when the model folder's "
+        "sentence-transformers modules include Normalize (minilm-l6), else off",
+    )
     group.add_argument("--no_normalize", dest="normalize", action="store_const", const=False)
-    group.add_argument("--title_mode", choices=TITLE_MODES, default=None,
-                       help="pair: [CLS] title [SEP] text [SEP] (DPR); concat: 'title text' as one segment "
-                            "(how sentence-transformers models are evaluated on BEIR); auto: concat for "
-                            "sentence-transformers folders, else pair")
-    group.add_argument("--share_encoder", action="store_const", const=True, default=None,
-                       help="one encoder for questions and passages (fine-tuning and BitFit)")
-    group.add_argument("--gradient_checkpointing", action="store_const", const=True, default=None,
-                       help="trade compute for activation memory (not with --prefix or --adapter)")
-    group.add_argument("--tune_side", choices=TUNE_SIDES, default=None,
-                       help="both (default) or question: tune only the question encoder; passages keep the "
-                            "base model's vectors, so an existing passage index stays valid")
+    group.add_argument(
+        "--title_mode",
+        choices=TITLE_MODES,
+        default=None,
+        help="pair: [CLS] title [SEP] text [SEP] (DPR); concat: 'title text' as one segment "
+        "(how sentence-transformers models are evaluated on BEIR); auto: concat for "
+        "sentence-transformers folders, else pair",
+    )
+    group.add_argument(
+        "--share_encoder",
+        action="store_const",
+        const=True,
+        default=None,
+        help="one encoder for questions and passages (fine-tuning and BitFit)",
+    )
+    group.add_argument(
+        "--gradient_checkpointing",
+        action="store_const",
+        const=True,
+        default=None,
+        help="trade compute for activation memory (not with --prefix or --adapter)",
+    )
+    group.add_argument(
+        "--tune_side",
+        choices=TUNE_SIDES,
+        default=None,
+        help="both (default) or question: tune only the question encoder; passages keep the "
+        "base model's vectors, so an existing passage index stays valid",
+    )
 
 
 def add_tuning_params(parser: argparse.ArgumentParser) -> None:
     """The tuning mode (exactly one; none = fine-tuning) and its settings."""
     group = parser.add_argument_group("tuning mode (one of; none = full fine-tuning)")
     modes = group.add_mutually_exclusive_group()
-    modes.add_argument("--prefix", dest="tuning", action="store_const", const="prefix", default=None,
-                       help="P-tuning v2: deep per-layer key/value prefixes")
-    modes.add_argument("--prompt", dest="tuning", action="store_const", const="prompt",
-                       help="shallow soft prompt at the input embeddings (Lester et al.; P-tuning v1)")
-    modes.add_argument("--bitfit", dest="tuning", action="store_const", const="bitfit",
-                       help="train only bias terms")
-    modes.add_argument("--adapter", dest="tuning", action="store_const", const="adapter",
-                       help="bottleneck adapters in every layer")
-    modes.add_argument("--finetune", dest="tuning", action="store_const", const="finetune",
-                       help="full fine-tuning (the default when no mode is given)")
+    modes.add_argument(
+        "--prefix",
+        dest="tuning",
+        action="store_const",
+        const="prefix",
+        default=None,
+        help="P-tuning v2: deep per-layer key/value prefixes",
+    )
+    modes.add_argument(
+        "--prompt",
+        dest="tuning",
+        action="store_const",
+        const="prompt",
+        help="shallow soft prompt at the input embeddings (Lester et al.; P-tuning v1)",
+    )
+    modes.add_argument("--bitfit", dest="tuning", action="store_const", const="bitfit", help="train only bias terms")
+    modes.add_argument(
+        "--adapter", dest="tuning", action="store_const", const="adapter", help="bottleneck adapters in every layer"
+    )
+    modes.add_argument(
+        "--finetune",
+        dest="tuning",
+        action="store_const",
+        const="finetune",
+        help="full fine-tuning (the default when no mode is given)",
+    )
     group.add_argument("--pre_seq_len", type=int, default=None, help="prefix / prompt length (default 8)")
-    group.add_argument("--prefix_mlp", action="store_const", const=True, default=None,
-                       help="reparameterise the prefix through an MLP (Embedding -> Linear -> Tanh -> Linear)")
+    group.add_argument(
+        "--prefix_mlp",
+        action="store_const",
+        const=True,
+        default=None,
+        help="reparameterise the prefix through an MLP (Embedding -> Linear -> Tanh -> Linear)",
+    )
     group.add_argument("--prefix_hidden_size", type=int, default=None, help="prefix MLP hidden size (512)")
     group.add_argument("--prefix_dropout", type=float, default=None, help="dropout on the prefix (0.1)")
-    group.add_argument("--prompt_encoder", choices=PROMPT_ENCODERS, default=None,
-                       help="P-tuning v1 prompt encoder for --prompt (default none: plain soft prompt)")
-    group.add_argument("--prompt_init_text", default=None,
-                       help="initialise the --prompt embeddings from this text's token embeddings")
+    group.add_argument(
+        "--prompt_encoder",
+        choices=PROMPT_ENCODERS,
+        default=None,
+        help="P-tuning v1 prompt encoder for --prompt (default none: plain soft prompt)",
+    )
+    group.add_argument(
+        "--prompt_init_text", default=None, help="initialise the --prompt embeddings from this text's token embeddings"
+    )
     group.add_argument("--adapter_size", type=int, default=None, help="adapter bottleneck size (64)")
 
 
-def encoder_config_from_args(args: argparse.Namespace,
-                             stored: EncoderConfig | None = None,
-                             source: str = "checkpoint") -> EncoderConfig:
+def encoder_config_from_args(
+    args: argparse.Namespace, stored: EncoderConfig | None = None, source: str = "checkpoint"
+) -> EncoderConfig:
     """Build the encoder config from parsed flags, filling unset flags from ``stored`` or the defaults.
 
     Raises ConfigError when an explicitly given architecture flag contradicts ``stored``; the message
     names the flag, its value and the checkpoint's value.
     """
     base = stored if stored is not None else EncoderConfig()
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(EncoderConfig)
-             if getattr(args, f.name, None) is not None}
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(EncoderConfig)
+        if getattr(args, f.name, None) is not None
+    }
     if stored is not None:
         for name in ARCHITECTURE_FIELDS:
             if name in given and given[name] != getattr(stored, name):
                 flag = _FLAG_NAMES.get(name, f"--{name}")
-                raise ConfigError(f"{flag} is {given[name]!r} but {source} was trained with "
-                                  f"{name}={getattr(stored, name)!r}; drop the flag or use another checkpoint")
+                raise ConfigError(
+                    f"{flag} is {given[name]!r} but {source} was trained with "
+                    f"{name}={getattr(stored, name)!r}; drop the flag or use another checkpoint"
+                )
         for name, value in given.items():
             if name not in ARCHITECTURE_FIELDS and value != getattr(stored, name):
                 logger.info("overriding %s from %s: %r -> %r", name, source, getattr(stored, name), value)
@@ -284,28 +376,42 @@ class TrainConfig:
     val_av_rank_bsz: int = 128
     val_av_rank_max_qs: int = 10_000
     keep_checkpoints: int = 2
-    loss_scale: float | None = None        # scores x scale in the loss; None: 20 for normalised vectors, else 1
+    loss_scale: float | None = None  # scores x scale in the loss; None: 20 for normalised vectors, else 1
     fix_ctx_encoder: bool = False
     ctx_embeddings: tuple[str, ...] = ()
     precision: str = "fp32"
     no_cuda: bool = False
     local_rank: int = -1
-    init_checkpoint: str | None = None     # the --model_file the run started from (real path), for the record
+    init_checkpoint: str | None = None  # the --model_file the run started from (real path), for the record
 
     def __post_init__(self) -> None:
-        positive = ("batch_size", "dev_batch_size", "gradient_accumulation_steps", "num_train_epochs",
-                    "log_batch_step", "train_rolling_loss_step", "eval_per_epoch", "val_av_rank_bsz",
-                    "val_av_rank_max_qs")
+        positive = (
+            "batch_size",
+            "dev_batch_size",
+            "gradient_accumulation_steps",
+            "num_train_epochs",
+            "log_batch_step",
+            "train_rolling_loss_step",
+            "eval_per_epoch",
+            "val_av_rank_bsz",
+            "val_av_rank_max_qs",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("hard_negatives", "other_negatives", "warmup_steps", "keep_checkpoints",
-                     "val_av_rank_hard_neg", "val_av_rank_other_neg"):
+        for name in (
+            "hard_negatives",
+            "other_negatives",
+            "warmup_steps",
+            "keep_checkpoints",
+            "val_av_rank_hard_neg",
+            "val_av_rank_other_neg",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
         for name in ("learning_rate", "adam_eps", "weight_decay", "max_grad_norm", "loss_scale"):
             value = getattr(self, name)
-            if value is not None and not math.isfinite(value):   # nan passes every "<= 0" check below
+            if value is not None and not math.isfinite(value):  # nan passes every "<= 0" check below
                 raise ConfigError(f"--{name} must be a finite number, got {value}")
         if self.loss_scale is not None and self.loss_scale <= 0:
             raise ConfigError(f"--loss_scale must be > 0, got {self.loss_scale}")
@@ -340,49 +446,100 @@ def add_training_params(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data")
     g.add_argument("--train_file", nargs="+", required=True, help="DPR JSON/JSONL files or glob patterns")
     g.add_argument("--dev_file", nargs="+", default=[], help="dev files or glob patterns (validation)")
-    g.add_argument("--train_files_upsample_rates", type=parse_upsample_rates, default=None,
-                   help="one integer per --train_file pattern, e.g. '1,4'")
+    g.add_argument(
+        "--train_files_upsample_rates",
+        type=parse_upsample_rates,
+        default=None,
+        help="one integer per --train_file pattern, e.g. '1,4'",
+    )
     g.add_argument("--hard_negatives", type=int, default=d.hard_negatives)
     g.add_argument("--other_negatives", type=int, default=d.other_negatives)
     g.add_argument("--shuffle_positive_ctx", action="store_true")
-    g.add_argument("--ctx_field", choices=("text", "title", "abstract"), default=d.ctx_field,
-                   help="passage field used as the passage text")
+    g.add_argument(
+        "--ctx_field",
+        choices=("text", "title", "abstract"),
+        default=d.ctx_field,
+        help="passage field used as the passage text",
+    )
     g.add_argument("--no_title", dest="insert_title", action="store_false", help="encode passages without titles")
     t = parser.add_argument_group("training")
     t.add_argument("--output_dir", default=d.output_dir)
     t.add_argument("--checkpoint_file_name", default=d.checkpoint_file_name)
-    for name in ("batch_size", "dev_batch_size", "seed", "warmup_steps", "gradient_accumulation_steps",
-                 "num_train_epochs", "log_batch_step", "train_rolling_loss_step", "eval_per_epoch",
-                 "val_av_rank_start_epoch", "val_av_rank_hard_neg", "val_av_rank_other_neg", "val_av_rank_bsz",
-                 "val_av_rank_max_qs", "keep_checkpoints"):
+    for name in (
+        "batch_size",
+        "dev_batch_size",
+        "seed",
+        "warmup_steps",
+        "gradient_accumulation_steps",
+        "num_train_epochs",
+        "log_batch_step",
+        "train_rolling_loss_step",
+        "eval_per_epoch",
+        "val_av_rank_start_epoch",
+        "val_av_rank_hard_neg",
+        "val_av_rank_other_neg",
+        "val_av_rank_bsz",
+        "val_av_rank_max_qs",
+        "keep_checkpoints",
+    ):
         t.add_argument(f"--{name}", type=int, default=getattr(d, name))
     for name in ("learning_rate", "adam_eps", "weight_decay", "max_grad_norm"):
         t.add_argument(f"--{name}", type=float, default=getattr(d, name))
     t.add_argument("--adam_betas", type=parse_betas, default=d.adam_betas)
-    t.add_argument("--loss_scale", type=float, default=None,
-                   help="multiply scores by this in the loss (inverse temperature); default 20 when vectors "
-                        "are L2-normalised (cosine scores lie in [-1, 1]), else 1")
-    t.add_argument("--warmup_percentage", type=float, default=None,
-                   help="warmup as a share of all steps (overrides --warmup_steps)")
+    t.add_argument(
+        "--loss_scale",
+        type=float,
+        default=None,
+        help="multiply scores by this in the loss (inverse temperature); default 20 when vectors "
+        "are L2-normalised (cosine scores lie in [-1, 1]), else 1",
+    )
+    t.add_argument(
+        "--warmup_percentage",
+        type=float,
+        default=None,
+        help="warmup as a share of all steps (overrides --warmup_steps)",
+    )
     t.add_argument("--dropout", type=float, default=None, help="backbone dropout (0.1)")
     t.add_argument("--fix_ctx_encoder", action="store_true", help="train the question side only")
-    t.add_argument("--ctx_embeddings", nargs="+", default=[],
-                   help="with --tune_side question: passage vectors from generate_embeddings.py shards "
-                        "(globs) instead of encoding the training passages once before training")
-    t.add_argument("--global_loss_buf_sz", type=int, default=None,
-                   help="accepted for compatibility; not needed (tensors are gathered directly)")
+    t.add_argument(
+        "--ctx_embeddings",
+        nargs="+",
+        default=[],
+        help="with --tune_side question: passage vectors from generate_embeddings.py shards "
+        "(globs) instead of encoding the training passages once before training",
+    )
+    t.add_argument(
+        "--global_loss_buf_sz",
+        type=int,
+        default=None,
+        help="accepted for compatibility; not needed (tensors are gathered directly)",
+    )
     h = parser.add_argument_group("hardware")
-    h.add_argument("--fp16", dest="precision", action="store_const", const="fp16", default="fp32",
-                   help="fp16 autocast + loss scaling (CUDA only)")
-    h.add_argument("--bf16", dest="precision", action="store_const", const="bf16",
-                   help="bf16 autocast (CUDA; on CPU it is very slow)")
+    h.add_argument(
+        "--fp16",
+        dest="precision",
+        action="store_const",
+        const="fp16",
+        default="fp32",
+        help="fp16 autocast + loss scaling (CUDA only)",
+    )
+    h.add_argument(
+        "--bf16",
+        dest="precision",
+        action="store_const",
+        const="bf16",
+        help="bf16 autocast (CUDA; on CPU it is very slow)",
+    )
     h.add_argument("--no_cuda", action="store_true")
     h.add_argument("--local_rank", type=int, default=-1, help="set by old launchers; torchrun uses env vars")
     r = parser.add_argument_group("resuming")
-    r.add_argument("--allow_changed_settings", action="store_true",
-                   help="continue a run (the --output_dir's latest checkpoint, or a --model_file with training "
-                        "state) although training flags differ from the ones it was started with; the "
-                        "differences are logged and the new values used (default: refuse, naming them)")
+    r.add_argument(
+        "--allow_changed_settings",
+        action="store_true",
+        help="continue a run (the --output_dir's latest checkpoint, or a --model_file with training "
+        "state) although training flags differ from the ones it was started with; the "
+        "differences are logged and the new values used (default: refuse, naming them)",
+    )
 
 
 # Settings that are file patterns: stored absolute, so a run resumed from another working directory

@@ -30,7 +30,7 @@ import torch
 from dpr.atomic import atomic_directory
 from dpr.data.corpus import iter_corpus, resolve_corpus_path
 from dpr.data.readers import DataFormatError, Passage
-from dpr.embeddings_io import INDEX_SOURCE_FILE, EmbeddingShard, EmbeddingsError, RowDigest, passage_identity
+from dpr.embeddings_io import INDEX_SOURCE_FILE, EmbeddingsError, EmbeddingShard, RowDigest, passage_identity
 from dpr.encoding import Side, encode_texts
 from dpr.indexer.faiss_index import DenseIndex, IndexParams, merge_topk
 from dpr.models.biencoder import BiEncoder, build_biencoder
@@ -41,7 +41,7 @@ from dpr.training.checkpoint import WEIGHTS_FILE, CheckpointInfo, load_biencoder
 
 logger = logging.getLogger(__name__)
 
-SOURCE_FILE = INDEX_SOURCE_FILE       # beside a saved index: which shards and encoder it was built from
+SOURCE_FILE = INDEX_SOURCE_FILE  # beside a saved index: which shards and encoder it was built from
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 _ENCODER_FIELDS = frozenset(f.name for f in dataclasses.fields(EncoderConfig))
@@ -73,8 +73,7 @@ class InferenceModelConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.tasks and self.model_file:
-            raise ConfigError("pass either --model_file (one checkpoint) or --task NAME=CHECKPOINT (several), "
-                              "not both")
+            raise ConfigError("pass either --model_file (one checkpoint) or --task NAME=CHECKPOINT (several), not both")
         names = [name for name, _ in self.tasks]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
@@ -90,10 +89,10 @@ class InferenceModel:
 
     model: BiEncoder
     tokenizer: Any
-    checkpoint: str | None          # absolute checkpoint path, None for the base model
-    training: dict[str, Any]        # the checkpoint's training config ({} for the base model)
+    checkpoint: str | None  # absolute checkpoint path, None for the base model
+    training: dict[str, Any]  # the checkpoint's training config ({} for the base model)
     device: torch.device = torch.device("cpu")
-    precision: str = "fp32"         # autocast for encoding: fp32, fp16 or bf16
+    precision: str = "fp32"  # autocast for encoding: fp32, fp16 or bf16
 
     def identity(self) -> tuple[dict[str, Any], dict[str, Any], str]:
         """(encoder config dict, backbone fingerprint, passage-encoder digest): what embeddings record."""
@@ -118,8 +117,9 @@ def _as_flags(overrides: Mapping[str, Any]) -> SimpleNamespace:
     return SimpleNamespace(**overrides)
 
 
-def resolve_encoder_config(overrides: Mapping[str, Any], stored: EncoderConfig | None = None,
-                           source: str = "checkpoint") -> EncoderConfig:
+def resolve_encoder_config(
+    overrides: Mapping[str, Any], stored: EncoderConfig | None = None, source: str = "checkpoint"
+) -> EncoderConfig:
     """``stored`` (default: the defaults) with ``overrides`` applied; contradicted architecture fields raise."""
     return encoder_config_from_args(_as_flags(overrides), stored, source=source)
 
@@ -142,8 +142,11 @@ def load_inference_model(cfg: InferenceModelConfig, device: torch.device | None 
         if config.tuning in ("finetune", "bitfit") and "share_encoder" not in cfg.encoder_overrides:
             config = dataclasses.replace(config, share_encoder=True)
         elif config.frozen_backbone:
-            logger.warning("no --model_file: the %s parameters are randomly initialised, so these vectors "
-                           "are not a trained retriever's", config.tuning)
+            logger.warning(
+                "no --model_file: the %s parameters are randomly initialised, so these vectors "
+                "are not a trained retriever's",
+                config.tuning,
+            )
         model, checkpoint, training = build_biencoder(config), None, {}
     tokenizer = load_tokenizer(model.config.pretrained_model_cfg, model.config.do_lower_case)
     model.to(device).eval()
@@ -157,10 +160,15 @@ def load_task_encoder(cfg: InferenceModelConfig, device: torch.device | None = N
     """
     if not cfg.tasks:
         raise ConfigError("a task encoder needs at least one --task NAME=CHECKPOINT")
-    configs = {name: resolve_encoder_config(cfg.encoder_overrides, read_checkpoint_info(path).encoder, source=path)
-               for name, path in cfg.tasks}
-    encoder = TaskEncoder(configs[cfg.tasks[0][0]].pretrained_model_cfg, cfg.device() if device is None else device,
-                          precision=cfg.precision)
+    configs = {
+        name: resolve_encoder_config(cfg.encoder_overrides, read_checkpoint_info(path).encoder, source=path)
+        for name, path in cfg.tasks
+    }
+    encoder = TaskEncoder(
+        configs[cfg.tasks[0][0]].pretrained_model_cfg,
+        cfg.device() if device is None else device,
+        precision=cfg.precision,
+    )
     for name, path in cfg.tasks:
         encoder.register(name, path, configs[name])
     return encoder
@@ -179,9 +187,9 @@ class TaskEncoder:
     def __init__(self, pretrained_model_cfg: str, device: torch.device | str = "cpu", precision: str = "fp32") -> None:
         # Dropout settings do not matter: the backbone only ever runs in eval mode here.
         self.library = TaskLibrary(load_backbone(pretrained_model_cfg), pretrained_model_cfg).to(device)
-        self.precision = precision                   # the default autocast of encode()
+        self.precision = precision  # the default autocast of encode()
         self._checkpoints: dict[str, str] = {}
-        self._tokenizers: dict[bool, Any] = {}       # by do_lower_case: tasks may differ only in that
+        self._tokenizers: dict[bool, Any] = {}  # by do_lower_case: tasks may differ only in that
 
     @classmethod
     def from_checkpoints(cls, checkpoints: Mapping[str, str], device: torch.device | str = "cpu") -> "TaskEncoder":
@@ -208,8 +216,11 @@ class TaskEncoder:
         info = read_checkpoint_info(checkpoint_path)
         if config is None:
             config = info.encoder
-        diffs = [f"{f}: {getattr(config, f)!r} vs checkpoint {getattr(info.encoder, f)!r}"
-                 for f in ARCHITECTURE_FIELDS if getattr(config, f) != getattr(info.encoder, f)]
+        diffs = [
+            f"{f}: {getattr(config, f)!r} vs checkpoint {getattr(info.encoder, f)!r}"
+            for f in ARCHITECTURE_FIELDS
+            if getattr(config, f) != getattr(info.encoder, f)
+        ]
         if diffs:
             raise ConfigError(f"task {name!r}: config contradicts {checkpoint_path} ({'; '.join(diffs)})")
         self.library.add(name, config, info.backbone, os.path.join(checkpoint_path, WEIGHTS_FILE), checkpoint_path)
@@ -225,7 +236,7 @@ class TaskEncoder:
 
     def checkpoint(self, task: str) -> str:
         """Absolute path of the checkpoint registered as ``task``."""
-        self.library.model(task)                 # unknown names get the error listing registered tasks
+        self.library.model(task)  # unknown names get the error listing registered tasks
         return self._checkpoints[task]
 
     def identity(self, task: str) -> tuple[dict[str, Any], dict[str, Any], str]:
@@ -237,25 +248,43 @@ class TaskEncoder:
             self._tokenizers[do_lower_case] = load_tokenizer(self.library.model_name, do_lower_case)
         return self._tokenizers[do_lower_case]
 
-    def encode(self, texts: Sequence[str] | Sequence[Passage], task: str, side: Side = "question", *,
-               batch_size: int = 32, max_length: int | None = None, precision: str | None = None,
-               progress: bool = False) -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str] | Sequence[Passage],
+        task: str,
+        side: Side = "question",
+        *,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        precision: str | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
         """Encode questions (strings) or passages with task ``task``; returns (N, D) float32 in input order.
 
         ``max_length`` defaults to the task's ``sequence_length``, ``precision`` to the encoder's.
         """
         model = self.library.model(task)
         config = model.config
-        return encode_texts(model, self.tokenizer(config.do_lower_case), texts, side,
-                            max_length=max_length or config.sequence_length, batch_size=batch_size,
-                            device=self.library.device, precision=precision or self.precision, progress=progress)
+        return encode_texts(
+            model,
+            self.tokenizer(config.do_lower_case),
+            texts,
+            side,
+            max_length=max_length or config.sequence_length,
+            batch_size=batch_size,
+            device=self.library.device,
+            precision=precision or self.precision,
+            progress=progress,
+        )
 
 
 def group_shards(shards: Sequence[EmbeddingShard], num_groups: int) -> list[list[EmbeddingShard]]:
     """Split shards (in order) into ``num_groups`` contiguous groups whose sizes differ by at most one."""
     if not 1 <= num_groups <= len(shards):
-        raise ConfigError(f"--num_index_shards must be between 1 and the number of embedding shards "
-                          f"({len(shards)}), found {num_groups}")
+        raise ConfigError(
+            f"--num_index_shards must be between 1 and the number of embedding shards "
+            f"({len(shards)}), found {num_groups}"
+        )
     base, extra = divmod(len(shards), num_groups)
     groups, start = [], 0
     for g in range(num_groups):
@@ -271,16 +300,19 @@ def build_index(shards: Sequence[EmbeddingShard], kind: str, params: IndexParams
     for shard in shards:
         for vectors, ids in shard.chunks(buffer):
             try:
-                index.add(vectors, ids)                                        # (≤buffer, D)
-            except ValueError as err:     # duplicate ids across shards, bad values, training failure
+                index.add(vectors, ids)  # (≤buffer, D)
+            except ValueError as err:  # duplicate ids across shards, bad values, training failure
                 raise EmbeddingsError(f"{shard.path}: {err}") from err
     logger.info("built %r from %d shard(s)", index, len(shards))
     return index
 
 
 def _source_record(shards: Sequence[EmbeddingShard], kind: str) -> dict[str, Any]:
-    return {"kind": kind, "encoder_digest": shards[0].header.encoder_digest,
-            "shards": [[s.header.shard_id, s.header.num_shards, s.header.count] for s in shards]}
+    return {
+        "kind": kind,
+        "encoder_digest": shards[0].header.encoder_digest,
+        "shards": [[s.header.shard_id, s.header.num_shards, s.header.count] for s in shards],
+    }
 
 
 def default_index_dir(shards: Sequence[EmbeddingShard], kind: str) -> str:
@@ -289,8 +321,9 @@ def default_index_dir(shards: Sequence[EmbeddingShard], kind: str) -> str:
     return f"{stem}_index_{re.sub(r'[^A-Za-z0-9]+', '-', kind).strip('-')}"
 
 
-def load_or_build(shards: Sequence[EmbeddingShard], kind: str, params: IndexParams, buffer: int,
-                  index_dir: str | None) -> DenseIndex:
+def load_or_build(
+    shards: Sequence[EmbeddingShard], kind: str, params: IndexParams, buffer: int, index_dir: str | None
+) -> DenseIndex:
     """Load the index saved in ``index_dir`` if it was built from these shards, else build (and save).
 
     A saved index from other embeddings (another encoder, other shards, another kind) is an error, not
@@ -304,9 +337,11 @@ def load_or_build(shards: Sequence[EmbeddingShard], kind: str, params: IndexPara
         with open(source_path, encoding="utf-8") as handle:
             found = json.load(handle)
         if found != expected:
-            raise EmbeddingsError(f"{source_path}: the index in {index_dir} was built from other embeddings "
-                                  f"or another --index_type ({found}, expected {expected}); delete the folder "
-                                  f"or pass another --index_path")
+            raise EmbeddingsError(
+                f"{source_path}: the index in {index_dir} was built from other embeddings "
+                f"or another --index_type ({found}, expected {expected}); delete the folder "
+                f"or pass another --index_path"
+            )
         try:
             index = DenseIndex.load(index_dir)
         except (ValueError, RuntimeError) as err:
@@ -322,9 +357,15 @@ def load_or_build(shards: Sequence[EmbeddingShard], kind: str, params: IndexPara
     return index
 
 
-def search_groups(groups: Sequence[Sequence[EmbeddingShard]], queries: np.ndarray, k: int, kind: str,
-                  params: IndexParams, buffer: int, index_dir: str | None = None,
-                  ) -> tuple[np.ndarray, list[list[str]]]:
+def search_groups(
+    groups: Sequence[Sequence[EmbeddingShard]],
+    queries: np.ndarray,
+    k: int,
+    kind: str,
+    params: IndexParams,
+    buffer: int,
+    index_dir: str | None = None,
+) -> tuple[np.ndarray, list[list[str]]]:
     """Top-k of ``queries`` (Q, D) over every group: one index per group, searched then freed, merged.
 
     Returns scores (Q, k') float32, best first, and the ids per query. With ``index_dir``, group g is
@@ -332,11 +373,12 @@ def search_groups(groups: Sequence[Sequence[EmbeddingShard]], queries: np.ndarra
     """
     results = []
     for g, group in enumerate(groups):
-        folder = None if index_dir is None else (index_dir if len(groups) == 1
-                                                 else os.path.join(index_dir, f"group_{g}"))
+        folder = (
+            None if index_dir is None else (index_dir if len(groups) == 1 else os.path.join(index_dir, f"group_{g}"))
+        )
         index = load_or_build(group, kind, params, buffer, folder)
         results.append(index.search(queries, k))
-        del index                     # free this group's index before building the next one
+        del index  # free this group's index before building the next one
     return results[0] if len(results) == 1 else merge_topk(results, k)
 
 
@@ -359,13 +401,16 @@ def lookup_corpus_passages(path: str, wanted: Collection[str], shard: EmbeddingS
             break
     missing = sorted(wanted - set(found))
     if missing:
-        raise DataFormatError(f"{resolve_corpus_path(path)}: {len(missing)} retrieved passage ids are not in "
-                              f"this file (e.g. {missing[:5]}); is --ctx_file the corpus the embeddings "
-                              f"were made from?")
+        raise DataFormatError(
+            f"{resolve_corpus_path(path)}: {len(missing)} retrieved passage ids are not in "
+            f"this file (e.g. {missing[:5]}); is --ctx_file the corpus the embeddings "
+            f"were made from?"
+        )
     if check and digest.hexdigest() != header.corpus_digest:
         raise EmbeddingsError(
             f"{resolve_corpus_path(path)} is not the corpus version the embeddings were encoded from: its first "
             f"{digest.count} rows have digest {digest.hexdigest()[:12]}, {shard.meta_path} records "
             f"{header.corpus_digest[:12]} over {header.total_passages} rows of {header.ctx_file}; pass that "
-            f"file as --ctx_file, or regenerate the embeddings from this one")
+            f"file as --ctx_file, or regenerate the embeddings from this one"
+        )
     return found

@@ -22,26 +22,43 @@ def tiny_bert_dir(tmp_path_factory) -> str:
 
     torch.manual_seed(0)
     path = str(tmp_path_factory.mktemp("tiny-bert-tok"))
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=37, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=128,
+    )
     BertModel(config, add_pooling_layer=False).save_pretrained(path)
     load_tokenizer("bert-tiny").save_pretrained(path)
     return path
 
 
 def _passage(i: int) -> dict:
-    return {"title": f"topic {i}", "text": f"passage number {i} about subject {i % 7} and item {i * 3}",
-            "passage_id": str(i)}
+    return {
+        "title": f"topic {i}",
+        "text": f"passage number {i} about subject {i % 7} and item {i * 3}",
+        "passage_id": str(i),
+    }
 
 
 @pytest.fixture
 def tiny_dpr_files(tmp_path) -> tuple[str, str]:
     """A DPR train JSON (24 questions) and dev JSON (8), each question with 1 positive and 3 hard negatives."""
+
     def samples(start: int, count: int) -> list[dict]:
-        return [{"question": f"what is item {i * 3} of subject {i % 7}?", "answers": [str(i)],
-                 "positive_ctxs": [_passage(i)],
-                 "hard_negative_ctxs": [_passage(1000 + i * 3 + k) for k in range(3)],
-                 "negative_ctxs": [_passage(5000 + i)]} for i in range(start, start + count)]
+        return [
+            {
+                "question": f"what is item {i * 3} of subject {i % 7}?",
+                "answers": [str(i)],
+                "positive_ctxs": [_passage(i)],
+                "hard_negative_ctxs": [_passage(1000 + i * 3 + k) for k in range(3)],
+                "negative_ctxs": [_passage(5000 + i)],
+            }
+            for i in range(start, start + count)
+        ]
+
     train, dev = tmp_path / "tiny-train.json", tmp_path / "tiny-dev.json"
     train.write_text(json.dumps(samples(0, 24)))
     dev.write_text(json.dumps(samples(100, 8)))

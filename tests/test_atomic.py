@@ -55,7 +55,7 @@ def test_a_full_disk_while_writing_a_file_leaves_the_old_file_and_no_temp(tmp_pa
         with atomic_file(target) as handle:
             handle.write("new\n")
             if where == "write":
-                _disk_full()                 # what handle.write raises when the disk fills up
+                _disk_full()  # what handle.write raises when the disk fills up
     message = str(caught.value)
     assert str(target) in message and "No space left on device (ENOSPC)" in message
     assert "nothing partial was left" in message and "unchanged" in message
@@ -67,8 +67,11 @@ def test_a_full_disk_while_filling_a_folder_keeps_the_previous_folder(tmp_path):
     target = tmp_path / "embeddings"
     with atomic_directory(target) as tmp:
         np.save(os.path.join(tmp, "vectors.npy"), np.zeros(3))
-    with pytest.raises(OutputWriteError, match=r"could not write the folder .*embeddings: No space left on device "
-                                               r"\(ENOSPC\); nothing partial was left .*unchanged"):
+    with pytest.raises(
+        OutputWriteError,
+        match=r"could not write the folder .*embeddings: No space left on device "
+        r"\(ENOSPC\); nothing partial was left .*unchanged",
+    ):
         with atomic_directory(target) as tmp:
             np.save(os.path.join(tmp, "vectors.npy"), np.ones(3))
             _disk_full()
@@ -83,7 +86,7 @@ def test_a_failed_swap_puts_the_previous_folder_back(tmp_path, monkeypatch):
 
     def replace(src, dst):
         calls.append(src)
-        if len(calls) == 2:                  # path -> .old-*, then tmp -> path fails
+        if len(calls) == 2:  # path -> .old-*, then tmp -> path fails
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         real_replace(src, dst)
 
@@ -167,9 +170,9 @@ def test_leftovers_of_a_previous_run_are_removed_by_the_next_write(tmp_path):
     stale_dir = tmp_path / ".ckpt.wxyz_789.tmp"
     stale_dir.mkdir()
     (stale_dir / "model.safetensors").write_text("half")
-    stale_old = tmp_path / ".ckpt.old-qwer5678"        # the target exists: a swap killed before the delete
+    stale_old = tmp_path / ".ckpt.old-qwer5678"  # the target exists: a swap killed before the delete
     stale_old.mkdir()
-    other = tmp_path / ".other.txt.abcd1234.tmp"         # another target's temp: not this write's business
+    other = tmp_path / ".other.txt.abcd1234.tmp"  # another target's temp: not this write's business
     other.write_text("")
     for path in (stale_file, stale_dir, stale_old, other):
         _age(path)
@@ -183,13 +186,13 @@ def test_leftovers_of_a_previous_run_are_removed_by_the_next_write(tmp_path):
 
 
 def test_a_live_writers_temp_is_left_alone(tmp_path):
-    locked = tmp_path / ".out.txt.abcd1234.tmp"          # a writer in another process, still writing
+    locked = tmp_path / ".out.txt.abcd1234.tmp"  # a writer in another process, still writing
     locked.write_text("in progress")
     _age(locked)
-    fresh = tmp_path / ".out.txt.efgh5678.tmp"           # created after this process started
+    fresh = tmp_path / ".out.txt.efgh5678.tmp"  # created after this process started
     fresh.write_text("in progress")
     with open(locked) as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)      # flock conflicts between open files, same process too
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # flock conflicts between open files, same process too
         assert remove_orphans(tmp_path, "out.txt") == []
     assert _names(tmp_path) == [".out.txt.abcd1234.tmp", ".out.txt.efgh5678.tmp"]
 
@@ -228,10 +231,11 @@ def test_a_writer_killed_mid_swap_loses_nothing_and_the_next_run_cleans_up(tmp_p
     run = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(target)], cwd=ROOT, timeout=60)
     assert run.returncode == -9
     left = _names(tmp_path)
-    assert "ckpt" not in left and len(left) == 2          # .ckpt.old-* (the old version) and .ckpt.*.tmp
-    time.sleep(0.05)                                      # the next run starts after the kill
+    assert "ckpt" not in left and len(left) == 2  # .ckpt.old-* (the old version) and .ckpt.*.tmp
+    time.sleep(0.05)  # the next run starts after the kill
     cleanup = "import sys; from dpr.atomic import remove_orphans; print(len(remove_orphans(sys.argv[1])))"
-    out = subprocess.run([sys.executable, "-c", cleanup, str(tmp_path)], cwd=ROOT, timeout=60,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", cleanup, str(tmp_path)], cwd=ROOT, timeout=60, capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "2" and _names(tmp_path) == ["ckpt"]
     assert (target / "a.txt").read_text() == "old"

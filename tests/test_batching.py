@@ -40,13 +40,9 @@ def _sample(q: str, n_pos: int = 1, n_other: int = 0, n_hard: int = 0) -> BiEnco
     return BiEncoderSample(
         question=f"what is {q}",
         answers=(q,),
-        positive_passages=tuple(
-            Passage(f"{q} positive number {i}", f"title {q}") for i in range(n_pos)
-        ),
+        positive_passages=tuple(Passage(f"{q} positive number {i}", f"title {q}") for i in range(n_pos)),
         negative_passages=tuple(Passage(f"{q} random negative {i}", "") for i in range(n_other)),
-        hard_negative_passages=tuple(
-            Passage(f"{q} hard negative {i}", "hard") for i in range(n_hard)
-        ),
+        hard_negative_passages=tuple(Passage(f"{q} hard negative {i}", "hard") for i in range(n_hard)),
     )
 
 
@@ -59,8 +55,13 @@ def _encoded(tokenizer, passage: Passage) -> list[int]:
 def test_layout_positive_idx_and_hard_negative_idx(tokenizer) -> None:
     samples = [_sample("apple", n_other=2, n_hard=3), _sample("pear", n_hard=1), _sample("fig")]
     batch = build_biencoder_batch(
-        samples, tokenizer, np.random.default_rng(0), max_length=64,
-        hard_negatives=2, other_negatives=1, shuffle_negatives=False,
+        samples,
+        tokenizer,
+        np.random.default_rng(0),
+        max_length=64,
+        hard_negatives=2,
+        other_negatives=1,
+        shuffle_negatives=False,
     )
     # apple: pos, 1 other, 2 hard (rows 0-3); pear: pos, 1 hard (rows 4-5); fig: pos (row 6)
     assert batch.positive_idx.tolist() == [0, 4, 6]
@@ -68,9 +69,12 @@ def test_layout_positive_idx_and_hard_negative_idx(tokenizer) -> None:
     assert batch.hard_negative_idx == [[2, 3], [5], []]
     assert batch.context_ids.shape[0] == 7 and batch.question_ids.shape[0] == 3
     expected_rows = [
-        samples[0].positive_passages[0], samples[0].negative_passages[0],
-        *samples[0].hard_negative_passages[:2], samples[1].positive_passages[0],
-        samples[1].hard_negative_passages[0], samples[2].positive_passages[0],
+        samples[0].positive_passages[0],
+        samples[0].negative_passages[0],
+        *samples[0].hard_negative_passages[:2],
+        samples[1].positive_passages[0],
+        samples[1].hard_negative_passages[0],
+        samples[2].positive_passages[0],
     ]
     for row, passage in enumerate(expected_rows):
         assert _real_ids(batch.context_ids, batch.context_mask, row) == _encoded(tokenizer, passage)
@@ -86,7 +90,7 @@ def test_dynamic_padding_to_the_longest_real_sequence(tokenizer) -> None:
     assert out["input_ids"].shape == (2, max(lengths)) and max(lengths) < 64
     assert out["attention_mask"].sum(dim=1).tolist() == lengths
     padding = [tokenizer.pad_token_id] * (max(lengths) - lengths[0])
-    assert out["input_ids"][0, lengths[0]:].tolist() == padding
+    assert out["input_ids"][0, lengths[0] :].tolist() == padding
     assert set(out) == {"input_ids", "attention_mask", "token_type_ids"}
     assert all(t.dtype == torch.long for t in out.values())
     capped = tokenize_questions(tokenizer, ["word " * 100, "tiny"], max_length=12)
@@ -144,8 +148,15 @@ def test_batch_is_deterministic_for_a_seeded_rng(tokenizer) -> None:
     kwargs = dict(max_length=24, hard_negatives=2, other_negatives=1, shuffle_positives=True)
     first = build_biencoder_batch(samples, tokenizer, np.random.default_rng(9), **kwargs)
     second = build_biencoder_batch(samples, tokenizer, np.random.default_rng(9), **kwargs)
-    for name in ("question_ids", "question_mask", "question_segments", "context_ids",
-                 "context_mask", "context_segments", "positive_idx"):
+    for name in (
+        "question_ids",
+        "question_mask",
+        "question_segments",
+        "context_ids",
+        "context_mask",
+        "context_segments",
+        "positive_idx",
+    ):
         assert torch.equal(getattr(first, name), getattr(second, name)), name
     assert first.hard_negative_idx == second.hard_negative_idx == [[2, 3], [5, 6]]
 
@@ -169,7 +180,7 @@ def test_concat_title_mode_joins_title_and_text_into_one_segment(tokenizer) -> N
     out = tokenize_passages(tokenizer, passages, max_length=32, title_mode="concat")
     expected = tokenizer(["A Title the text part", "no title here"], padding=True, return_tensors="pt")
     assert torch.equal(out["input_ids"], expected["input_ids"])
-    assert int(out["token_type_ids"].sum()) == 0          # one segment, unlike the DPR pair
+    assert int(out["token_type_ids"].sum()) == 0  # one segment, unlike the DPR pair
     pair = tokenize_passages(tokenizer, passages, max_length=32, title_mode="pair")
     assert int(pair["token_type_ids"].sum()) > 0
     with pytest.raises(ValueError, match="title_mode"):

@@ -43,10 +43,28 @@ def test_save_table_replaces_rows_by_name_and_keeps_earlier_ones(tmp_path, quali
 
 
 def test_markdown_rows_show_every_column(quality):
-    rows = [{"name": "BM25", "train_data": "-", "nDCG@10": 0.68631, "R@100": 0.9127, "ECE": None, "trainable": 0,
-             "trainable_share": 0.0, "train_seconds": 0.0},
-            {"name": "m-prefix-squad", "train_data": "squad", "nDCG@10": 0.5, "R@100": 0.91234, "ECE": 0.25,
-             "trainable": 10, "trainable_share": 0.0255, "train_seconds": 670.4}]
+    rows = [
+        {
+            "name": "BM25",
+            "train_data": "-",
+            "nDCG@10": 0.68631,
+            "R@100": 0.9127,
+            "ECE": None,
+            "trainable": 0,
+            "trainable_share": 0.0,
+            "train_seconds": 0.0,
+        },
+        {
+            "name": "m-prefix-squad",
+            "train_data": "squad",
+            "nDCG@10": 0.5,
+            "R@100": 0.91234,
+            "ECE": 0.25,
+            "trainable": 10,
+            "trainable_share": 0.0255,
+            "train_seconds": 670.4,
+        },
+    ]
     lines = quality.markdown(rows).splitlines()
     assert len(lines) == 4
     assert lines[2] == "| BM25 | - | 0.6863 | 0.9127 | - | - | - |"
@@ -55,11 +73,28 @@ def test_markdown_rows_show_every_column(quality):
 
 def test_markdown_by_mode_pairs_in_and_out_of_domain_rows(quality):
     def r(name, mode, data, ndcg):
-        return {"name": name, "model": "m", "mode": mode, "train_data": data, "nDCG@10": ndcg, "R@100": 0.9,
-                "ECE": 0.3, "trainable": 5, "trainable_share": 0.01, "train_seconds": 1.0}
-    rows = [{"name": "BM25", "model": "bm25s", "mode": "bm25"}, r("m-prefix-scifact", "prefix", "scifact", 0.7),
-            r("m-prefix-squad", "prefix", "squad", 0.6), r("m-bitfit-scifact", "bitfit", "scifact", 0.65)]
+        return {
+            "name": name,
+            "model": "m",
+            "mode": mode,
+            "train_data": data,
+            "nDCG@10": ndcg,
+            "R@100": 0.9,
+            "ECE": 0.3,
+            "trainable": 5,
+            "trainable_share": 0.01,
+            "train_seconds": 1.0,
+        }
+
+    rows = [
+        {"name": "BM25", "model": "bm25s", "mode": "bm25"},
+        r("m-prefix-scifact", "prefix", "scifact", 0.7),
+        r("m-prefix-squad", "prefix", "squad", 0.6),
+        r("m-bitfit-scifact", "bitfit", "scifact", 0.65),
+    ]
     lines = quality.markdown_by_mode(rows).splitlines()
     assert len(lines) == 4
-    assert lines[2] == "| m | prefix (P-tuning v2) | 1.00% | 0.7000 / 0.9000 / 0.300 | 0.6000 / 0.9000 / 0.300 | -0.1000 |"
+    assert (
+        lines[2] == "| m | prefix (P-tuning v2) | 1.00% | 0.7000 / 0.9000 / 0.300 | 0.6000 / 0.9000 / 0.300 | -0.1000 |"
+    )
     assert lines[3] == "| m | BitFit | 1.00% | 0.6500 / 0.9000 / 0.300 | not run | - |"

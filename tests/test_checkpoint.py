@@ -15,15 +15,27 @@ from dpr.atomic import atomic_directory
 from dpr.models.biencoder import build_biencoder
 from dpr.models.serialization import CheckpointMismatchError
 from dpr.options import ConfigError, EncoderConfig, add_encoder_params, add_tuning_params
-from dpr.training.checkpoint import (CheckpointError, TrainingPosition, load_biencoder, load_training_state,
-                                     read_checkpoint_info, save_checkpoint)
+from dpr.training.checkpoint import (
+    CheckpointError,
+    TrainingPosition,
+    load_biencoder,
+    load_training_state,
+    read_checkpoint_info,
+    save_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> str:
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=37, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
     path = str(tmp_path_factory.mktemp("tiny-bert"))
     BertModel(config, add_pooling_layer=False).save_pretrained(path)
     return path
@@ -49,8 +61,15 @@ def perturb(model):
 
 @pytest.mark.parametrize("tuning", ["prefix", "prompt", "adapter", "bitfit", "finetune"])
 def test_save_load_reproduces_embeddings_exactly(tmp_path, tiny_model_dir, tuning):
-    cfg = EncoderConfig(pretrained_model_cfg=tiny_model_dir, tuning=tuning, pre_seq_len=4, sequence_length=32,
-                        prefix_mlp=True, projection_dim=8, adapter_size=4)
+    cfg = EncoderConfig(
+        pretrained_model_cfg=tiny_model_dir,
+        tuning=tuning,
+        pre_seq_len=4,
+        sequence_length=32,
+        prefix_mlp=True,
+        projection_dim=8,
+        adapter_size=4,
+    )
     model = build_biencoder(cfg).eval()
     perturb(model)
     path = save_checkpoint(str(tmp_path / "ckpt"), model, position=TrainingPosition(2, 5, 40))
@@ -61,7 +80,7 @@ def test_save_load_reproduces_embeddings_exactly(tmp_path, tiny_model_dir, tunin
         assert torch.equal(model.encode_query(ids, mask, seg), loaded.encode_query(ids, mask, seg))
         assert torch.equal(model.encode_passage(ids, mask, seg), loaded.encode_passage(ids, mask, seg))
     assert info.position == TrainingPosition(2, 5, 40)
-    assert info.encoder == model.config and info.encoder.pooling == "cls"   # 'auto' stored resolved
+    assert info.encoder == model.config and info.encoder.pooling == "cls"  # 'auto' stored resolved
     stored = load_file(os.path.join(path, "model.safetensors"))
     assert set(stored) == set(model.tuned_names)
     if tuning != "finetune" and tuning != "bitfit":
@@ -71,7 +90,7 @@ def test_save_load_reproduces_embeddings_exactly(tmp_path, tiny_model_dir, tunin
 def test_prefix_checkpoint_of_bert_base_size_is_a_few_megabytes(tmp_path):
     torch.manual_seed(0)
     path = str(tmp_path / "bert-base-shaped")
-    BertModel(BertConfig(), add_pooling_layer=False).save_pretrained(path)       # 12 layers, hidden 768
+    BertModel(BertConfig(), add_pooling_layer=False).save_pretrained(path)  # 12 layers, hidden 768
     model = build_biencoder(EncoderConfig(pretrained_model_cfg=path, tuning="prefix", pre_seq_len=64))
     ckpt = save_checkpoint(str(tmp_path / "ckpt"), model)
     size = os.path.getsize(os.path.join(ckpt, "model.safetensors"))
@@ -80,14 +99,16 @@ def test_prefix_checkpoint_of_bert_base_size_is_a_few_megabytes(tmp_path):
 
 
 def test_optimizer_and_scheduler_state_round_trip_without_pickle(tmp_path, tiny_model_dir):
-    model = build_biencoder(EncoderConfig(pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4,
-                                          sequence_length=32))
+    model = build_biencoder(
+        EncoderConfig(pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4, sequence_length=32)
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda step: 1.0 / (step + 1))
     ids, mask, seg = tokens()
     model.encode_query(ids, mask, seg).sum().backward()
-    optim.step(); sched.step()
+    optim.step()
+    sched.step()
     path = save_checkpoint(str(tmp_path / "ckpt"), model, optimizer=optim, scheduler=sched)
     state = load_training_state(path)
     fresh = torch.optim.AdamW(params, lr=1e-3)
@@ -98,8 +119,9 @@ def test_optimizer_and_scheduler_state_round_trip_without_pickle(tmp_path, tiny_
 
 
 def test_flags_that_contradict_the_checkpoint_raise_naming_both_values(tmp_path, tiny_model_dir):
-    prefix = build_biencoder(EncoderConfig(pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4,
-                                           sequence_length=32))
+    prefix = build_biencoder(
+        EncoderConfig(pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4, sequence_length=32)
+    )
     prefix_path = save_checkpoint(str(tmp_path / "prefix"), prefix)
     with pytest.raises(ConfigError, match=r"--pre_seq_len is 16 but .* pre_seq_len=4"):
         load_biencoder(prefix_path, parse(["--pre_seq_len", "16"]))
@@ -121,8 +143,9 @@ def test_two_modes_at_once_is_an_argparse_error(capsys):
 def test_not_a_checkpoint_and_tampered_files_are_refused(tmp_path, tiny_model_dir):
     with pytest.raises(CheckpointError, match="no config.json"):
         read_checkpoint_info(str(tmp_path))
-    model = build_biencoder(EncoderConfig(pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4,
-                                          sequence_length=32))
+    model = build_biencoder(
+        EncoderConfig(pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4, sequence_length=32)
+    )
     path = save_checkpoint(str(tmp_path / "ckpt"), model)
     weights = os.path.join(path, "model.safetensors")
     state = load_file(weights)
@@ -148,26 +171,30 @@ def test_a_crash_while_writing_keeps_the_previous_folder(tmp_path):
             open(os.path.join(tmp, "a.txt"), "w").write("new")
             raise RuntimeError("crash")
     assert (target / "a.txt").read_text() == "old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "ckpt-probe"]   # no temp leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "ckpt-probe"]  # no temp leftovers
 
 
 def test_a_training_output_folder_means_its_best_checkpoint(tmp_path, tiny_model_dir):
-    model = build_biencoder(EncoderConfig(pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4,
-                                          sequence_length=32))
+    model = build_biencoder(
+        EncoderConfig(pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4, sequence_length=32)
+    )
     best = save_checkpoint(str(tmp_path / "run" / "dpr_biencoder.1.5"), model)
     save_checkpoint(str(tmp_path / "run" / "dpr_biencoder.2.5"), build_biencoder(model.config))
     (tmp_path / "run" / "best_checkpoint.json").write_text(json.dumps({"path": best}))
     assert read_checkpoint_info(str(tmp_path / "run")).path == best
     loaded, _ = load_biencoder(str(tmp_path / "run"))
-    assert torch.equal(dict(loaded.named_parameters())["question_encoder.prefix.embedding.weight"],
-                       dict(model.named_parameters())["question_encoder.prefix.embedding.weight"])
+    assert torch.equal(
+        dict(loaded.named_parameters())["question_encoder.prefix.embedding.weight"],
+        dict(model.named_parameters())["question_encoder.prefix.embedding.weight"],
+    )
     with pytest.raises(CheckpointError, match="nor a training output folder"):
         read_checkpoint_info(str(tmp_path))
 
 
 def test_damaged_weights_and_training_state_are_clear_errors_naming_the_file(tmp_path, tiny_model_dir):
-    model = build_biencoder(EncoderConfig(pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4,
-                                          sequence_length=32))
+    model = build_biencoder(
+        EncoderConfig(pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4, sequence_length=32)
+    )
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     path = save_checkpoint(str(tmp_path / "ckpt"), model, optimizer=optim)
     weights, state = os.path.join(path, "model.safetensors"), os.path.join(path, "training_state.pt")
@@ -177,7 +204,7 @@ def test_damaged_weights_and_training_state_are_clear_errors_naming_the_file(tmp
             open(name, "wb").write(damage(good))
             with pytest.raises(CheckpointError, match=f"{name} is damaged") as caught:
                 load_biencoder(path) if name == weights else load_training_state(path)
-            assert "weights_only" not in str(caught.value)      # never advise unpickling code
+            assert "weights_only" not in str(caught.value)  # never advise unpickling code
             open(name, "wb").write(good)
     torch.save(["a list, not a state dict"], state)
     with pytest.raises(CheckpointError, match="expected a dict of optimizer and scheduler state, found list"):

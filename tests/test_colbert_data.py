@@ -29,9 +29,12 @@ def ids(tmp_path):
 
 def test_a_line_that_is_not_utf8_fails_when_the_file_is_opened(tmp_path):
     path = tmp_path / "triples.tsv"
-    path.write_bytes(GOOD.encode() + LATIN1)                # line 12: reached at step 11 of a bsize-1 run
-    with pytest.raises(DataFormatError, match=r"triples.tsv:12: expected UTF-8 text, found byte b'\\xe9' at "
-                                              r"column 4; convert the file to UTF-8"):
+    path.write_bytes(GOOD.encode() + LATIN1)  # line 12: reached at step 11 of a bsize-1 run
+    with pytest.raises(
+        DataFormatError,
+        match=r"triples.tsv:12: expected UTF-8 text, found byte b'\\xe9' at "
+        r"column 4; convert the file to UTF-8",
+    ):
         read_triples(str(path))
 
 
@@ -59,19 +62,38 @@ def test_the_cli_refuses_bad_triples_before_training(tmp_path, tiny_bert_dir, ca
     path = tmp_path / "triples.tsv"
     path.write_bytes(GOOD.encode() + LATIN1)
     out = tmp_path / "run"
-    argv = ["--pretrained_model_cfg", tiny_bert_dir, "--prefix", "--pre_seq_len", "4", "--triples", str(path),
-            "--query_maxlen", "12", "--doc_maxlen", "32", "--dim", "16", "--bsize", "1", "--maxsteps", "20",
-            "--output_dir", str(out), "--no_progress"]
+    argv = [
+        "--pretrained_model_cfg",
+        tiny_bert_dir,
+        "--prefix",
+        "--pre_seq_len",
+        "4",
+        "--triples",
+        str(path),
+        "--query_maxlen",
+        "12",
+        "--doc_maxlen",
+        "32",
+        "--dim",
+        "16",
+        "--bsize",
+        "1",
+        "--maxsteps",
+        "20",
+        "--output_dir",
+        str(out),
+        "--no_progress",
+    ]
     assert run_cli(colbert_train.main, argv) == 2
     assert "triples.tsv:12: expected UTF-8 text" in capsys.readouterr().err
-    assert not out.exists() or not any(out.iterdir())       # no step ran, no checkpoint written
+    assert not out.exists() or not any(out.iterdir())  # no step ran, no checkpoint written
 
 
 # ------------------------------------------------------------------------------------------- form
 
 
 def test_a_text_query_that_starts_with_a_bracket_is_a_text_triple(tmp_path):
-    for name in ("triples.tsv", "triples.train"):          # by the name, and by parsing the first line
+    for name in ("triples.tsv", "triples.train"):  # by the name, and by parsing the first line
         path = tmp_path / name
         path.write_text("[draft] what is a prefix\tprefix tuning prepends vectors\tthe nile\n" + GOOD)
         triples = read_triples(str(path))
@@ -92,8 +114,11 @@ def test_the_form_is_told_by_the_name_then_by_the_first_line(tmp_path):
 def test_a_file_that_mixes_the_two_forms_names_the_odd_line(tmp_path, ids):
     text = tmp_path / "mixed.tsv"
     text.write_text(GOOD + '["q1", "d0", "d1"]\n')
-    with pytest.raises(DataFormatError, match=r"mixed.tsv:12: found a JSON list \[qid, pid\+, pid-\], but the "
-                                              r"file holds text triples \(its name ends in .tsv\); .* one form"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"mixed.tsv:12: found a JSON list \[qid, pid\+, pid-\], but the "
+        r"file holds text triples \(its name ends in .tsv\); .* one form",
+    ):
         read_triples(str(text))
     jsonl = tmp_path / "mixed.jsonl"
     jsonl.write_text('["q1", "d0", "d1"]\nquery\tpositive\tnegative\n')
@@ -128,12 +153,18 @@ def test_bad_text_triples_name_file_line_and_what_was_found(tmp_path):
 def test_ids_missing_from_the_queries_or_the_collection_name_the_line(tmp_path, ids):
     path = tmp_path / "t.jsonl"
     path.write_text('["q1", "d0", "d1"]\n["q9", "d0", "d1"]\n')
-    with pytest.raises(DataFormatError, match=r"t.jsonl:2: qid 'q9' is not in the queries file .*queries.tsv "
-                                              r"\(its qids look like 'q1', 'q2'\)"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"t.jsonl:2: qid 'q9' is not in the queries file .*queries.tsv "
+        r"\(its qids look like 'q1', 'q2'\)",
+    ):
         read_triples(str(path), *ids)
-    path.write_text('["q1", "x0", "x1"]\n')                  # no pid of the triples is in the collection
-    with pytest.raises(DataFormatError, match=r"t.jsonl:1: pid 'x0' is not in the collection .*collection.tsv "
-                                              r"\(its pids look like 'd0', 'd1', 'd2'\)"):
+    path.write_text('["q1", "x0", "x1"]\n')  # no pid of the triples is in the collection
+    with pytest.raises(
+        DataFormatError,
+        match=r"t.jsonl:1: pid 'x0' is not in the collection .*collection.tsv "
+        r"\(its pids look like 'd0', 'd1', 'd2'\)",
+    ):
         read_triples(str(path), *ids)
     path.write_text('["q1", "d0"]\n')
     with pytest.raises(DataFormatError, match=r"t.jsonl:1: expected a JSON list \[qid, pid\+, pid-\] \(ids as "):

@@ -21,9 +21,17 @@ from dpr.models.hub import load_tokenizer
 from dpr.models.serialization import CheckpointMismatchError
 from dpr.options import ConfigError, EncoderConfig
 
-TOPICS = ["paris is the capital of france", "the nile flows through egypt", "mozart composed the magic flute",
-          "everest is the highest mountain", "penguins live in antarctica", "copper conducts electricity",
-          "shakespeare wrote hamlet", "tokyo is a large city"]
+TOPICS = [
+    "paris is the capital of france",
+    "the nile flows through egypt",
+    "mozart composed the magic flute",
+    "everest is the highest mountain",
+    "penguins live in antarctica",
+    "copper conducts electricity",
+    "shakespeare wrote hamlet",
+    "tokyo is a large city",
+]
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -35,10 +43,16 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-
 def config(model_dir: str, tuning: str = "prefix", **kw) -> ColBERTConfig:
-    encoder = EncoderConfig(pretrained_model_cfg=model_dir, tuning=tuning, pre_seq_len=4, pooling="cls",
-                            sequence_length=32, dropout=0.0, prefix_dropout=0.0)
+    encoder = EncoderConfig(
+        pretrained_model_cfg=model_dir,
+        tuning=tuning,
+        pre_seq_len=4,
+        pooling="cls",
+        sequence_length=32,
+        dropout=0.0,
+        prefix_dropout=0.0,
+    )
     return ColBERTConfig(encoder=encoder, query_maxlen=12, doc_maxlen=32, dim=16, **kw)
 
 
@@ -59,17 +73,17 @@ def test_query_augmentation_pads_with_mask_tokens_that_are_scored(tiny_bert_dir,
     real = int(q["attention_mask"].sum())
     ids = q["input_ids"][0].tolist()
     assert ids[:2] == [tok.cls_token_id, tok.convert_tokens_to_ids("[unused0]")] and ids[real - 1] == tok.sep_token_id
-    assert len(ids) == 12 and ids[real:] == [tok.mask_token_id] * (12 - real)          # [MASK] padding
+    assert len(ids) == 12 and ids[real:] == [tok.mask_token_id] * (12 - real)  # [MASK] padding
     assert q["attention_mask"][0, real:].sum() == 0
     d = ct.docs([Passage("paris is the capital of france")])
     with torch.no_grad():
-        qv = model.encode_query(q["input_ids"], q["attention_mask"])                   # (1, 12, 16)
+        qv = model.encode_query(q["input_ids"], q["attention_mask"])  # (1, 12, 16)
         dv = model.encode_passage(d["input_ids"], d["attention_mask"])
     full = maxsim(qv, dv, d["score_mask"]).item()
     real_only = maxsim(qv[:, :real], dv, d["score_mask"]).item()
     masked_part = maxsim(qv[:, real:], dv, d["score_mask"]).item()
     assert full == pytest.approx(real_only + masked_part, abs=1e-5)
-    assert abs(masked_part) > 1e-3                                # the [MASK] vectors contribute to the score
+    assert abs(masked_part) > 1e-3  # the [MASK] vectors contribute to the score
     assert torch.allclose(qv.norm(dim=-1), torch.ones(1, 12), atol=1e-5)
 
 
@@ -99,13 +113,16 @@ def test_a_document_encodes_the_same_alone_and_padded_in_a_batch(tiny_bert_dir, 
 
 
 def triples() -> list[Triple]:
-    return [Triple(f"question about {t.split()[-1]}", Passage(t), Passage(TOPICS[(i + 3) % len(TOPICS)]))
-            for i, t in enumerate(TOPICS)]
+    return [
+        Triple(f"question about {t.split()[-1]}", Passage(t), Passage(TOPICS[(i + 3) % len(TOPICS)]))
+        for i, t in enumerate(TOPICS)
+    ]
 
 
 def train_cfg(tmp_path, **kw) -> ColBERTTrainConfig:
-    values = dict(triples="unused.tsv", output_dir=str(tmp_path), bsize=4, accum=2, lr=1e-2, maxsteps=12,
-                  save_every=1000, seed=1)
+    values = dict(
+        triples="unused.tsv", output_dir=str(tmp_path), bsize=4, accum=2, lr=1e-2, maxsteps=12, save_every=1000, seed=1
+    )
     return ColBERTTrainConfig(**{**values, **kw})
 
 
@@ -137,16 +154,17 @@ def test_resume_continues_exactly(tiny_bert_dir, tok, tmp_path):
     ColBERTTrainer(train_cfg(tmp_path / "b", maxsteps=2), first, ct, data, torch.device("cpu")).run(progress=False)
     resumed, info = load_colbert(str(tmp_path / "b" / "colbert-2"))
     state = torch.load(tmp_path / "b" / "colbert-2" / "training_state.pt", weights_only=True)
-    ColBERTTrainer(train_cfg(tmp_path / "b", maxsteps=4), resumed, ct, data, torch.device("cpu"), info.step,
-                   state).run(progress=False)
+    ColBERTTrainer(train_cfg(tmp_path / "b", maxsteps=4), resumed, ct, data, torch.device("cpu"), info.step, state).run(
+        progress=False
+    )
     for name, param in straight.named_parameters():
         assert torch.allclose(param, dict(resumed.named_parameters())[name], atol=1e-6), name
 
 
 def test_batch_indices_cover_every_triple_once_per_epoch():
-    stream = [i for step in range(5) for i in batch_indices(step, 3, 5, seed=0)]       # 15 = 3 epochs of 5
+    stream = [i for step in range(5) for i in batch_indices(step, 3, 5, seed=0)]  # 15 = 3 epochs of 5
     for epoch in range(3):
-        assert sorted(stream[epoch * 5:(epoch + 1) * 5]) == list(range(5))
+        assert sorted(stream[epoch * 5 : (epoch + 1) * 5]) == list(range(5))
     assert batch_indices(2, 3, 5, seed=0) == stream[6:9]
 
 
@@ -161,16 +179,34 @@ def test_checkpoint_round_trip_reproduces_vectors_and_config(tiny_bert_dir, tok,
     ct = ColBERTTokenizer.from_config(tok, model.config)
     q, d = ct.queries(TOPICS[:2]), ct.docs([Passage(t) for t in TOPICS[2:5]])
     with torch.no_grad():
-        assert torch.equal(model.encode_query(q["input_ids"], q["attention_mask"]),
-                           loaded.encode_query(q["input_ids"], q["attention_mask"]))
-        assert torch.equal(model.encode_passage(d["input_ids"], d["attention_mask"]),
-                           loaded.encode_passage(d["input_ids"], d["attention_mask"]))
+        assert torch.equal(
+            model.encode_query(q["input_ids"], q["attention_mask"]),
+            loaded.encode_query(q["input_ids"], q["attention_mask"]),
+        )
+        assert torch.equal(
+            model.encode_passage(d["input_ids"], d["attention_mask"]),
+            loaded.encode_passage(d["input_ids"], d["attention_mask"]),
+        )
 
 
 def _flags(**given) -> argparse.Namespace:
-    names = ("pretrained_model_cfg", "do_lower_case", "tuning", "pre_seq_len", "prefix_mlp", "prefix_hidden_size",
-             "prefix_dropout", "prompt_encoder", "prompt_init_text", "adapter_size", "query_maxlen", "doc_maxlen",
-             "dim", "similarity", "mask_punctuation")
+    names = (
+        "pretrained_model_cfg",
+        "do_lower_case",
+        "tuning",
+        "pre_seq_len",
+        "prefix_mlp",
+        "prefix_hidden_size",
+        "prefix_dropout",
+        "prompt_encoder",
+        "prompt_init_text",
+        "adapter_size",
+        "query_maxlen",
+        "doc_maxlen",
+        "dim",
+        "similarity",
+        "mask_punctuation",
+    )
     return argparse.Namespace(**{name: given.get(name) for name in names})
 
 
@@ -183,7 +219,7 @@ def test_flags_that_contradict_a_checkpoint_name_both_values(tiny_bert_dir, tmp_
         load_colbert(path, _flags(doc_maxlen=180))
     with pytest.raises(ConfigError, match=r"tuning mode .*'finetune'.*'prefix'"):
         load_colbert(path, _flags(tuning="finetune"))
-    loaded, _ = load_colbert(path, _flags(dim=16, pre_seq_len=4))                     # agreeing flags are fine
+    loaded, _ = load_colbert(path, _flags(dim=16, pre_seq_len=4))  # agreeing flags are fine
     assert loaded.config == model.config
     assert read_checkpoint_info(path).config.encoder.sequence_length == 32
 
@@ -192,7 +228,7 @@ def test_weights_that_do_not_fit_are_refused(tiny_bert_dir, tmp_path):
     path = save_colbert(str(tmp_path / "colbert-0"), make(tiny_bert_dir))
     cfg_file = tmp_path / "colbert-0" / "config.json"
     stored = json.loads(cfg_file.read_text())
-    stored["colbert"]["dim"] = 8                                                        # config edited by hand
+    stored["colbert"]["dim"] = 8  # config edited by hand
     cfg_file.write_text(json.dumps(stored))
     with pytest.raises(CheckpointMismatchError, match="linear.weight"):
         load_colbert(path)

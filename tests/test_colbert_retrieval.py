@@ -27,13 +27,28 @@ from dpr.data.readers import DataFormatError, read_dpr_files
 from dpr.models.hub import load_tokenizer
 from dpr.options import ConfigError, EncoderConfig
 
-DOCS = ["paris is the capital of france", "the nile flows through egypt", "mozart composed the magic flute",
-        "everest is the highest mountain on earth", "penguins live in antarctica", "copper conducts electricity",
-        "shakespeare wrote hamlet and macbeth", "tokyo hosted the olympic games", "vienna is known for cafes",
-        "the danube reaches the black sea", "photosynthesis needs sunlight", "the moon orbits the earth"]
-QUERIES = {"q1": "capital of france", "q2": "who wrote hamlet", "q3": "where do penguins live",
-           "q4": "what needs sunlight"}
+DOCS = [
+    "paris is the capital of france",
+    "the nile flows through egypt",
+    "mozart composed the magic flute",
+    "everest is the highest mountain on earth",
+    "penguins live in antarctica",
+    "copper conducts electricity",
+    "shakespeare wrote hamlet and macbeth",
+    "tokyo hosted the olympic games",
+    "vienna is known for cafes",
+    "the danube reaches the black sea",
+    "photosynthesis needs sunlight",
+    "the moon orbits the earth",
+]
+QUERIES = {
+    "q1": "capital of france",
+    "q2": "who wrote hamlet",
+    "q3": "where do penguins live",
+    "q4": "what needs sunlight",
+}
 QRELS = {"q1": "d0", "q2": "d6", "q3": "d4", "q4": "d10"}
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -45,7 +60,6 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("colbert-data")
@@ -53,26 +67,35 @@ def files(tmp_path_factory):
     (root / "queries.tsv").write_text("".join(f"{q}\t{t}\n" for q, t in QUERIES.items()))
     qrels = "".join(f"{q}\t{d}\t1\n" for q, d in QRELS.items())
     (root / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrels)
-    (root / "triples.jsonl").write_text("".join(json.dumps([q, d, f"d{(int(d[1:]) + 5) % 12}"]) + "\n"
-                                                for q, d in QRELS.items()))
+    (root / "triples.jsonl").write_text(
+        "".join(json.dumps([q, d, f"d{(int(d[1:]) + 5) % 12}"]) + "\n" for q, d in QRELS.items())
+    )
     return root
 
 
 @pytest.fixture(scope="module")
 def model_and_tok(tiny_bert_dir):
     torch.manual_seed(0)
-    encoder = EncoderConfig(pretrained_model_cfg=tiny_bert_dir, tuning="prefix", pre_seq_len=4, pooling="cls",
-                            sequence_length=32)
+    encoder = EncoderConfig(
+        pretrained_model_cfg=tiny_bert_dir, tuning="prefix", pre_seq_len=4, pooling="cls", sequence_length=32
+    )
     model = build_colbert(ColBERTConfig(encoder=encoder, query_maxlen=12, doc_maxlen=32, dim=16)).eval()
     return model, ColBERTTokenizer.from_config(load_tokenizer(tiny_bert_dir), model.config)
 
 
-@pytest.mark.parametrize("settings", [FaissSettings(), FaissSettings(partitions=4, pq_m=4, nbits=4)],
-                         ids=["flat", "ivfpq"])
+@pytest.mark.parametrize(
+    "settings", [FaissSettings(), FaissSettings(partitions=4, pq_m=4, nbits=4)], ids=["flat", "ivfpq"]
+)
 def test_end_to_end_with_a_large_faiss_depth_equals_brute_force(model_and_tok, files, tmp_path, settings):
     model, ct = model_and_tok
-    meta = build_index(model, ct, iter_collection(str(files / "collection.tsv")), str(tmp_path / "idx"),
-                       settings=settings, shard_size=5)
+    meta = build_index(
+        model,
+        ct,
+        iter_collection(str(files / "collection.tsv")),
+        str(tmp_path / "idx"),
+        settings=settings,
+        shard_size=5,
+    )
     assert len(meta["shards"]) == 3 and meta["num_docs"] == len(DOCS)
     _, store, token_index = load_index(str(tmp_path / "idx"))
     q = encode_queries(model, ct, list(QUERIES.values()))
@@ -89,15 +112,16 @@ def test_end_to_end_with_a_large_faiss_depth_equals_brute_force(model_and_tok, f
 
 def test_brute_force_scores_equal_maxsim_of_freshly_encoded_documents(model_and_tok, files, tmp_path):
     model, ct = model_and_tok
-    build_index(model, ct, iter_collection(str(files / "collection.tsv")), str(tmp_path / "idx"),
-                settings=FaissSettings())
+    build_index(
+        model, ct, iter_collection(str(files / "collection.tsv")), str(tmp_path / "idx"), settings=FaissSettings()
+    )
     _, store, _ = load_index(str(tmp_path / "idx"), with_faiss=False)
     q = encode_queries(model, ct, ["capital of france"])
     ranking = brute_force(q, ["q"], store, depth=len(DOCS), similarity="cosine")["q"]
     passages = dict(iter_collection(str(files / "collection.tsv")))
     batch = ct.docs([passages[pid] for pid, _ in ranking])
     with torch.no_grad():
-        d = model.encode_passage(batch["input_ids"], batch["attention_mask"]).half().float()   # stored as fp16
+        d = model.encode_passage(batch["input_ids"], batch["attention_mask"]).half().float()  # stored as fp16
     fresh = model.compute_similarity(q, d, batch["score_mask"])[0]
     assert np.allclose(fresh.numpy(), [s for _, s in ranking], atol=1e-4)
     assert all(a[1] >= b[1] for a, b in zip(ranking, ranking[1:], strict=False))
@@ -105,11 +129,12 @@ def test_brute_force_scores_equal_maxsim_of_freshly_encoded_documents(model_and_
 
 def test_an_index_refuses_a_model_with_other_weights(model_and_tok, files, tmp_path):
     model, ct = model_and_tok
-    meta = build_index(model, ct, iter_collection(str(files / "collection.tsv")), str(tmp_path / "idx"),
-                       settings=FaissSettings())
-    check_model(meta, model, "idx")                                                    # the builder passes
+    meta = build_index(
+        model, ct, iter_collection(str(files / "collection.tsv")), str(tmp_path / "idx"), settings=FaissSettings()
+    )
+    check_model(meta, model, "idx")  # the builder passes
     torch.manual_seed(7)
-    other = build_colbert(model.config)                                                # same config, new weights
+    other = build_colbert(model.config)  # same config, new weights
     with pytest.raises(ConfigError, match="built with other weights"):
         check_model(meta, other, "idx")
 
@@ -168,21 +193,74 @@ def test_runs_and_qrels_formats(tmp_path):
 
 
 def _train(files, tiny_bert_dir, out, *extra):
-    return colbert_train.main(["--pretrained_model_cfg", tiny_bert_dir, "--prefix", "--pre_seq_len", "4",
-                               "--triples", str(files / "triples.jsonl"), "--queries", str(files / "queries.tsv"),
-                               "--collection", str(files / "collection.tsv"), "--query_maxlen", "12",
-                               "--doc_maxlen", "32", "--dim", "16", "--bsize", "4", "--accum", "2", "--lr", "1e-2",
-                               "--output_dir", str(out), "--save_every", "2", "--no_progress", *extra])
+    return colbert_train.main(
+        [
+            "--pretrained_model_cfg",
+            tiny_bert_dir,
+            "--prefix",
+            "--pre_seq_len",
+            "4",
+            "--triples",
+            str(files / "triples.jsonl"),
+            "--queries",
+            str(files / "queries.tsv"),
+            "--collection",
+            str(files / "collection.tsv"),
+            "--query_maxlen",
+            "12",
+            "--doc_maxlen",
+            "32",
+            "--dim",
+            "16",
+            "--bsize",
+            "4",
+            "--accum",
+            "2",
+            "--lr",
+            "1e-2",
+            "--output_dir",
+            str(out),
+            "--save_every",
+            "2",
+            "--no_progress",
+            *extra,
+        ]
+    )
 
 
 def test_cli_train_index_retrieve_rerank(files, tiny_bert_dir, tmp_path, capsys):
     assert _train(files, tiny_bert_dir, tmp_path / "run", "--maxsteps", "3") == 0
     ckpt = str(tmp_path / "run" / "colbert-3")
     assert sorted(os.listdir(tmp_path / "run")) == ["colbert-2", "colbert-3"]
-    assert colbert_index.main(["--checkpoint", ckpt, "--collection", str(files / "collection.tsv"),
-                               "--index_root", str(tmp_path), "--index_name", "idx", "--no_progress"]) == 0
-    common = ["--index_root", str(tmp_path), "--index_name", "idx", "--queries", str(files / "queries.tsv"),
-              "--qrels", str(files / "qrels.tsv"), "--depth", "5", "--no_progress"]
+    assert (
+        colbert_index.main(
+            [
+                "--checkpoint",
+                ckpt,
+                "--collection",
+                str(files / "collection.tsv"),
+                "--index_root",
+                str(tmp_path),
+                "--index_name",
+                "idx",
+                "--no_progress",
+            ]
+        )
+        == 0
+    )
+    common = [
+        "--index_root",
+        str(tmp_path),
+        "--index_name",
+        "idx",
+        "--queries",
+        str(files / "queries.tsv"),
+        "--qrels",
+        str(files / "qrels.tsv"),
+        "--depth",
+        "5",
+        "--no_progress",
+    ]
     assert colbert_retrieve.main([*common, "--faiss_depth", "10000", "--output_dir", str(tmp_path / "e2e")]) == 0
     assert colbert_retrieve.main([*common, "--brute_force", "--output_dir", str(tmp_path / "bf")]) == 0
     e2e = (tmp_path / "e2e" / "ranking.tsv").read_text().splitlines()
@@ -192,10 +270,24 @@ def test_cli_train_index_retrieve_rerank(files, tiny_bert_dir, tmp_path, capsys)
     assert {"MRR@10", "R@50", "R@200", "R@1000", "nDCG@10"} <= set(metrics)
     assert (tmp_path / "e2e" / "ranking.trec").read_text().split("\n")[0].split()[1] == "Q0"
     # re-ranking BM25-style candidates by encoding the collection on the fly gives the index's scores
-    assert colbert_retrieve.main(["--checkpoint", ckpt, "--collection", str(files / "collection.tsv"),
-                                  "--topk", str(tmp_path / "bf" / "ranking.tsv"), "--queries",
-                                  str(files / "queries.tsv"), "--output_dir", str(tmp_path / "rr"),
-                                  "--no_progress"]) == 0
+    assert (
+        colbert_retrieve.main(
+            [
+                "--checkpoint",
+                ckpt,
+                "--collection",
+                str(files / "collection.tsv"),
+                "--topk",
+                str(tmp_path / "bf" / "ranking.tsv"),
+                "--queries",
+                str(files / "queries.tsv"),
+                "--output_dir",
+                str(tmp_path / "rr"),
+                "--no_progress",
+            ]
+        )
+        == 0
+    )
     rr = [r.split("\t") for r in (tmp_path / "rr" / "ranking.tsv").read_text().splitlines()]
     assert [r[:2] for r in rr] == [r.split("\t")[:2] for r in bf]
     assert np.allclose([float(r[3]) for r in rr], [float(r.split("\t")[3]) for r in bf], atol=1e-4)
@@ -204,16 +296,39 @@ def test_cli_train_index_retrieve_rerank(files, tiny_bert_dir, tmp_path, capsys)
 
 def test_cli_refuses_an_index_built_by_another_config_and_conflicting_flags(files, tiny_bert_dir, tmp_path, capsys):
     assert _train(files, tiny_bert_dir, tmp_path / "a", "--maxsteps", "0") == 0
-    index_args = ["--collection", str(files / "collection.tsv"), "--index_root", str(tmp_path), "--index_name", "idx",
-                  "--no_progress"]
+    index_args = [
+        "--collection",
+        str(files / "collection.tsv"),
+        "--index_root",
+        str(tmp_path),
+        "--index_name",
+        "idx",
+        "--no_progress",
+    ]
     assert colbert_index.main(["--checkpoint", str(tmp_path / "a" / "colbert-0"), *index_args]) == 0
     torch.manual_seed(1)
-    model = build_colbert(ColBERTConfig(encoder=EncoderConfig(pretrained_model_cfg=tiny_bert_dir, tuning="prefix",
-                                                              pre_seq_len=4, pooling="cls", sequence_length=32),
-                                        query_maxlen=12, doc_maxlen=32, dim=8))
+    model = build_colbert(
+        ColBERTConfig(
+            encoder=EncoderConfig(
+                pretrained_model_cfg=tiny_bert_dir, tuning="prefix", pre_seq_len=4, pooling="cls", sequence_length=32
+            ),
+            query_maxlen=12,
+            doc_maxlen=32,
+            dim=8,
+        )
+    )
     other = save_colbert(str(tmp_path / "b" / "colbert-0"), model)
-    query_args = ["--index_root", str(tmp_path), "--index_name", "idx", "--queries", str(files / "queries.tsv"),
-                  "--output_dir", str(tmp_path / "out"), "--no_progress"]
+    query_args = [
+        "--index_root",
+        str(tmp_path),
+        "--index_name",
+        "idx",
+        "--queries",
+        str(files / "queries.tsv"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--no_progress",
+    ]
     assert run_cli(colbert_retrieve.main, ["--checkpoint", other, *query_args]) == 2
     err = capsys.readouterr().err
     assert "built by another ColBERT config" in err and "dim: index 16, model 8" in err
@@ -224,5 +339,15 @@ def test_cli_refuses_an_index_built_by_another_config_and_conflicting_flags(file
 
 
 def _train_args_again(files, tiny_bert_dir, out):
-    return ["--pretrained_model_cfg", tiny_bert_dir, "--triples", str(files / "triples.jsonl"), "--queries",
-            str(files / "queries.tsv"), "--collection", str(files / "collection.tsv"), "--output_dir", str(out)]
+    return [
+        "--pretrained_model_cfg",
+        tiny_bert_dir,
+        "--triples",
+        str(files / "triples.jsonl"),
+        "--queries",
+        str(files / "queries.tsv"),
+        "--collection",
+        str(files / "collection.tsv"),
+        "--output_dir",
+        str(out),
+    ]

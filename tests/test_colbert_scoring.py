@@ -34,8 +34,8 @@ def random_batch(seed: int = 0, n: int = 3, lq: int = 5, ld: int = 7, dim: int =
     q = F.normalize(torch.randn(n, lq, dim, generator=gen, dtype=torch.float64), dim=-1)
     d = F.normalize(torch.randn(n, ld, dim, generator=gen, dtype=torch.float64), dim=-1)
     lengths = [ld, 3, 1][:n]
-    mask = torch.arange(ld).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)           # (n, ld)
-    d = d * mask.unsqueeze(-1)            # padding vectors are zeros, as a padded batch holds them
+    mask = torch.arange(ld).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)  # (n, ld)
+    d = d * mask.unsqueeze(-1)  # padding vectors are zeros, as a padded batch holds them
     return q, d, mask
 
 
@@ -53,12 +53,12 @@ def test_maxsim_equals_a_naive_loop_with_padding(similarity):
 
 def test_padding_never_wins_when_every_similarity_is_negative():
     # Every real document token points away from every query token: all similarities are negative.
-    q = torch.tensor([[[1.0, 0.0], [0.6, 0.8]]])                                       # (1, 2, 2)
-    d = torch.tensor([[[-1.0, 0.0], [0.0, -1.0], [0.0, 0.0], [0.0, 0.0]]])             # (1, 4, 2), 2 padding
+    q = torch.tensor([[[1.0, 0.0], [0.6, 0.8]]])  # (1, 2, 2)
+    d = torch.tensor([[[-1.0, 0.0], [0.0, -1.0], [0.0, 0.0], [0.0, 0.0]]])  # (1, 4, 2), 2 padding
     mask = torch.tensor([[True, True, False, False]])
     score = maxsim(q, d, mask, "cosine").item()
     assert score == pytest.approx(naive_maxsim(q[0], d[0], mask[0], "cosine"))
-    assert score == pytest.approx(0.0 + -0.6)                                          # max(-1, 0) + max(-0.6, -0.8)
+    assert score == pytest.approx(0.0 + -0.6)  # max(-1, 0) + max(-0.6, -0.8)
     # Zeroed padding (ColBERT v1) would have scored 0 for the first token: the mask must use -inf.
     assert score < 0
     assert maxsim(q, d, mask, "l2").item() == pytest.approx(naive_maxsim(q[0], d[0], mask[0], "l2"))
@@ -72,8 +72,8 @@ def test_maxsim_all_agrees_with_pairwise_on_the_diagonal():
 @pytest.mark.parametrize("similarity", ["cosine", "l2"])
 def test_packed_documents_score_like_the_padded_batch(similarity):
     q, d, mask = random_batch(seed=5)
-    lengths = mask.sum(1)                                                              # (n,)
-    packed = d[mask]                                                                   # (sum, dim), doc order
+    lengths = mask.sum(1)  # (n,)
+    packed = d[mask]  # (sum, dim), doc order
     scores = maxsim_packed(q, packed, lengths, similarity)
     assert torch.allclose(scores, maxsim_all(q, d, mask, similarity), atol=1e-9)
     assert scores[0, 2].item() == pytest.approx(naive_maxsim(q[0], d[2], mask[2], similarity), abs=1e-9)

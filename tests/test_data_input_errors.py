@@ -32,8 +32,14 @@ def _texts(path: Path) -> list[tuple[str, str, str]]:
 # ------------------------------------------------------------------------------- 1. stray quotes
 
 
-STRAY = ['"Weird Al" Yankovic is a parodist', 'a 5" floppy disk', '"an opening quote never closed',
-         'ends with a quote"', '"quoted" and "quoted"', '"']
+STRAY = [
+    '"Weird Al" Yankovic is a parodist',
+    'a 5" floppy disk',
+    '"an opening quote never closed',
+    'ends with a quote"',
+    '"quoted" and "quoted"',
+    '"',
+]
 
 
 def test_stray_quotes_never_merge_passage_rows(tmp_path: Path) -> None:
@@ -44,8 +50,12 @@ def test_stray_quotes_never_merge_passage_rows(tmp_path: Path) -> None:
 
 
 def test_csv_written_passages_read_back_exactly(tmp_path: Path) -> None:
-    passages = [Passage('Aaron ( or ; "Aharon") is a prophet', "Aaron", "1"), Passage('"Hi" she said', '"T"', "2"),
-                Passage('5" floppy', "", "3"), Passage("plain", "Plain", "4")]
+    passages = [
+        Passage('Aaron ( or ; "Aharon") is a prophet', "Aaron", "1"),
+        Passage('"Hi" she said', '"T"', "2"),
+        Passage('5" floppy', "", "3"),
+        Passage("plain", "Plain", "4"),
+    ]
     path = tmp_path / "written.tsv.gz"
     with gzip.open(path, "wt", encoding="utf-8", newline="") as out:
         writer = csv.writer(out, delimiter="\t", lineterminator="\n")
@@ -70,7 +80,7 @@ def test_passage_line_with_extra_field_names_file_and_line(tmp_path: Path) -> No
 def test_qa_file_with_stray_quotes(tmp_path: Path) -> None:
     path = tmp_path / "qa.tsv"
     questions = ['"Weird Al" Yankovic was born where?', '"an unclosed quote here', "plain question?"]
-    path.write_text("".join(f"{q}\t[\"a{i}\"]\n" for i, q in enumerate(questions)), encoding="utf-8")
+    path.write_text("".join(f'{q}\t["a{i}"]\n' for i, q in enumerate(questions)), encoding="utf-8")
     pairs = read_qa_tsv(str(path))
     assert [(p.question, p.answers, p.line) for p in pairs] == [(q, (f"a{i}",), i + 1) for i, q in enumerate(questions)]
 
@@ -89,10 +99,15 @@ def test_qa_file_written_with_csv_quoting_reads_back(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- 2. header order
 
 
-@pytest.mark.parametrize("header, row", [
-    ("text\tid\ttitle", "seven\t7\tSeven"), ("title\ttext\tid", "Seven\tseven\t7"),
-    ("ID\tTitle\tText", "7\tSeven\tseven"), ("id\ttext\ttitle\turl", "7\tseven\tSeven\thttp://x"),
-])
+@pytest.mark.parametrize(
+    "header, row",
+    [
+        ("text\tid\ttitle", "seven\t7\tSeven"),
+        ("title\ttext\tid", "Seven\tseven\t7"),
+        ("ID\tTitle\tText", "7\tSeven\tseven"),
+        ("id\ttext\ttitle\turl", "7\tseven\tSeven\thttp://x"),
+    ],
+)
 def test_header_in_any_order_and_case(tmp_path: Path, header: str, row: str) -> None:
     path = tmp_path / "p.tsv"
     path.write_text(f"{header}\n{row}\n")
@@ -137,8 +152,7 @@ def _corpus_files(tmp_path: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("kind, where, first", [("tsv", "psgs.tsv:6", 3), ("beir", "corpus.jsonl:4", 2)])
 @pytest.mark.parametrize("reader", [count_passages, read_corpus])
-def test_repeated_passage_id_names_id_and_both_lines(tmp_path: Path, reader, kind: str, where: str,
-                                                     first: int) -> None:
+def test_repeated_passage_id_names_id_and_both_lines(tmp_path: Path, reader, kind: str, where: str, first: int) -> None:
     path = _corpus_files(tmp_path)[kind]
     duplicate = "'2'" if kind == "tsv" else "'b'"
     with pytest.raises(DataFormatError, match=rf"{where}: duplicate passage id {duplicate} \(first on line {first}\)"):
@@ -159,8 +173,10 @@ def test_hash_collisions_are_not_repeats(tmp_path: Path, monkeypatch: pytest.Mon
 # ------------------------------------------------------------------------ 4. runaway JSON nesting
 
 
-@pytest.mark.parametrize("name, text", [("deep.json", DEEP), ("deep.jsonl", json.dumps(_positive("q")) + "\n" + DEEP),
-                                        ("deep-gz.json", None)])
+@pytest.mark.parametrize(
+    "name, text",
+    [("deep.json", DEEP), ("deep.jsonl", json.dumps(_positive("q")) + "\n" + DEEP), ("deep-gz.json", None)],
+)
 def test_deep_dpr_json_is_a_format_error(tmp_path: Path, name: str, text: str | None) -> None:
     path = tmp_path / name
     path.write_bytes(gzip.compress(DEEP.encode()) if text is None else text.encode())
@@ -179,7 +195,7 @@ def test_deep_json_in_beir_queries_squad_and_qa_files(tmp_path: Path) -> None:
     (tmp_path / "squad.json").write_text(DEEP)
     with pytest.raises(DataFormatError, match=r"squad\.json: JSON nested too deeply"):
         load_squad(str(tmp_path / "squad.json"))
-    (tmp_path / "qa.tsv").write_text(f"ok?\t[\"a\"]\nwhat?\t{DEEP}\n")
+    (tmp_path / "qa.tsv").write_text(f'ok?\t["a"]\nwhat?\t{DEEP}\n')
     with pytest.raises(DataFormatError, match=r"qa\.tsv:2: answers nested too deeply"):
         read_qa_tsv(str(tmp_path / "qa.tsv"))
 
@@ -187,9 +203,15 @@ def test_deep_json_in_beir_queries_squad_and_qa_files(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------- 5. empty training data
 
 
-@pytest.mark.parametrize("content, found", [("[]", "no record"), ("", "no record"), ("\n\n", "no record"),
-                                            (json.dumps([_positive("a", False), _positive("b", False)]),
-                                             "2 records, none with a positive passage")])
+@pytest.mark.parametrize(
+    "content, found",
+    [
+        ("[]", "no record"),
+        ("", "no record"),
+        ("\n\n", "no record"),
+        (json.dumps([_positive("a", False), _positive("b", False)]), "2 records, none with a positive passage"),
+    ],
+)
 def test_no_usable_sample_is_an_error_naming_the_files(tmp_path: Path, content: str, found: str) -> None:
     (tmp_path / "empty-1.json").write_text(content)
     (tmp_path / "empty-2.json").write_text("[]")
@@ -218,16 +240,22 @@ def test_pattern_matching_no_file_is_a_user_error(tmp_path: Path) -> None:
 BAD = b"caf\xe9"  # Latin-1, not UTF-8
 
 
-@pytest.mark.parametrize("name, data, read", [
-    ("p.tsv", b"id\ttext\ttitle\n1\tok\tOk\n2\t" + BAD + b"\tT\n", lambda p: list(iter_passages_tsv(p))),
-    ("p.tsv.gz", gzip.compress(b"1\tok\n2\tok\n3\t" + BAD + b"\n"), lambda p: list(iter_passages_tsv(p))),
-    ("corpus.jsonl", b'{"_id": "1", "text": "ok"}\n{"_id": "2", "text": "x"}\n{"_id": "3", "text": "' + BAD + b'"}\n',
-     lambda p: list(iter_beir_corpus(p))),
-    ("d.jsonl", json.dumps(_positive("a")).encode() + b"\n\n" + BAD + b"\n", lambda p: read_dpr_files([p])),
-    ("qa.tsv", b'ok?\t["a"]\nok?\t["b"]\n' + BAD + b'?\t["c"]\n', read_qa_tsv),
-    ("queries.jsonl", b'{"_id": "q", "text": "ok"}\n\n{"_id": "r", "text": "' + BAD + b'"}\n', read_beir_queries),
-    ("qrels.tsv", b"query-id\tcorpus-id\tscore\nq\td\t1\n" + BAD + b"\td\t1\n", read_beir_qrels),
-])
+@pytest.mark.parametrize(
+    "name, data, read",
+    [
+        ("p.tsv", b"id\ttext\ttitle\n1\tok\tOk\n2\t" + BAD + b"\tT\n", lambda p: list(iter_passages_tsv(p))),
+        ("p.tsv.gz", gzip.compress(b"1\tok\n2\tok\n3\t" + BAD + b"\n"), lambda p: list(iter_passages_tsv(p))),
+        (
+            "corpus.jsonl",
+            b'{"_id": "1", "text": "ok"}\n{"_id": "2", "text": "x"}\n{"_id": "3", "text": "' + BAD + b'"}\n',
+            lambda p: list(iter_beir_corpus(p)),
+        ),
+        ("d.jsonl", json.dumps(_positive("a")).encode() + b"\n\n" + BAD + b"\n", lambda p: read_dpr_files([p])),
+        ("qa.tsv", b'ok?\t["a"]\nok?\t["b"]\n' + BAD + b'?\t["c"]\n', read_qa_tsv),
+        ("queries.jsonl", b'{"_id": "q", "text": "ok"}\n\n{"_id": "r", "text": "' + BAD + b'"}\n', read_beir_queries),
+        ("qrels.tsv", b"query-id\tcorpus-id\tscore\nq\td\t1\n" + BAD + b"\td\t1\n", read_beir_qrels),
+    ],
+)
 def test_non_utf8_bytes_name_file_and_line(tmp_path: Path, name: str, data: bytes, read) -> None:
     path = tmp_path / name
     path.write_bytes(data)

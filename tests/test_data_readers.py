@@ -34,8 +34,7 @@ def _record(question: str, n_pos: int = 1) -> dict:
         "question": question,
         "answers": [f"{question}-answer"],
         "positive_ctxs": [
-            {"title": f"T{i}", "text": f"{question} pos {i}", "score": 1.0, "title_score": 0,
-             "passage_id": f"p{i}"}
+            {"title": f"T{i}", "text": f"{question} pos {i}", "score": 1.0, "title_score": 0, "passage_id": f"p{i}"}
             for i in range(n_pos)
         ],
         "negative_ctxs": [{"title": "N", "text": f"{question} neg", "psg_id": 17}],
@@ -49,9 +48,7 @@ def _record(question: str, n_pos: int = 1) -> dict:
 RECORDS = [_record("q1", 2), _record("q2"), _record("q3")]
 
 
-def _write(
-    path: Path, records: list, jsonl: bool, gz: bool = False, blank_first: bool = False
-) -> Path:
+def _write(path: Path, records: list, jsonl: bool, gz: bool = False, blank_first: bool = False) -> Path:
     if jsonl:
         text = ("\n" if blank_first else "") + "".join(json.dumps(r) + "\n" for r in records)
     else:
@@ -77,8 +74,13 @@ def test_json_record_is_read_field_by_field(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "name, jsonl, gz",
-    [("d.jsonl", True, False), ("d.json.gz", False, True), ("d.jsonl.gz", True, True),
-     ("no_suffix_but_gzipped.json", False, True), ("no_suffix_jsonl.data", True, True)],
+    [
+        ("d.jsonl", True, False),
+        ("d.json.gz", False, True),
+        ("d.jsonl.gz", True, True),
+        ("no_suffix_but_gzipped.json", False, True),
+        ("no_suffix_jsonl.data", True, True),
+    ],
 )
 def test_jsonl_and_gzip_read_like_json(tmp_path: Path, name: str, jsonl: bool, gz: bool) -> None:
     expected, _ = read_dpr_file(str(_write(tmp_path / "ref.json", RECORDS, jsonl=False)))
@@ -166,16 +168,22 @@ def _break(record: dict, how: str) -> str:
     raise AssertionError(how)
 
 
-BREAKAGES = ["no_question", "int_question", "positives_not_list", "no_positives",
-             "text_not_string", "negatives_not_list", "answers_not_list", "passage_not_object",
-             "title_not_string"]
+BREAKAGES = [
+    "no_question",
+    "int_question",
+    "positives_not_list",
+    "no_positives",
+    "text_not_string",
+    "negatives_not_list",
+    "answers_not_list",
+    "passage_not_object",
+    "title_not_string",
+]
 
 
 @pytest.mark.parametrize("jsonl", [False, True], ids=["json", "jsonl"])
 @pytest.mark.parametrize("how", BREAKAGES)
-def test_malformed_record_names_file_record_and_field(
-    tmp_path: Path, how: str, jsonl: bool
-) -> None:
+def test_malformed_record_names_file_record_and_field(tmp_path: Path, how: str, jsonl: bool) -> None:
     records = copy.deepcopy(RECORDS)
     field = _break(records[1], how)
     path = _write(tmp_path / f"broken_{how}.data", records, jsonl=jsonl, blank_first=True)
@@ -209,8 +217,7 @@ def test_malformed_json_names_file_and_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("1,4", (1, 4)), ("[1, 4]", (1, 4)), ("1 4", (1, 4)), (" 2 ", (2,)), ("(3,1,1)", (3, 1, 1)),
-     ("[7]", (7,))],
+    [("1,4", (1, 4)), ("[1, 4]", (1, 4)), ("1 4", (1, 4)), (" 2 ", (2,)), ("(3,1,1)", (3, 1, 1)), ("[7]", (7,))],
 )
 def test_parse_upsample_rates_accepts(text: str, expected: tuple[int, ...]) -> None:
     assert parse_upsample_rates(text) == expected

@@ -22,12 +22,25 @@ from dpr.retrieval import InferenceModelConfig, group_shards, load_inference_mod
 from dpr.search import RetrieveConfig, metrics_record, open_shards, retrieve, retrieved_passages
 from dpr.training.checkpoint import save_checkpoint
 
-TOPICS = ["Paris is the capital of France", "The Nile flows through Egypt", "Mozart composed The Magic Flute",
-          "Mount Everest is in the Himalayas", "Photosynthesis needs sunlight", "Tokyo hosted the 2020 Olympics",
-          "Shakespeare wrote Hamlet", "Penguins live in Antarctica", "Café culture thrives in Vienna",
-          "The Danube reaches the Black Sea", "Copper conducts electricity well"]
-QUESTIONS = [("what is the capital of france?", '["Paris"]'), ("who wrote hamlet?", "['Shakespeare']"),
-             ("where do penguins live?", '["Antarctica", "the south pole"]'), ("where is the cafe?", '["Café"]')]
+TOPICS = [
+    "Paris is the capital of France",
+    "The Nile flows through Egypt",
+    "Mozart composed The Magic Flute",
+    "Mount Everest is in the Himalayas",
+    "Photosynthesis needs sunlight",
+    "Tokyo hosted the 2020 Olympics",
+    "Shakespeare wrote Hamlet",
+    "Penguins live in Antarctica",
+    "Café culture thrives in Vienna",
+    "The Danube reaches the Black Sea",
+    "Copper conducts electricity well",
+]
+QUESTIONS = [
+    ("what is the capital of france?", '["Paris"]'),
+    ("who wrote hamlet?", "['Shakespeare']"),
+    ("where do penguins live?", '["Antarctica", "the south pole"]'),
+    ("where is the cafe?", '["Café"]'),
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,23 +53,58 @@ def setup(tmp_path_factory):
     corpus = root / "psgs.tsv"
     corpus.write_text("id\ttext\ttitle\n" + "".join(f"{i}\t{t}.\tdoc {i}\n" for i, t in enumerate(TOPICS)))
     for shard_id in range(3):
-        assert generate_embeddings.main(["--model_file", ckpt, "--ctx_file", str(corpus), "--out_file",
-                                         str(root / "emb"), "--shard_id", str(shard_id), "--num_shards", "3",
-                                         "--no_progress"]) == 0
+        assert (
+            generate_embeddings.main(
+                [
+                    "--model_file",
+                    ckpt,
+                    "--ctx_file",
+                    str(corpus),
+                    "--out_file",
+                    str(root / "emb"),
+                    "--shard_id",
+                    str(shard_id),
+                    "--num_shards",
+                    "3",
+                    "--no_progress",
+                ]
+            )
+            == 0
+        )
     qa = root / "qa.tsv"
     qa.write_text("".join(f"{q}\t{a}\n" for q, a in QUESTIONS))
     beir = root / "beir"
     (beir / "qrels").mkdir(parents=True)
-    (beir / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": q}) + "\n"
-                                                for i, (q, _) in enumerate(QUESTIONS)))
+    (beir / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": f"q{i}", "text": q}) + "\n" for i, (q, _) in enumerate(QUESTIONS))
+    )
     (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\t0\t1\nq1\t6\t1\nq2\t7\t2\n")
-    return {"root": root, "ckpt": ckpt, "corpus": str(corpus), "emb": str(root / "emb_*"), "qa": str(qa),
-            "beir": str(beir)}
+    return {
+        "root": root,
+        "ckpt": ckpt,
+        "corpus": str(corpus),
+        "emb": str(root / "emb_*"),
+        "qa": str(qa),
+        "beir": str(beir),
+    }
 
 
 def _qa_args(s, out, *extra):
-    return ["--model_file", s["ckpt"], "--encoded_ctx_file", s["emb"], "--qa_file", s["qa"], "--out_file", str(out),
-            "--n-docs", "11", "--no_cuda", "--no_progress", *extra]
+    return [
+        "--model_file",
+        s["ckpt"],
+        "--encoded_ctx_file",
+        s["emb"],
+        "--qa_file",
+        s["qa"],
+        "--out_file",
+        str(out),
+        "--n-docs",
+        "11",
+        "--no_cuda",
+        "--no_progress",
+        *extra,
+    ]
 
 
 def test_qa_mode_writes_dpr_results_and_metrics(setup, tmp_path, capsys):
@@ -72,7 +120,7 @@ def test_qa_mode_writes_dpr_results_and_metrics(setup, tmp_path, capsys):
         assert [c["score"] for c in ctxs] == sorted((c["score"] for c in ctxs), reverse=True)
         assert set(ctxs[0]) == {"id", "title", "text", "score", "has_answer"}
     assert {c["id"] for c in records[0]["ctxs"] if c["has_answer"]} == {"0"}
-    assert {c["id"] for c in records[3]["ctxs"] if c["has_answer"]} == {"8"}     # NFC/NFD-safe unicode match
+    assert {c["id"] for c in records[3]["ctxs"] if c["has_answer"]} == {"8"}  # NFC/NFD-safe unicode match
     metrics = json.loads((tmp_path / "results.json.metrics.json").read_text())
     accuracy = metrics["top_k_accuracy"]
     assert list(accuracy) == [str(k) for k in range(1, 12)] and accuracy["11"] == 1.0
@@ -83,13 +131,29 @@ def test_qa_mode_writes_dpr_results_and_metrics(setup, tmp_path, capsys):
 
 def test_beir_mode_writes_trec_run_and_metrics(setup, tmp_path, capsys):
     run = tmp_path / "run.trec"
-    assert main(["--model_file", setup["ckpt"], "--encoded_ctx_file", setup["emb"], "--beir_dir", setup["beir"],
-                 "--out_file", str(run), "--n-docs", "11", "--no_progress"]) == 0
+    assert (
+        main(
+            [
+                "--model_file",
+                setup["ckpt"],
+                "--encoded_ctx_file",
+                setup["emb"],
+                "--beir_dir",
+                setup["beir"],
+                "--out_file",
+                str(run),
+                "--n-docs",
+                "11",
+                "--no_progress",
+            ]
+        )
+        == 0
+    )
     lines = run.read_text().splitlines()
     assert len(lines) == 3 * 11 and lines[0].split()[1] == "Q0" and lines[0].split()[3] == "1"
-    assert {line.split()[0] for line in lines} == {"q0", "q1", "q2"}        # only judged queries are run
+    assert {line.split()[0] for line in lines} == {"q0", "q1", "q2"}  # only judged queries are run
     metrics = json.loads((tmp_path / "run.trec.metrics.json").read_text())["metrics"]
-    assert "R@100" not in metrics                   # k > --n-docs is not reported (it would undercount)
+    assert "R@100" not in metrics  # k > --n-docs is not reported (it would undercount)
     ranked = {}
     for line in lines:
         qid, _, doc, rank, score, _ = line.split()
@@ -110,13 +174,14 @@ def test_index_shards_searched_separately_equal_one_index(setup, tmp_path):
     assert main(_qa_args(setup, three, "--num_index_shards", "3")) == 0
     a, b = json.loads(one.read_text()), json.loads(three.read_text())
     assert [[c["id"] for c in r["ctxs"]] for r in a] == [[c["id"] for c in r["ctxs"]] for r in b]
-    np.testing.assert_allclose([[c["score"] for c in r["ctxs"]] for r in a],
-                               [[c["score"] for c in r["ctxs"]] for r in b], atol=1e-6)
+    np.testing.assert_allclose(
+        [[c["score"] for c in r["ctxs"]] for r in a], [[c["score"] for c in r["ctxs"]] for r in b], atol=1e-6
+    )
 
 
 def test_search_groups_equal_brute_force(setup):
     shards = find_shards(setup["emb"])
-    vectors = np.concatenate([s.vectors() for s in shards])                     # (11, 128)
+    vectors = np.concatenate([s.vectors() for s in shards])  # (11, 128)
     ids = [pid for s in shards for pid in s.ids()]
     queries = np.random.default_rng(0).standard_normal((5, vectors.shape[1])).astype(np.float32)  # (5, 128)
     expected_scores, expected_ids = brute_force_topk(queries, vectors, ids, 4)
@@ -139,10 +204,34 @@ def test_saved_index_is_reused_and_checked(setup, tmp_path, capsys):
 
 
 def test_embeddings_from_another_model_config_are_refused(setup, tmp_path, capsys):
-    assert generate_embeddings.main(["--pretrained_model_cfg", "bert-tiny", "--sequence_length", "64", "--ctx_file",
-                                     setup["corpus"], "--out_file", str(tmp_path / "base"), "--no_progress"]) == 0
-    code = run_cli(main, ["--model_file", setup["ckpt"], "--encoded_ctx_file", str(tmp_path / "base_*"),
-                          "--qa_file", setup["qa"], "--no_progress"])
+    assert (
+        generate_embeddings.main(
+            [
+                "--pretrained_model_cfg",
+                "bert-tiny",
+                "--sequence_length",
+                "64",
+                "--ctx_file",
+                setup["corpus"],
+                "--out_file",
+                str(tmp_path / "base"),
+                "--no_progress",
+            ]
+        )
+        == 0
+    )
+    code = run_cli(
+        main,
+        [
+            "--model_file",
+            setup["ckpt"],
+            "--encoded_ctx_file",
+            str(tmp_path / "base_*"),
+            "--qa_file",
+            setup["qa"],
+            "--no_progress",
+        ],
+    )
     err = capsys.readouterr().err
     assert code == 2 and "base_0/meta.json" in err and "tuning: 'finetune' vs 'prefix'" in err
     assert "base model bert-tiny" in err and setup["ckpt"] in err
@@ -161,8 +250,15 @@ def test_missing_ids_and_missing_shard_are_named(setup, tmp_path, capsys):
     for shard in find_shards(setup["emb"]):
         shutil.copytree(shard.path, tmp_path / os.path.basename(shard.path))
     os.remove(tmp_path / "emb_1" / "ids.json")
-    args = ["--model_file", setup["ckpt"], "--encoded_ctx_file", str(copy) + "_*", "--qa_file", setup["qa"],
-            "--no_progress"]
+    args = [
+        "--model_file",
+        setup["ckpt"],
+        "--encoded_ctx_file",
+        str(copy) + "_*",
+        "--qa_file",
+        setup["qa"],
+        "--no_progress",
+    ]
     assert run_cli(main, args) == 2 and "emb_1/ids.json: missing" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "emb_1")
     assert run_cli(main, args) == 2 and "shard id(s) [1]" in capsys.readouterr().err
@@ -194,14 +290,32 @@ def test_regex_match_mode(setup, tmp_path):
     qa = tmp_path / "trec.tsv"
     qa.write_text('capital of france?\t["Par(is|ee)"]\nwho composed?\t["mo[sz]art"]\n')
     out = tmp_path / "r.json"
-    assert main(["--model_file", setup["ckpt"], "--encoded_ctx_file", setup["emb"], "--qa_file", str(qa),
-                 "--match", "regex", "--out_file", str(out), "--n-docs", "11", "--no_progress"]) == 0
+    assert (
+        main(
+            [
+                "--model_file",
+                setup["ckpt"],
+                "--encoded_ctx_file",
+                setup["emb"],
+                "--qa_file",
+                str(qa),
+                "--match",
+                "regex",
+                "--out_file",
+                str(out),
+                "--n-docs",
+                "11",
+                "--no_progress",
+            ]
+        )
+        == 0
+    )
     records = json.loads(out.read_text())
     assert [{c["id"] for c in r["ctxs"] if c["has_answer"]} for r in records] == [{"0"}, {"2"}]
 
 
 def test_calibration_inputs_leave_out_short_rows():
-    scores = np.array([[3.0, 2.0, 1.0], [2.0, -np.inf, -np.inf]], dtype=np.float32)   # (2, 3)
+    scores = np.array([[3.0, 2.0, 1.0], [2.0, -np.inf, -np.inf]], dtype=np.float32)  # (2, 3)
     top, correct = calibration_inputs(scores, [[True, False, False], [False]], depth=5)
     np.testing.assert_array_equal(top, [[3.0, 2.0, 1.0]])
     np.testing.assert_array_equal(correct, [[True, False, False]])
@@ -209,10 +323,13 @@ def test_calibration_inputs_leave_out_short_rows():
 
 def test_beir_paths_accept_prepare_data_outputs(tmp_path):
     from dpr.data.queries import beir_paths
+
     (tmp_path / "squad-test-queries.jsonl").write_text('{"_id": "q1", "text": "x"}\n')
     (tmp_path / "squad-test-qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tp1\t1\n")
-    assert beir_paths(str(tmp_path), "test") == (str(tmp_path / "squad-test-queries.jsonl"),
-                                                 str(tmp_path / "squad-test-qrels.tsv"))
+    assert beir_paths(str(tmp_path), "test") == (
+        str(tmp_path / "squad-test-queries.jsonl"),
+        str(tmp_path / "squad-test-qrels.tsv"),
+    )
     with pytest.raises(FileNotFoundError, match="does not exist"):
         beir_paths(str(tmp_path), "dev")
 
@@ -227,8 +344,20 @@ def _copy_shards(setup, folder):
 def test_save_or_load_index_runs_twice_in_the_default_folder(setup, tmp_path, caplog, groups):
     # the default folder <prefix>_index_flat matches the shards' glob <prefix>_*: the 2nd run read it as a shard
     emb = _copy_shards(setup, tmp_path)
-    args = ["--model_file", setup["ckpt"], "--encoded_ctx_file", emb, "--qa_file", setup["qa"], "--n-docs", "11",
-            "--save_or_load_index", "--num_index_shards", groups, "--no_progress"]
+    args = [
+        "--model_file",
+        setup["ckpt"],
+        "--encoded_ctx_file",
+        emb,
+        "--qa_file",
+        setup["qa"],
+        "--n-docs",
+        "11",
+        "--save_or_load_index",
+        "--num_index_shards",
+        groups,
+        "--no_progress",
+    ]
     assert main(args + ["--out_file", str(tmp_path / "first.json")]) == 0
     assert (tmp_path / "emb_index_flat").is_dir()
     caplog.clear()
@@ -240,12 +369,13 @@ def test_save_or_load_index_runs_twice_in_the_default_folder(setup, tmp_path, ca
 
 def test_ctx_file_of_another_corpus_version_is_refused(setup, tmp_path, capsys):
     rows = [(str(i), f"{t}.", f"doc {i}") for i, t in enumerate(TOPICS)]
-    same = tmp_path / "corpus.jsonl"        # the encoded rows in the other format: the same corpus version
+    same = tmp_path / "corpus.jsonl"  # the encoded rows in the other format: the same corpus version
     same.write_text("".join(json.dumps({"_id": i, "title": title, "text": text}) + "\n" for i, text, title in rows))
     assert main(_qa_args(setup, tmp_path / "ok.json", "--ctx_file", str(same))) == 0
-    edited = tmp_path / "edited.tsv"        # same ids, one text changed after encoding
-    edited.write_text("id\ttext\ttitle\n" + "".join(f"{i}\t{text.replace('Paris', 'Lyon')}\t{title}\n"
-                                                    for i, text, title in rows))
+    edited = tmp_path / "edited.tsv"  # same ids, one text changed after encoding
+    edited.write_text(
+        "id\ttext\ttitle\n" + "".join(f"{i}\t{text.replace('Paris', 'Lyon')}\t{title}\n" for i, text, title in rows)
+    )
     code = run_cli(main, _qa_args(setup, tmp_path / "r.json", "--ctx_file", str(edited)))
     err = capsys.readouterr().err
     assert code == 2 and f"{edited} is not the corpus version the embeddings were encoded from" in err
@@ -256,8 +386,19 @@ def _beir_copy(setup, tmp_path, qrels):
     beir = tmp_path / "beir"
     shutil.copytree(setup["beir"], beir)
     (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrels)
-    return ["--model_file", setup["ckpt"], "--encoded_ctx_file", setup["emb"], "--beir_dir", str(beir),
-            "--out_file", str(tmp_path / "run.trec"), "--n-docs", "11", "--no_progress"]
+    return [
+        "--model_file",
+        setup["ckpt"],
+        "--encoded_ctx_file",
+        setup["emb"],
+        "--beir_dir",
+        str(beir),
+        "--out_file",
+        str(tmp_path / "run.trec"),
+        "--n-docs",
+        "11",
+        "--no_progress",
+    ]
 
 
 def test_judged_docs_missing_from_the_corpus_are_counted(setup, tmp_path, caplog, capsys):
@@ -265,8 +406,10 @@ def test_judged_docs_missing_from_the_corpus_are_counted(setup, tmp_path, caplog
     with caplog.at_level("WARNING"):
         assert main(args) == 0
     qrels = str(tmp_path / "beir" / "qrels" / "test.tsv")
-    assert any(r.getMessage().startswith(f"{qrels}: 1 of 3 judged doc ids are not in the 11 embedded passages")
-               for r in caplog.records)
+    assert any(
+        r.getMessage().startswith(f"{qrels}: 1 of 3 judged doc ids are not in the 11 embedded passages")
+        for r in caplog.records
+    )
     args = _beir_copy(setup, tmp_path / "wrong", "q0\tgone\t1\nq1\tlost\t1\n")
     code, err = run_cli(main, args), capsys.readouterr().err
     assert code == 2 and "test.tsv: none of its 2 judged doc ids is in the 11 embedded passages" in err
@@ -276,8 +419,10 @@ def test_judged_queries_missing_from_the_queries_file_are_left_out(setup, tmp_pa
     args = _beir_copy(setup, tmp_path, "q0\t0\t1\nq1\t6\t1\nq9\t7\t1\n")
     with caplog.at_level("WARNING"):
         assert main(args) == 0
-    assert any("1 of 3 judged queries are not in" in r.getMessage() and "queries.jsonl" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "1 of 3 judged queries are not in" in r.getMessage() and "queries.jsonl" in r.getMessage()
+        for r in caplog.records
+    )
     assert json.loads((tmp_path / "run.trec.metrics.json").read_text())["queries"] == 2
     assert {line.split()[0] for line in (tmp_path / "run.trec").read_text().splitlines()} == {"q0", "q1"}
     code = run_cli(main, _beir_copy(setup, tmp_path / "wrong", "q8\t0\t1\nq9\t7\t1\n"))
@@ -287,19 +432,47 @@ def test_judged_queries_missing_from_the_queries_file_are_left_out(setup, tmp_pa
 @pytest.fixture
 def umask_027():
     old = os.umask(0o027)
-    yield 0o640                                  # what a plain open() gives under this umask
+    yield 0o640  # what a plain open() gives under this umask
     os.umask(old)
 
 
 def test_outputs_get_the_users_umask(setup, tmp_path, umask_027):
     index = tmp_path / "index"
-    assert main(["--model_file", setup["ckpt"], "--encoded_ctx_file", setup["emb"], "--beir_dir", setup["beir"],
-                 "--out_file", str(tmp_path / "run.trec"), "--n-docs", "11", "--reliability_plot",
-                 str(tmp_path / "plot.png"), "--save_or_load_index", "--index_path", str(index), "--no_progress"]) == 0
+    assert (
+        main(
+            [
+                "--model_file",
+                setup["ckpt"],
+                "--encoded_ctx_file",
+                setup["emb"],
+                "--beir_dir",
+                setup["beir"],
+                "--out_file",
+                str(tmp_path / "run.trec"),
+                "--n-docs",
+                "11",
+                "--reliability_plot",
+                str(tmp_path / "plot.png"),
+                "--save_or_load_index",
+                "--index_path",
+                str(index),
+                "--no_progress",
+            ]
+        )
+        == 0
+    )
     assert main(_qa_args(setup, tmp_path / "results.json")) == 0
     files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
-    assert {p.name for p in files} >= {"run.trec", "run.trec.metrics.json", "plot.png", "results.json",
-                                       "index.faiss", "ids.json", "meta.json", "embeddings.json"}
+    assert {p.name for p in files} >= {
+        "run.trec",
+        "run.trec.metrics.json",
+        "plot.png",
+        "results.json",
+        "index.faiss",
+        "ids.json",
+        "meta.json",
+        "embeddings.json",
+    }
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(umask_027) for p in files}
 
 
@@ -310,8 +483,25 @@ def _without_timing(record):
 def test_library_retrieve_and_evaluate_equal_the_cli(setup, tmp_path):
     """retrieve + evaluate_beir / evaluate_qa return what dense_retriever.py writes."""
     run_file, results_file = tmp_path / "run.trec", tmp_path / "results.json"
-    assert main(["--model_file", setup["ckpt"], "--encoded_ctx_file", setup["emb"], "--beir_dir", setup["beir"],
-                 "--out_file", str(run_file), "--n-docs", "11", "--no_cuda", "--no_progress"]) == 0
+    assert (
+        main(
+            [
+                "--model_file",
+                setup["ckpt"],
+                "--encoded_ctx_file",
+                setup["emb"],
+                "--beir_dir",
+                setup["beir"],
+                "--out_file",
+                str(run_file),
+                "--n-docs",
+                "11",
+                "--no_cuda",
+                "--no_progress",
+            ]
+        )
+        == 0
+    )
     assert main(_qa_args(setup, results_file)) == 0
     loaded = load_inference_model(InferenceModelConfig(model_file=setup["ckpt"], no_cuda=True))
     cfg = RetrieveConfig(n_docs=11)
@@ -333,8 +523,11 @@ def test_library_retrieve_and_evaluate_equal_the_cli(setup, tmp_path):
     evaluation = evaluate_qa(qa, result.ids, result.scores, passages)
     write_qa_results(str(tmp_path / "lib.json"), qa, result.ids, result.scores, passages, evaluation)
     assert json.loads((tmp_path / "lib.json").read_text()) == json.loads(results_file.read_text())
-    assert evaluation.to_dict() == {k: v for k, v in json.loads((tmp_path / "results.json.metrics.json").read_text())
-                                    .items() if k in ("top_k_accuracy", "ece_top5")}
+    assert evaluation.to_dict() == {
+        k: v
+        for k, v in json.loads((tmp_path / "results.json.metrics.json").read_text()).items()
+        if k in ("top_k_accuracy", "ece_top5")
+    }
 
 
 def test_inference_and_retrieve_configs_are_checked(setup):
@@ -350,8 +543,10 @@ def test_inference_and_retrieve_configs_are_checked(setup):
         RetrieveConfig(index_type="factory:")
     # typed settings that contradict the checkpoint's architecture are refused, others override it
     with pytest.raises(ConfigError, match="--pre_seq_len is 4 but"):
-        load_inference_model(InferenceModelConfig(model_file=setup["ckpt"], encoder_overrides={"pre_seq_len": 4},
-                                                  no_cuda=True))
-    loaded = load_inference_model(InferenceModelConfig(model_file=setup["ckpt"], no_cuda=True,
-                                                       encoder_overrides={"sequence_length": 32}))
+        load_inference_model(
+            InferenceModelConfig(model_file=setup["ckpt"], encoder_overrides={"pre_seq_len": 4}, no_cuda=True)
+        )
+    loaded = load_inference_model(
+        InferenceModelConfig(model_file=setup["ckpt"], no_cuda=True, encoder_overrides={"sequence_length": 32})
+    )
     assert loaded.model.config.sequence_length == 32 and loaded.model.config.tuning == "prefix"

@@ -19,15 +19,22 @@ from dpr.retrieval import InferenceModelConfig, load_inference_model, load_task_
 from dpr.search import RetrieveConfig, open_shards, retrieve, retrieve_tasks
 from dpr.training.checkpoint import save_checkpoint
 
-TOPICS = ["Paris is the capital of France", "The Nile flows through Egypt", "Mozart composed The Magic Flute",
-          "Mount Everest is in the Himalayas", "Shakespeare wrote Hamlet", "Penguins live in Antarctica"]
+TOPICS = [
+    "Paris is the capital of France",
+    "The Nile flows through Egypt",
+    "Mozart composed The Magic Flute",
+    "Mount Everest is in the Himalayas",
+    "Shakespeare wrote Hamlet",
+    "Penguins live in Antarctica",
+]
 QUESTIONS = [("what is the capital of france?", "0"), ("who wrote hamlet?", "4"), ("where do penguins live?", "5")]
 
 
 def _model(tiny_bert_dir: str, seed: int, tuning: str = "prefix"):
     torch.manual_seed(seed)
-    model = build_biencoder(EncoderConfig(pretrained_model_cfg=tiny_bert_dir, tuning=tuning, pre_seq_len=4,
-                                          sequence_length=32))
+    model = build_biencoder(
+        EncoderConfig(pretrained_model_cfg=tiny_bert_dir, tuning=tuning, pre_seq_len=4, sequence_length=32)
+    )
     with torch.no_grad():
         for name in model.tuned_names:
             dict(model.named_parameters())[name].normal_(std=0.3)
@@ -47,20 +54,35 @@ def setup(tiny_bert_dir, tmp_path_factory):
     ckpts["ft"] = save_checkpoint(str(root / "ft"), _model(tiny_bert_dir, 4, "finetune"))
     corpus = root / "psgs.tsv"
     corpus.write_text("id\ttext\ttitle\n" + "".join(f"{i}\t{t}.\tdoc {i}\n" for i, t in enumerate(TOPICS)))
-    assert generate_embeddings.main(["--model_file", ckpts["a"], "--ctx_file", str(corpus), "--out_file",
-                                     str(root / "emb"), "--no_progress"]) == 0
+    assert (
+        generate_embeddings.main(
+            ["--model_file", ckpts["a"], "--ctx_file", str(corpus), "--out_file", str(root / "emb"), "--no_progress"]
+        )
+        == 0
+    )
     beir = root / "beir"
     (beir / "qrels").mkdir(parents=True)
-    (beir / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": q}) + "\n"
-                                                for i, (q, _) in enumerate(QUESTIONS)))
-    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
-        f"q{i}\t{doc}\t1\n" for i, (_, doc) in enumerate(QUESTIONS)))
+    (beir / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": f"q{i}", "text": q}) + "\n" for i, (q, _) in enumerate(QUESTIONS))
+    )
+    (beir / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\t{doc}\t1\n" for i, (_, doc) in enumerate(QUESTIONS))
+    )
     return {"ckpts": ckpts, "emb": str(root / "emb_*"), "beir": str(beir), "corpus": str(corpus)}
 
 
 def _args(s, *extra):
-    return ["--encoded_ctx_file", s["emb"], "--beir_dir", s["beir"], "--n-docs", "6", "--no_cuda", "--no_progress",
-            *extra]
+    return [
+        "--encoded_ctx_file",
+        s["emb"],
+        "--beir_dir",
+        s["beir"],
+        "--n-docs",
+        "6",
+        "--no_cuda",
+        "--no_progress",
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -74,7 +96,9 @@ def counts(monkeypatch):
         def wrapper(*args, **kwargs):
             seen[target] += 1
             return original(*args, **kwargs)
+
         monkeypatch.setattr(dpr.retrieval, name, wrapper)
+
     counting("load_backbone", "backbones")
     counting("build_index", "indexes")
     return seen
@@ -105,13 +129,16 @@ def test_task_whose_passage_encoder_differs_from_the_index_is_refused(setup, cou
     err = capsys.readouterr().err
     assert code == 2 and "emb_0/meta.json: these embeddings were made by another encoder" in err
     assert f"query encoder: {ckpts['c']}" in err and "passage-encoder weights differ" in err
-    assert counts["indexes"] == 0            # refused before any index was built
+    assert counts["indexes"] == 0  # refused before any index was built
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--task", "a=A", "--model_file", "M"], "either --model_file (one checkpoint) or --task"),
-    (["--task", "a=A", "--task", "a=B"], "--task name(s) ['a'] given more than once"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--task", "a=A", "--model_file", "M"], "either --model_file (one checkpoint) or --task"),
+        (["--task", "a=A", "--task", "a=B"], "--task name(s) ['a'] given more than once"),
+    ],
+)
 def test_bad_task_flags_are_named(setup, capsys, flags, message):
     assert run_cli(main, _args(setup, *flags)) == 2
     assert message in capsys.readouterr().err
@@ -138,7 +165,8 @@ def test_library_retrieve_tasks_equals_each_task_alone(setup):
     results = retrieve_tasks(encoder, shards, queries.texts, cfg)
     assert list(results) == ["a", "b"] and results["a"].stats.queries == 2 * len(queries.texts)
     for task, result in results.items():
-        alone = retrieve(load_inference_model(InferenceModelConfig(model_file=ckpts[task], no_cuda=True)), shards,
-                         queries.texts, cfg)
+        alone = retrieve(
+            load_inference_model(InferenceModelConfig(model_file=ckpts[task], no_cuda=True)), shards, queries.texts, cfg
+        )
         assert result.ids == alone.ids and result.encoder == alone.encoder
         np.testing.assert_allclose(result.scores, alone.scores, rtol=1e-5, atol=1e-6)

@@ -52,11 +52,27 @@ def test_from_mirror_verifies_and_unpacks_a_beir_zip(monkeypatch, tmp_path, caps
     payload = _zip(TOY_FILES)
     (tmp_path / "mirror").mkdir()
     (tmp_path / "mirror" / "toyset.zip").write_bytes(payload)
-    _use(monkeypatch, Resource("beir.toyset", "https://example.invalid/BEIR/datasets/toyset.zip",
-                               os.path.join("downloads", "beir", "toyset"), "zip", "toy",
-                               md5=hashlib.md5(payload).hexdigest(), sha256=hashlib.sha256(payload).hexdigest()))
-    argv = ["--resource", "beir.toyset", "--from", str(tmp_path / "mirror"), "--output_dir", str(tmp_path / "out"),
-            "--no_progress"]
+    _use(
+        monkeypatch,
+        Resource(
+            "beir.toyset",
+            "https://example.invalid/BEIR/datasets/toyset.zip",
+            os.path.join("downloads", "beir", "toyset"),
+            "zip",
+            "toy",
+            md5=hashlib.md5(payload).hexdigest(),
+            sha256=hashlib.sha256(payload).hexdigest(),
+        ),
+    )
+    argv = [
+        "--resource",
+        "beir.toyset",
+        "--from",
+        str(tmp_path / "mirror"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--no_progress",
+    ]
     assert download_main(argv) == 0
     folder = tmp_path / "out" / "downloads" / "beir" / "toyset"
     assert [doc_id for doc_id, _ in iter_beir_corpus(str(folder / "corpus.jsonl"))] == ["d1"]
@@ -72,11 +88,22 @@ def test_from_mirror_verifies_and_unpacks_a_beir_zip(monkeypatch, tmp_path, caps
 def test_corrupted_file_is_detected_and_deleted(tmp_path, capsys):
     (tmp_path / "mirror").mkdir()
     (tmp_path / "mirror" / "scifact.zip").write_bytes(_zip(TOY_FILES))  # not the published SciFact zip
-    code = download_main(["--resource", "beir.scifact", "--from", str(tmp_path / "mirror"),
-                               "--output_dir", str(tmp_path / "out"), "--no_progress"])
+    code = download_main(
+        [
+            "--resource",
+            "beir.scifact",
+            "--from",
+            str(tmp_path / "mirror"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--no_progress",
+        ]
+    )
     assert code == 2
     (line,) = _errors(capsys)
-    assert line.startswith("error: https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/scifact.zip: md5 ")
+    assert line.startswith(
+        "error: https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/scifact.zip: md5 "
+    )
     assert "does not match 5f7d1de60b170fc8027bb7898e2efca1 (published)" in line
     assert not any(p.is_file() for p in (tmp_path / "out").rglob("*"))  # nothing half-made stays
 
@@ -85,10 +112,25 @@ def test_recorded_checksum_catches_a_changed_file(monkeypatch, tmp_path, capsys)
     mirror = tmp_path / "mirror" / "dl.example.invalid" / "dpr" / "data"  # a `wget -x` layout
     mirror.mkdir(parents=True)
     (mirror / "toy-dev.json.gz").write_bytes(gzip.compress(b'[{"question": "q"}]'))
-    _use(monkeypatch, Resource("data.retriever.toy-dev", "https://dl.example.invalid/dpr/data/toy-dev.json.gz",
-                               os.path.join("downloads", "data", "retriever", "toy-dev.json"), "gzip", "toy"))
-    argv = ["--resource", "data.retriever.toy", "--from", str(tmp_path / "mirror"),
-            "--output_dir", str(tmp_path / "out"), "--no_progress"]
+    _use(
+        monkeypatch,
+        Resource(
+            "data.retriever.toy-dev",
+            "https://dl.example.invalid/dpr/data/toy-dev.json.gz",
+            os.path.join("downloads", "data", "retriever", "toy-dev.json"),
+            "gzip",
+            "toy",
+        ),
+    )
+    argv = [
+        "--resource",
+        "data.retriever.toy",
+        "--from",
+        str(tmp_path / "mirror"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--no_progress",
+    ]
     assert download_main(argv) == 0
     target = tmp_path / "out" / "downloads" / "data" / "retriever" / "toy-dev.json"
     assert target.read_bytes() == b'[{"question": "q"}]'
@@ -126,14 +168,31 @@ def test_partial_download_resumes_with_a_range_request(monkeypatch, tmp_path):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        _use(monkeypatch, Resource("data.toy-corpus", "https://dl.example.invalid/psgs.tsv",
-                                   os.path.join("downloads", "psgs.tsv"), "none", "toy",
-                                   sha256=hashlib.sha256(payload).hexdigest()))
+        _use(
+            monkeypatch,
+            Resource(
+                "data.toy-corpus",
+                "https://dl.example.invalid/psgs.tsv",
+                os.path.join("downloads", "psgs.tsv"),
+                "none",
+                "toy",
+                sha256=hashlib.sha256(payload).hexdigest(),
+            ),
+        )
         part = tmp_path / "downloads" / "psgs.tsv.part"
         part.parent.mkdir(parents=True)
         part.write_bytes(payload[:20_000])  # what an interrupted run left
-        code = download_main(["--resource", "data.toy-corpus", "--output_dir", str(tmp_path), "--no_progress",
-                                   "--mirror_url", f"http://127.0.0.1:{server.server_address[1]}/files"])
+        code = download_main(
+            [
+                "--resource",
+                "data.toy-corpus",
+                "--output_dir",
+                str(tmp_path),
+                "--no_progress",
+                "--mirror_url",
+                f"http://127.0.0.1:{server.server_address[1]}/files",
+            ]
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -150,9 +209,24 @@ def _closed_port() -> int:
 def test_unreachable_host_is_one_line_and_exit_2(tmp_path):
     # a real process, so "no traceback" covers everything the user would see; loopback, never the internet
     url = f"http://127.0.0.1:{_closed_port()}"
-    result = subprocess.run([sys.executable, str(REPO / "download_data.py"), "--resource", "beir.scifact",
-                             "--mirror_url", url, "--output_dir", str(tmp_path), "--no_progress"],
-                            check=False, capture_output=True, text=True, cwd=REPO, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "download_data.py"),
+            "--resource",
+            "beir.scifact",
+            "--mirror_url",
+            url,
+            "--output_dir",
+            str(tmp_path),
+            "--no_progress",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
@@ -169,8 +243,10 @@ def test_resource_keys_follow_dpr_and_beir_layouts():
     assert download.RESOURCES["data.retriever.qas.webq-test"].url.endswith("/webquestions-test.qa.csv")
     assert download.RESOURCES["beir.scifact"].md5 == "5f7d1de60b170fc8027bb7898e2efca1"
     assert len(select(["data.retriever.qas"])) == 9
-    assert {r.key for r in select(["data.retriever.squad1"])} == {"data.retriever.squad1-train",
-                                                                  "data.retriever.squad1-dev"}
+    assert {r.key for r in select(["data.retriever.squad1"])} == {
+        "data.retriever.squad1-train",
+        "data.retriever.squad1-dev",
+    }
     with pytest.raises(DownloadError, match="no resource matches 'nope'"):
         select(["nope"])
 

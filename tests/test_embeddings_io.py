@@ -8,27 +8,64 @@ import numpy as np
 import pytest
 import torch
 
-from dpr.embeddings_io import (EmbeddingsError, ShardHeader, check_encoder_match, encoder_digest, find_shards,
-                               read_shard, shard_path, shard_range, write_shard)
+from dpr.embeddings_io import (
+    EmbeddingsError,
+    ShardHeader,
+    check_encoder_match,
+    encoder_digest,
+    find_shards,
+    read_shard,
+    shard_path,
+    shard_range,
+    write_shard,
+)
 
-ENCODER = {"pretrained_model_cfg": "bert-tiny", "tuning": "prefix", "pre_seq_len": 8, "prefix_mlp": False,
-           "prefix_hidden_size": 512, "prompt_encoder": "none", "adapter_size": 64, "pooling": "cls",
-           "projection_dim": 0, "do_lower_case": False}
+ENCODER = {
+    "pretrained_model_cfg": "bert-tiny",
+    "tuning": "prefix",
+    "pre_seq_len": 8,
+    "prefix_mlp": False,
+    "prefix_hidden_size": 512,
+    "prompt_encoder": "none",
+    "adapter_size": 64,
+    "pooling": "cls",
+    "projection_dim": 0,
+    "do_lower_case": False,
+}
 BACKBONE = {"model_type": "bert", "hidden_size": 4}
 
 
 def _header(**changes) -> ShardHeader:
-    base = ShardHeader(encoder=ENCODER, backbone=BACKBONE, encoder_digest="d" * 64, checkpoint="/ckpt", dim=4,
-                       count=3, dtype="float32", shard_id=0, num_shards=1, start=0, end=3, total_passages=3,
-                       ctx_file="/corpus.tsv")
+    base = ShardHeader(
+        encoder=ENCODER,
+        backbone=BACKBONE,
+        encoder_digest="d" * 64,
+        checkpoint="/ckpt",
+        dim=4,
+        count=3,
+        dtype="float32",
+        shard_id=0,
+        num_shards=1,
+        start=0,
+        end=3,
+        total_passages=3,
+        ctx_file="/corpus.tsv",
+    )
     return dataclasses.replace(base, **changes)
 
 
 def _write(tmp_path, shard_id=0, num_shards=1, count=3, dim=4, **changes) -> str:
-    vectors = np.arange(count * dim, dtype=np.float32).reshape(count, dim) / 7    # (count, dim)
+    vectors = np.arange(count * dim, dtype=np.float32).reshape(count, dim) / 7  # (count, dim)
     ids = [f"s{shard_id}-{i}" for i in range(count)]
-    header = _header(shard_id=shard_id, num_shards=num_shards, count=count, dim=dim, end=count,
-                     total_passages=count * num_shards, **changes)
+    header = _header(
+        shard_id=shard_id,
+        num_shards=num_shards,
+        count=count,
+        dim=dim,
+        end=count,
+        total_passages=count * num_shards,
+        **changes,
+    )
     return write_shard(shard_path(str(tmp_path / "emb"), shard_id), vectors, ids, header)
 
 
@@ -80,7 +117,9 @@ def test_missing_and_short_ids_are_named(tmp_path):
 def test_dimension_mismatch_with_header_is_named(tmp_path):
     path = _write(tmp_path)
     np.save(os.path.join(path, "vectors.npy"), np.zeros((3, 5), dtype=np.float32))
-    with pytest.raises(EmbeddingsError, match=r"vectors\.npy: holds float32 \(3, 5\).*meta\.json says float32 \(3, 4\)"):
+    with pytest.raises(
+        EmbeddingsError, match=r"vectors\.npy: holds float32 \(3, 5\).*meta\.json says float32 \(3, 4\)"
+    ):
         read_shard(path)
 
 
@@ -96,8 +135,11 @@ def test_not_a_shard_folder(tmp_path):
 def test_shards_from_another_model_config_are_refused(tmp_path):
     _write(tmp_path, 0, 2)
     _write(tmp_path, 1, 2, encoder={**ENCODER, "pre_seq_len": 16})
-    with pytest.raises(EmbeddingsError, match=r"emb_1/meta\.json and .*emb_0/meta\.json were made by different "
-                                              r"encoders: pre_seq_len: 8 vs 16"):
+    with pytest.raises(
+        EmbeddingsError,
+        match=r"emb_1/meta\.json and .*emb_0/meta\.json were made by different "
+        r"encoders: pre_seq_len: 8 vs 16",
+    ):
         find_shards(str(tmp_path / "emb_*"))
 
 
@@ -119,9 +161,12 @@ def test_missing_shard_is_an_error_unless_partial_is_allowed(tmp_path):
 
 def test_query_encoder_mismatch_names_both(tmp_path):
     shard = read_shard(_write(tmp_path))
-    check_encoder_match(shard, ENCODER, BACKBONE, "d" * 64, "/elsewhere")      # same weights, moved checkpoint
-    with pytest.raises(EmbeddingsError, match=r"meta\.json: .*embeddings: /ckpt; query encoder: base model "
-                                              r"bert-tiny\): tuning: 'prefix' vs 'finetune'"):
+    check_encoder_match(shard, ENCODER, BACKBONE, "d" * 64, "/elsewhere")  # same weights, moved checkpoint
+    with pytest.raises(
+        EmbeddingsError,
+        match=r"meta\.json: .*embeddings: /ckpt; query encoder: base model "
+        r"bert-tiny\): tuning: 'prefix' vs 'finetune'",
+    ):
         check_encoder_match(shard, {**ENCODER, "tuning": "finetune"}, BACKBONE, "d" * 64, None)
     with pytest.raises(EmbeddingsError, match="passage-encoder weights differ"):
         check_encoder_match(shard, ENCODER, BACKBONE, "e" * 64, "/other")
@@ -140,8 +185,7 @@ def test_write_refuses_bad_input(tmp_path):
     with pytest.raises(ValueError, match="duplicate passage ids"):
         write_shard(str(tmp_path / "x_0"), np.zeros((3, 4), np.float32), ["a", "a", "b"], _header())
     with pytest.raises(ValueError, match="infinite"):
-        write_shard(str(tmp_path / "x_0"), np.full((3, 4), 1e6, np.float32), ["a", "b", "c"],
-                    _header(dtype="float16"))
+        write_shard(str(tmp_path / "x_0"), np.full((3, 4), 1e6, np.float32), ["a", "b", "c"], _header(dtype="float16"))
     assert not os.path.exists(tmp_path / "x_0")
 
 
@@ -154,8 +198,11 @@ def test_shards_of_two_corpus_versions_are_refused(tmp_path):
     # same ids, same sizes, same encoder: only the corpus digest tells the texts apart
     _write(tmp_path, 0, 2, corpus_digest="a" * 64)
     _write(tmp_path, 1, 2, corpus_digest="b" * 64)
-    with pytest.raises(EmbeddingsError, match=r"emb_1 and .*emb_0 were encoded from different versions of the "
-                                              r"corpus \(digest bbbbbbbbbbbb of /corpus.tsv vs aaaaaaaaaaaa"):
+    with pytest.raises(
+        EmbeddingsError,
+        match=r"emb_1 and .*emb_0 were encoded from different versions of the "
+        r"corpus \(digest bbbbbbbbbbbb of /corpus.tsv vs aaaaaaaaaaaa",
+    ):
         find_shards(str(tmp_path / "emb_*"))
     _write(tmp_path, 1, 2, corpus_digest="a" * 64)
     assert len(find_shards(str(tmp_path / "emb_*"))) == 2
@@ -167,7 +214,7 @@ def test_version_1_shards_load_with_one_warning(tmp_path, caplog):
         with open(os.path.join(path, "meta.json")) as handle:
             meta = json.load(handle)
         del meta["corpus_digest"], meta["passages_digest"]
-        _rewrite(path, "meta.json", {**meta, "version": 1})             # as written before digests existed
+        _rewrite(path, "meta.json", {**meta, "version": 1})  # as written before digests existed
     with caplog.at_level("WARNING", logger="dpr.embeddings_io"):
         shards = find_shards(str(tmp_path / "emb_*"))
     assert [s.header.corpus_digest for s in shards] == [None, None]
@@ -177,7 +224,7 @@ def test_version_1_shards_load_with_one_warning(tmp_path, caplog):
 
 def test_duplicate_ids_within_and_across_shards_are_named(tmp_path):
     first, second = _write(tmp_path, 0, 2), _write(tmp_path, 1, 2)
-    _rewrite(second, "ids.json", ["s1-0", "s0-2", "s1-2"])                # write_shard would refuse; copies do not
+    _rewrite(second, "ids.json", ["s1-0", "s0-2", "s1-2"])  # write_shard would refuse; copies do not
     with pytest.raises(EmbeddingsError, match=rf"passage id 's0-2' is in both {first} and {second}"):
         find_shards(str(tmp_path / "emb_*"))
     _rewrite(second, "ids.json", ["x", "y", "x"])
@@ -187,7 +234,7 @@ def test_duplicate_ids_within_and_across_shards_are_named(tmp_path):
 
 def test_saved_index_beside_the_shards_is_not_a_shard(tmp_path):
     _write(tmp_path)
-    index = tmp_path / "emb_index_flat"                 # dense_retriever's default place: matches emb_*
+    index = tmp_path / "emb_index_flat"  # dense_retriever's default place: matches emb_*
     (index / "group_0").mkdir(parents=True)
     (index / "group_0" / "embeddings.json").write_text("{}")
     (index / "group_0" / "meta.json").write_text('{"format_version": 1}')

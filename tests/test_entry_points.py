@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import importlib
 import os
 import subprocess
@@ -15,18 +14,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _setup_keyword(name: str) -> Any:
-    """A literal keyword argument of the setup() call in setup.py, read without running setup.py."""
-    tree = ast.parse((REPO / "setup.py").read_text(encoding="utf-8"))
-    call = next(node for node in ast.walk(tree)
-                if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setup")
-    return ast.literal_eval(next(kw.value for kw in call.keywords if kw.arg == name))
+def _pyproject() -> dict[str, Any]:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    return tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 
 
 def _help(*command: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, *command, "--help"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, *command, "--help"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.parametrize("module", ["colbert.train", "colbert.index", "colbert.retrieve", "colbert.triples"])
@@ -44,7 +41,7 @@ def test_root_shims_forward_to_the_package_clis(script):
 
 
 def test_console_scripts_targets_import():
-    targets = dict(line.replace(" ", "").split("=") for line in _setup_keyword("entry_points")["console_scripts"])
+    targets = _pyproject()["project"]["scripts"]
     assert {"colbert-train", "colbert-index", "colbert-retrieve", "dpr-prepare", "dpr-download"} <= set(targets)
     for name, target in targets.items():
         module, attr = target.split(":")
@@ -52,7 +49,14 @@ def test_console_scripts_targets_import():
     assert targets["colbert-train"] == "colbert.train:cli"
 
 
-def test_only_the_scripts_still_needed_are_installed_as_top_level_modules():
-    modules = _setup_keyword("py_modules")
-    assert set(modules) <= {"train_dense_encoder", "generate_embeddings", "dense_retriever"}
-    assert all((REPO / f"{module}.py").is_file() for module in modules)
+def test_no_top_level_module_is_installed():
+    setuptools_cfg = _pyproject()["tool"]["setuptools"]
+    assert "py-modules" not in setuptools_cfg
+    assert setuptools_cfg["packages"]["find"]["include"] == ["dpr", "dpr.*", "colbert", "colbert.*"]
+
+
+@pytest.mark.parametrize("script", ["train_dense_encoder.py", "generate_embeddings.py", "dense_retriever.py"])
+def test_root_dpr_scripts_forward_to_the_package_clis(script):
+    result = _help(script)
+    assert result.returncode == 0, result.stderr
+    assert "--model_file" in result.stdout

@@ -19,12 +19,14 @@ from dpr.models.hub import load_tokenizer
 from dpr.training.checkpoint import load_biencoder
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures", "format_v1")
-PASSAGES = [Passage(text="Mitochondria make most of the cell's ATP.", title="Mitochondria"),
-            Passage(text="The Iliad is attributed to Homer.", title="Iliad"),
-            Passage(text="Water is a liquid at room temperature.", title="Water"),
-            Passage(text="A passage without a title.", title=""),
-            Passage(text="Bees make honey from nectar.", title="Bees"),
-            Passage(text="The Moon orbits the Earth.", title="Moon")]
+PASSAGES = [
+    Passage(text="Mitochondria make most of the cell's ATP.", title="Mitochondria"),
+    Passage(text="The Iliad is attributed to Homer.", title="Iliad"),
+    Passage(text="Water is a liquid at room temperature.", title="Water"),
+    Passage(text="A passage without a title.", title=""),
+    Passage(text="Bees make honey from nectar.", title="Bees"),
+    Passage(text="The Moon orbits the Earth.", title="Moon"),
+]
 
 
 def _questions() -> list[str]:
@@ -53,19 +55,25 @@ def test_format_1_shards_load_and_match_their_checkpoint():
     model, info = load_biencoder(os.path.join(HERE, "dpr_prefix"))
     encoder, backbone, digest = passage_identity(model)
     for shard in shards:
-        check_encoder_match(shard, encoder, backbone, digest, info.path)   # raises on a mismatch
+        check_encoder_match(shard, encoder, backbone, digest, info.path)  # raises on a mismatch
 
 
 def test_format_1_colbert_checkpoint_gives_the_same_token_vectors():
     model, info = load_colbert(os.path.join(HERE, "colbert_prefix"))
     assert info.step == 7
     config = model.config
-    tok = ColBERTTokenizer(load_tokenizer(config.encoder.pretrained_model_cfg, config.encoder.do_lower_case),
-                           config.query_maxlen, config.doc_maxlen, config.mask_punctuation)
+    tok = ColBERTTokenizer(
+        load_tokenizer(config.encoder.pretrained_model_cfg, config.encoder.do_lower_case),
+        config.query_maxlen,
+        config.doc_maxlen,
+        config.mask_punctuation,
+    )
     q = encode_queries(model, tok, _questions(), batch_size=2)
     d, lens = encode_documents(model, tok, PASSAGES, batch_size=2)
-    np.testing.assert_allclose(q.float().numpy(), np.load(os.path.join(HERE, "colbert_prefix.queries.npy")),
-                               atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        q.float().numpy(), np.load(os.path.join(HERE, "colbert_prefix.queries.npy")), atol=1e-6, rtol=0
+    )
     assert list(lens) == np.load(os.path.join(HERE, "colbert_prefix.doclens.npy")).tolist()
-    np.testing.assert_allclose(d.astype(np.float32), np.load(os.path.join(HERE, "colbert_prefix.docs.npy")),
-                               atol=1e-3, rtol=0)    # fp16 storage
+    np.testing.assert_allclose(
+        d.astype(np.float32), np.load(os.path.join(HERE, "colbert_prefix.docs.npy")), atol=1e-3, rtol=0
+    )  # fp16 storage

@@ -24,9 +24,7 @@ def _epoch(n: int, batch_size: int, num_shards: int, epoch: int = 0, seed: int =
     "n, batch_size, num_shards",
     [(10, 3, 1), (10, 3, 2), (10, 3, 3), (7, 2, 3), (11, 4, 2), (2, 4, 3), (1, 1, 3), (12, 4, 3)],
 )
-def test_every_sample_once_per_epoch_in_full_equal_batches(
-    n: int, batch_size: int, num_shards: int
-) -> None:
+def test_every_sample_once_per_epoch_in_full_equal_batches(n: int, batch_size: int, num_shards: int) -> None:
     for epoch in (0, 1):
         shards = _epoch(n, batch_size, num_shards, epoch)
         expected_steps = math.ceil(math.ceil(n / num_shards) / batch_size)
@@ -94,8 +92,9 @@ def test_batch_rng_is_a_function_of_its_arguments() -> None:
         other = batch_rng(*args)
         assert not np.array_equal(other.integers(0, 10**9, size=8), draws)
     iterator = ShardedDataIterator(list(range(4)), 2, 1, 2, seed=5)
-    assert np.array_equal(iterator.batch_rng(2, 9).integers(0, 10**9, size=8),
-                          batch_rng(5, 2, 9, 1).integers(0, 10**9, size=8))
+    assert np.array_equal(
+        iterator.batch_rng(2, 9).integers(0, 10**9, size=8), batch_rng(5, 2, 9, 1).integers(0, 10**9, size=8)
+    )
     with pytest.raises(ValueError, match="non-negative"):
         batch_rng(-1, 0, 0)
 

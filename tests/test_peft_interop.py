@@ -9,20 +9,20 @@ import warnings
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from test_tasks import PASSAGES, make_checkpoint
 
 from dpr.cli import run_cli
+from dpr.commands.export_peft import main
 from dpr.data.batching import tokenize_questions
 from dpr.encoding import encode_texts
+from dpr.models.encoder import cache_argument
 from dpr.models.hub import load_backbone, load_tokenizer
 from dpr.models.peft_interop import PeftAdapterError, peft_position_ids
-from dpr.models.encoder import cache_argument
 from dpr.models.prefix import prefix_cache
 from dpr.models.serialization import CheckpointMismatchError
 from dpr.retrieval import passage_identity
-from dpr.commands.export_peft import main
 from dpr.training.checkpoint import load_biencoder
 from dpr.training.peft_export import export_checkpoint, import_adapters
-from test_tasks import PASSAGES, make_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,11 @@ def peft():
     return pytest.importorskip("peft")
 
 
+# PEFT 0.21's own prefix forward still passes past_key_values (transformers 5.24 warns); ours does not.
+pytestmark = pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
+
 QUESTIONS = ["what is the capital of france?", "who wrote hamlet, the long play about a danish prince?"]
-P = 4   # make_checkpoint's pre_seq_len
+P = 4  # make_checkpoint's pre_seq_len
 
 
 @pytest.fixture(scope="module")
@@ -42,18 +45,21 @@ def exported(tiny_bert_dir, tmp_path_factory) -> dict[str, dict[str, str]]:
     out = {}
     for kind, extra in (("plain", {}), ("mlp", {"prefix_mlp": True, "prefix_hidden_size": 16})):
         ckpt = make_checkpoint(str(root / kind), tiny_bert_dir, "prefix", 11, **extra)
-        out[kind] = {"ckpt": ckpt, "question": export_checkpoint(ckpt, str(root / f"{kind}_q"), "question"),
-                     "passage": export_checkpoint(ckpt, str(root / f"{kind}_p"), "passage")}
+        out[kind] = {
+            "ckpt": ckpt,
+            "question": export_checkpoint(ckpt, str(root / f"{kind}_q"), "question"),
+            "passage": export_checkpoint(ckpt, str(root / f"{kind}_p"), "passage"),
+        }
     return out
 
 
 def _questions(tiny_bert_dir) -> dict[str, torch.Tensor]:
-    return tokenize_questions(load_tokenizer(tiny_bert_dir), QUESTIONS, 32)              # (2, T) each
+    return tokenize_questions(load_tokenizer(tiny_bert_dir), QUESTIONS, 32)  # (2, T) each
 
 
 def _peft_model(peft, tiny_bert_dir, folder):
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")      # PEFT warns that the model has no base_model_name_or_path card
+        warnings.simplefilter("ignore")  # PEFT warns that the model has no base_model_name_or_path card
         return peft.PeftModel.from_pretrained(load_backbone(tiny_bert_dir), folder).eval()
 
 
@@ -61,15 +67,24 @@ def test_exported_folder_has_peft_s_own_keys_and_shapes(peft, exported, tiny_ber
     folder = exported["plain"]["question"]
     config = json.loads(open(os.path.join(folder, "adapter_config.json")).read())
     assert config["peft_type"] == "PREFIX_TUNING" and config["task_type"] == "FEATURE_EXTRACTION"
-    assert (config["num_virtual_tokens"], config["num_layers"], config["token_dim"],
-            config["num_attention_heads"], config["prefix_projection"]) == (P, 2, 32, 4, False)
+    assert (
+        config["num_virtual_tokens"],
+        config["num_layers"],
+        config["token_dim"],
+        config["num_attention_heads"],
+        config["prefix_projection"],
+    ) == (P, 2, 32, 4, False)
     ours = load_file(os.path.join(folder, "adapter_model.safetensors"))
     # what PEFT itself saves for this backbone and config: same key names, same shapes
-    made = peft.get_peft_model(load_backbone(tiny_bert_dir), peft.PrefixTuningConfig(
-        task_type="FEATURE_EXTRACTION", num_virtual_tokens=P))
+    made = peft.get_peft_model(
+        load_backbone(tiny_bert_dir), peft.PrefixTuningConfig(task_type="FEATURE_EXTRACTION", num_virtual_tokens=P)
+    )
     theirs = peft.get_peft_model_state_dict(made)
-    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()} \
+    assert (
+        {k: tuple(v.shape) for k, v in ours.items()}
+        == {k: tuple(v.shape) for k, v in theirs.items()}
         == {"prompt_embeddings": (P, 2 * 2 * 32)}
+    )
     stored = load_file(os.path.join(exported["plain"]["ckpt"], "model.safetensors"))
     assert torch.equal(ours["prompt_embeddings"], stored["question_encoder.prefix.embedding.weight"])
 
@@ -82,20 +97,23 @@ def test_peft_loaded_prefix_gives_our_vectors_once_positions_agree(peft, exporte
     ids, mask = batch["input_ids"], batch["attention_mask"]
     peft_model = _peft_model(peft, tiny_bert_dir, exported[kind]["question"])
     with torch.no_grad():
-        ours = model.question_encoder.token_states(ids, mask)                              # (2, T, 32)
+        ours = model.question_encoder.token_states(ids, mask)  # (2, T, 32)
         # PEFT's default: no position_ids, so BERT numbers the real tokens P .. P+T-1
-        default = peft_model(input_ids=ids, attention_mask=mask).last_hidden_state         # (2, T, 32)
-        shifted = model.backbone(input_ids=ids, attention_mask=torch.cat([mask.new_ones(2, P), mask], 1),
-                                 position_ids=torch.arange(ids.shape[1]).expand_as(ids) + P,
-                                 **{cache_argument(type(model.backbone)):
-                                    prefix_cache(model.question_encoder.prefix(2))}).last_hidden_state
+        default = peft_model(input_ids=ids, attention_mask=mask).last_hidden_state  # (2, T, 32)
+        shifted = model.backbone(
+            input_ids=ids,
+            attention_mask=torch.cat([mask.new_ones(2, P), mask], 1),
+            position_ids=torch.arange(ids.shape[1]).expand_as(ids) + P,
+            **{cache_argument(type(model.backbone)): prefix_cache(model.question_encoder.prefix(2))},
+        ).last_hidden_state
         # with peft_position_ids PEFT's tokens sit at 0 .. T-1, as ours do
-        aligned = peft_model(input_ids=ids, attention_mask=mask,
-                             position_ids=peft_position_ids(ids, P)).last_hidden_state
+        aligned = peft_model(
+            input_ids=ids, attention_mask=mask, position_ids=peft_position_ids(ids, P)
+        ).last_hidden_state
     assert torch.equal(default, shifted)
-    assert (default - ours).abs().max() > 1e-2          # the documented difference is real
+    assert (default - ours).abs().max() > 1e-2  # the documented difference is real
     assert torch.equal(aligned, ours)
-    assert torch.equal(aligned[:, 0], model.encode_query(ids, mask))                  # cls pooling, no projection
+    assert torch.equal(aligned[:, 0], model.encode_query(ids, mask))  # cls pooling, no projection
 
 
 @pytest.mark.parametrize("kind", ["plain", "mlp"])
@@ -106,14 +124,16 @@ def test_round_trip_ours_peft_ours(exported, tiny_bert_dir, tmp_path, kind):
     restored, restored_info = load_biencoder(back)
     before = load_file(os.path.join(paths["ckpt"], "model.safetensors"))
     after = load_file(os.path.join(back, "model.safetensors"))
-    if kind == "plain":        # the prefix weights themselves come back bit for bit, with the same config
+    if kind == "plain":  # the prefix weights themselves come back bit for bit, with the same config
         assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
         assert restored_info.encoder == info.encoder
-        assert passage_identity(restored) == passage_identity(original)    # so its old index stays valid
-    else:                      # the MLP's output comes back as a plain prefix
+        assert passage_identity(restored) == passage_identity(original)  # so its old index stays valid
+    else:  # the MLP's output comes back as a plain prefix
         assert not restored_info.encoder.prefix_mlp
-        assert torch.equal(after["question_encoder.prefix.embedding.weight"],
-                           original.question_encoder.prefix.trans(original.question_encoder.prefix.embedding.weight))
+        assert torch.equal(
+            after["question_encoder.prefix.embedding.weight"],
+            original.question_encoder.prefix.trans(original.question_encoder.prefix.embedding.weight),
+        )
     tokenizer = load_tokenizer(tiny_bert_dir)
     for items, side in ((QUESTIONS, "question"), (PASSAGES, "passage")):
         a = encode_texts(original, tokenizer, items, side, max_length=32, batch_size=4)
@@ -124,11 +144,29 @@ def test_round_trip_ours_peft_ours(exported, tiny_bert_dir, tmp_path, kind):
 @pytest.mark.parametrize("projection", [False, True])
 def test_adapter_saved_by_peft_imports(peft, tiny_bert_dir, tmp_path, projection):
     torch.manual_seed(3)
-    made = peft.get_peft_model(load_backbone(tiny_bert_dir), peft.PrefixTuningConfig(
-        task_type="FEATURE_EXTRACTION", num_virtual_tokens=P, prefix_projection=projection, encoder_hidden_size=16))
+    made = peft.get_peft_model(
+        load_backbone(tiny_bert_dir),
+        peft.PrefixTuningConfig(
+            task_type="FEATURE_EXTRACTION", num_virtual_tokens=P, prefix_projection=projection, encoder_hidden_size=16
+        ),
+    )
     made.save_pretrained(str(tmp_path / "adapter"))
-    assert main(["import", "--question_adapter", str(tmp_path / "adapter"), "--out_dir", str(tmp_path / "ckpt"),
-                 "--pretrained_model_cfg", tiny_bert_dir, "--sequence_length", "32"]) == 0
+    assert (
+        main(
+            [
+                "import",
+                "--question_adapter",
+                str(tmp_path / "adapter"),
+                "--out_dir",
+                str(tmp_path / "ckpt"),
+                "--pretrained_model_cfg",
+                tiny_bert_dir,
+                "--sequence_length",
+                "32",
+            ]
+        )
+        == 0
+    )
     model, info = load_biencoder(str(tmp_path / "ckpt"))
     model.eval()
     assert info.encoder.pre_seq_len == P and info.encoder.pooling == "cls"
@@ -138,7 +176,7 @@ def test_adapter_saved_by_peft_imports(peft, tiny_bert_dir, tmp_path, projection
     with torch.no_grad():
         theirs = peft_model(input_ids=ids, attention_mask=mask, position_ids=peft_position_ids(ids, P))
         assert torch.equal(theirs.last_hidden_state[:, 0], model.encode_query(ids, mask))
-        assert torch.equal(model.encode_passage(ids, mask), model.encode_query(ids, mask))   # symmetric default
+        assert torch.equal(model.encode_passage(ids, mask), model.encode_query(ids, mask))  # symmetric default
 
 
 def test_bad_input_is_named(exported, tiny_bert_dir, tmp_path, capsys):
@@ -150,12 +188,15 @@ def test_bad_input_is_named(exported, tiny_bert_dir, tmp_path, capsys):
     assert "--projection_dim 8 layer after pooling" in capsys.readouterr().err and not (tmp_path / "y").exists()
     # an adapter for another backbone (bert-tiny: hidden 128) onto tiny_bert_dir (hidden 32)
     big = export_checkpoint(make_checkpoint(str(tmp_path / "big"), "bert-tiny", "prefix", 14), str(tmp_path / "bq"))
-    with pytest.raises(CheckpointMismatchError, match="bq was trained on another backbone .*hidden_size: checkpoint "
-                                                      "128, backbone 32"):
+    with pytest.raises(
+        CheckpointMismatchError, match="bq was trained on another backbone .*hidden_size: checkpoint 128, backbone 32"
+    ):
         import_adapters(big, str(tmp_path / "z"), pretrained_model_cfg=tiny_bert_dir)
-    os.remove(os.path.join(big, "dpr_encoder.json"))           # a plain PEFT folder: its own fields are checked
-    with pytest.raises(PeftAdapterError, match="bq/adapter_config.json does not fit this encoder .*hidden_size: "
-                                               "adapter 128, encoder 32"):
+    os.remove(os.path.join(big, "dpr_encoder.json"))  # a plain PEFT folder: its own fields are checked
+    with pytest.raises(
+        PeftAdapterError,
+        match="bq/adapter_config.json does not fit this encoder .*hidden_size: adapter 128, encoder 32",
+    ):
         import_adapters(big, str(tmp_path / "z"), pretrained_model_cfg=tiny_bert_dir, sequence_length=32)
     folder = tmp_path / "lora"
     folder.mkdir()
@@ -172,7 +213,10 @@ def test_bad_input_is_named(exported, tiny_bert_dir, tmp_path, capsys):
     config = json.loads(open(os.path.join(exported["plain"]["question"], "adapter_config.json")).read())
     (wrong / "adapter_config.json").write_text(json.dumps({**config, "num_virtual_tokens": 6}))
     save_file({"prompt_embeddings": torch.zeros(P, 128)}, str(wrong / "adapter_model.safetensors"))
-    with pytest.raises(PeftAdapterError, match=r"prompt_embeddings has shape \(4, 128\), adapter_config.json "
-                                               r"implies \(6, 128\)"):
+    with pytest.raises(
+        PeftAdapterError,
+        match=r"prompt_embeddings has shape \(4, 128\), adapter_config.json "
+        r"implies \(6, 128\)",
+    ):
         import_adapters(str(wrong), str(tmp_path / "z"))
     assert not (tmp_path / "z").exists()

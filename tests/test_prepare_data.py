@@ -56,21 +56,28 @@ def scifact_slice(tmp_path_factory) -> Path:
     train = {q: train[q] for q in sorted(train)[:40]}
     test = {q: test[q] for q in sorted(test)[:20]}
     wanted = {d for qrels in (train, test) for docs in qrels.values() for d in docs}
-    corpus = [row for i, row in enumerate(_jsonl(os.path.join(SCIFACT, "corpus.jsonl")))
-              if i < 250 or row["_id"] in wanted]
+    corpus = [
+        row for i, row in enumerate(_jsonl(os.path.join(SCIFACT, "corpus.jsonl"))) if i < 250 or row["_id"] in wanted
+    ]
     queries = [row for row in _jsonl(os.path.join(SCIFACT, "queries.jsonl")) if row["_id"] in {*train, *test}]
     _write_jsonl(folder / "corpus.jsonl", corpus)
     _write_jsonl(folder / "queries.jsonl", queries)
     for name, qrels in (("train", train), ("test", test)):
-        _write_qrels(folder / "qrels" / f"{name}.tsv", [(q, d, s) for q, docs in qrels.items() for d, s in docs.items()])
+        _write_qrels(
+            folder / "qrels" / f"{name}.tsv", [(q, d, s) for q, docs in qrels.items() for d, s in docs.items()]
+        )
     return folder
 
 
 @pytest.fixture(scope="module")
 def scifact_out(scifact_slice, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("scifact_dpr")
-    assert prepare_data.main(["beir", "--beir_dir", str(scifact_slice), "--out_dir", str(out),
-                              "--dev_ratio", "0.25", *FAST]) == 0
+    assert (
+        prepare_data.main(
+            ["beir", "--beir_dir", str(scifact_slice), "--out_dir", str(out), "--dev_ratio", "0.25", *FAST]
+        )
+        == 0
+    )
     return out
 
 
@@ -106,7 +113,9 @@ def test_beir_splits_are_disjoint_and_hold_no_test_question(scifact_slice, scifa
 def test_beir_eval_files_and_bm25_baseline(scifact_slice, scifact_out):
     passages = list(iter_passages_tsv(str(next(scifact_out.glob("*-passages.tsv")))))
     assert len(passages) == len(_jsonl(str(scifact_slice / "corpus.jsonl")))
-    assert read_qrels_tsv(next(scifact_out.glob("*-test-qrels.tsv"))) == read_qrels_tsv(scifact_slice / "qrels" / "test.tsv")
+    assert read_qrels_tsv(next(scifact_out.glob("*-test-qrels.tsv"))) == read_qrels_tsv(
+        scifact_slice / "qrels" / "test.tsv"
+    )
     report = json.loads(next(scifact_out.glob("*-test-bm25.json")).read_text())
     assert report["queries"] == 20 and 0.3 < report["metrics"]["nDCG@10"] <= 1
     run_lines = next(scifact_out.glob("*-test-bm25.trec")).read_text().splitlines()
@@ -132,8 +141,20 @@ def test_same_seed_same_files_other_seed_other_split(scifact_slice, tmp_path):
     outs = []
     for seed, folder in ((0, "a"), (0, "b"), (1, "c")):
         out = tmp_path / folder
-        prepare_data.main(["beir", "--beir_dir", str(scifact_slice), "--out_dir", str(out), "--seed", str(seed),
-                           "--eval_split", "none", *FAST])
+        prepare_data.main(
+            [
+                "beir",
+                "--beir_dir",
+                str(scifact_slice),
+                "--out_dir",
+                str(out),
+                "--seed",
+                str(seed),
+                "--eval_split",
+                "none",
+                *FAST,
+            ]
+        )
         outs.append((next(out.glob("*-train.json")).read_bytes(), next(out.glob("*-dev.json")).read_bytes()))
     assert outs[0] == outs[1] and outs[0] != outs[2]
 
@@ -157,8 +178,23 @@ def squad_out(tmp_path_factory) -> tuple[Path, dict, dict]:
     (folder / "train.json").write_text(json.dumps(train))
     (folder / "test.json").write_text(json.dumps(test))
     out = folder / "out"
-    assert prepare_data.main(["squad", "--squad_file", str(folder / "train.json"), "--eval_file",
-                              str(folder / "test.json"), "--out_dir", str(out), "--dev_ratio", "0.25", *FAST]) == 0
+    assert (
+        prepare_data.main(
+            [
+                "squad",
+                "--squad_file",
+                str(folder / "train.json"),
+                "--eval_file",
+                str(folder / "test.json"),
+                "--out_dir",
+                str(out),
+                "--dev_ratio",
+                "0.25",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     return out, train, test
 
 
@@ -204,8 +240,11 @@ def test_squad_eval_files(squad_out):
 
 def test_answer_accuracy_hand_computed():
     passages = {"a": prep.Passage("the answer is Paris", "", "a"), "b": prep.Passage("nothing here", "", "b")}
-    queries = [prep.Query("q1", "?", ("Paris",), (), "0"), prep.Query("q2", "?", ("Rome",), (), "0"),
-               prep.Query("q3", "?", ("Paris",), (), "0")]
+    queries = [
+        prep.Query("q1", "?", ("Paris",), (), "0"),
+        prep.Query("q2", "?", ("Rome",), (), "0"),
+        prep.Query("q3", "?", ("Paris",), (), "0"),
+    ]
     run = {"q1": {"a": 2.0, "b": 1.0}, "q2": {"a": 2.0, "b": 1.0}, "q3": {"b": 3.0, "a": 1.0}}
     assert prep.answer_accuracy(run, queries, passages, [1, 2, 5]) == {"top1": 1 / 3, "top2": 2 / 3, "top5": 2 / 3}
 
@@ -214,7 +253,7 @@ def test_qa_tsv_quotes_a_question_that_starts_with_a_quote(tmp_path):
     queries = [prep.Query("1", '"Bairn" and "hyem" come from what culture?', ("Scots", 'the "Geordie"'), (), "0")]
     prep.write_qa_tsv(str(tmp_path / "qa.tsv"), queries)
     with open(tmp_path / "qa.tsv", encoding="utf-8", newline="") as handle:
-        (question, answers), = list(csv.reader(handle, delimiter="\t"))
+        ((question, answers),) = list(csv.reader(handle, delimiter="\t"))
     assert question == queries[0].question and parse_answers(answers, "qa", 1) == ["Scots", 'the "Geordie"']
 
 
@@ -231,8 +270,11 @@ def test_split_by_group_is_seeded_and_disjoint():
 
 
 def test_answer_filter_agrees_with_has_answer():
-    passages = {"t": prep.Passage("a body without it", "Denver Broncos", "t"),
-                "x": prep.Passage("Broncos of Denver", "", "x"), "y": prep.Passage("the Denver Broncos won", "", "y")}
+    passages = {
+        "t": prep.Passage("a body without it", "Denver Broncos", "t"),
+        "x": prep.Passage("Broncos of Denver", "", "x"),
+        "y": prep.Passage("the Denver Broncos won", "", "y"),
+    }
     check = prep.AnswerFilter(passages)
     assert check(["Denver Broncos"], "t")  # in the title only: still a false negative
     assert not check(["Denver Broncos"], "x")  # all tokens present, not in sequence
@@ -262,8 +304,22 @@ TOY_QRELS = [(f"q{i}", f"d{i}", 1) for i in range(6)]
 
 
 def _run(tmp_path: Path, folder: Path, *extra: str) -> int:
-    return run_cli(prepare_data.main, ["beir", "--beir_dir", str(folder), "--out_dir", str(tmp_path / "out"),
-                                       "--eval_split", "none", "--dev_ratio", "0.2", *FAST, *extra])
+    return run_cli(
+        prepare_data.main,
+        [
+            "beir",
+            "--beir_dir",
+            str(folder),
+            "--out_dir",
+            str(tmp_path / "out"),
+            "--eval_split",
+            "none",
+            "--dev_ratio",
+            "0.2",
+            *FAST,
+            *extra,
+        ],
+    )
 
 
 def test_qrels_id_missing_from_corpus_is_skipped_and_counted_or_an_error_with_strict(tmp_path, capsys):
@@ -274,8 +330,10 @@ def test_qrels_id_missing_from_corpus_is_skipped_and_counted_or_an_error_with_st
     capsys.readouterr()
     assert _run(tmp_path, folder, "--strict", "--overwrite") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == f"error: {folder / 'qrels' / 'train.tsv'}:8: corpus-id 'gone' is not in the corpus " \
-                      "(drop --strict to skip such judgments)"
+    assert (
+        err[-1] == f"error: {folder / 'qrels' / 'train.tsv'}:8: corpus-id 'gone' is not in the corpus "
+        "(drop --strict to skip such judgments)"
+    )
 
 
 def test_qrels_naming_no_known_document_is_an_error(tmp_path, capsys):
@@ -285,8 +343,9 @@ def test_qrels_naming_no_known_document_is_an_error(tmp_path, capsys):
 
 
 def test_duplicate_corpus_id_names_the_id_and_line(tmp_path, capsys):
-    folder = _beir_folder(tmp_path / "b", [*TOY_CORPUS, {"_id": "d3", "title": "", "text": "again"}], TOY_QUERIES,
-                          TOY_QRELS)
+    folder = _beir_folder(
+        tmp_path / "b", [*TOY_CORPUS, {"_id": "d3", "title": "", "text": "again"}], TOY_QUERIES, TOY_QRELS
+    )
     assert _run(tmp_path, folder) == 2
     assert capsys.readouterr().err.strip().endswith("corpus.jsonl:13: duplicate document id 'd3' (also on line 4)")
 
@@ -311,11 +370,34 @@ def test_empty_texts_are_skipped_and_counted(tmp_path, capsys):
 
 def test_squad_of_another_version_names_the_version(tmp_path, capsys):
     (tmp_path / "v2.json").write_text(json.dumps({"version": "v2.0", "data": []}))
-    ok = {"version": "1.1", "data": [{"title": "A", "paragraphs": [
-        {"context": "Paris is in France.", "qas": [{"id": "1", "question": "Where?", "answers": [{"text": "France"}]}]}]}]}
+    ok = {
+        "version": "1.1",
+        "data": [
+            {
+                "title": "A",
+                "paragraphs": [
+                    {
+                        "context": "Paris is in France.",
+                        "qas": [{"id": "1", "question": "Where?", "answers": [{"text": "France"}]}],
+                    }
+                ],
+            }
+        ],
+    }
     (tmp_path / "ok.json").write_text(json.dumps(ok))
-    code = run_cli(prepare_data.main, ["squad", "--squad_file", str(tmp_path / "v2.json"), "--eval_file",
-                                       str(tmp_path / "ok.json"), "--out_dir", str(tmp_path / "out"), *FAST])
+    code = run_cli(
+        prepare_data.main,
+        [
+            "squad",
+            "--squad_file",
+            str(tmp_path / "v2.json"),
+            "--eval_file",
+            str(tmp_path / "ok.json"),
+            "--out_dir",
+            str(tmp_path / "out"),
+            *FAST,
+        ],
+    )
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "v2.json: expected SQuAD version 1.1, found version 'v2.0'" in err
@@ -323,13 +405,41 @@ def test_squad_of_another_version_names_the_version(tmp_path, capsys):
 
 def test_squad_structure_errors_name_the_key_path(tmp_path, capsys):
     bad = {"version": "1.1", "data": [{"title": "A", "paragraphs": [{"context": "c", "qas": [{"id": "1"}]}]}]}
-    dup = {"version": "1.1", "data": [{"title": "A", "paragraphs": [{"context": "c", "qas": [
-        {"id": "1", "question": "q?", "answers": [{"text": "c"}]}, {"id": "1", "question": "r?", "answers": []}]}]}]}
-    for name, doc, message in (("bad", bad, "data[0].paragraphs[0].qas[0].question: expected str, found nothing"),
-                               ("dup", dup, "duplicate question id '1' (also at data[0].paragraphs[0].qas[0])")):
+    dup = {
+        "version": "1.1",
+        "data": [
+            {
+                "title": "A",
+                "paragraphs": [
+                    {
+                        "context": "c",
+                        "qas": [
+                            {"id": "1", "question": "q?", "answers": [{"text": "c"}]},
+                            {"id": "1", "question": "r?", "answers": []},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    for name, doc, message in (
+        ("bad", bad, "data[0].paragraphs[0].qas[0].question: expected str, found nothing"),
+        ("dup", dup, "duplicate question id '1' (also at data[0].paragraphs[0].qas[0])"),
+    ):
         (tmp_path / f"{name}.json").write_text(json.dumps(doc))
-        code = run_cli(prepare_data.main, ["squad", "--squad_file", str(tmp_path / f"{name}.json"), "--eval_file",
-                                           str(tmp_path / f"{name}.json"), "--out_dir", str(tmp_path / name), *FAST])
+        code = run_cli(
+            prepare_data.main,
+            [
+                "squad",
+                "--squad_file",
+                str(tmp_path / f"{name}.json"),
+                "--eval_file",
+                str(tmp_path / f"{name}.json"),
+                "--out_dir",
+                str(tmp_path / name),
+                *FAST,
+            ],
+        )
         assert code == 2 and message in capsys.readouterr().err
 
 
@@ -337,8 +447,10 @@ def test_missing_bm25s_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     folder = _beir_folder(tmp_path / "b", TOY_CORPUS, TOY_QUERIES, TOY_QRELS)
     monkeypatch.setitem(sys.modules, "bm25s", None)  # `import bm25s` now fails as if not installed
     assert _run(tmp_path, folder) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == \
-        "error: BM25 needs the bm25s package, which is not installed: pip install bm25s"
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == "error: BM25 needs the bm25s package, which is not installed: pip install bm25s"
+    )
 
 
 def test_bad_flags_and_missing_folder_are_one_line_errors(tmp_path, capsys):
@@ -360,8 +472,11 @@ def test_prepare_beir_returns_the_paths_it_wrote_and_reuses_them(tmp_path):
     assert prepared.bm25_run is None and prepared.eval_qa is None
     for path in (prepared.passages, prepared.train, prepared.dev, prepared.manifest):
         assert os.path.isfile(path) and os.path.dirname(path) == str(tmp_path / "out")
-    assert [(s.stage, s.reused) for s in prepared.stages] == [("passages", False), ("bm25-corpus", False),
-                                                              ("train", False)]
+    assert [(s.stage, s.reused) for s in prepared.stages] == [
+        ("passages", False),
+        ("bm25-corpus", False),
+        ("train", False),
+    ]
     assert len(_samples(prepared.train)) + len(_samples(prepared.dev)) == 6
     again = prepare_beir(str(folder), str(tmp_path / "out"), eval_split=None, settings=settings)
     assert [(s.stage, s.reused) for s in again.stages] == [("passages", True), ("train", True)]

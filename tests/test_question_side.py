@@ -37,26 +37,59 @@ def passages_tsv(tmp_path, tiny_dpr_files) -> str:
 
 def train(model_dir, files, out, *extra) -> str:
     train_file, dev_file = files
-    assert train_dense_encoder.main([
-        "--pretrained_model_cfg", model_dir, "--train_file", train_file, "--dev_file", dev_file,
-        "--output_dir", out, "--batch_size", "4", "--sequence_length", "32", "--learning_rate", "0.05",
-        "--num_train_epochs", "2", "--prefix", "--pre_seq_len", "4", "--seed", "1", *extra]) == 0
+    assert (
+        train_dense_encoder.main(
+            [
+                "--pretrained_model_cfg",
+                model_dir,
+                "--train_file",
+                train_file,
+                "--dev_file",
+                dev_file,
+                "--output_dir",
+                out,
+                "--batch_size",
+                "4",
+                "--sequence_length",
+                "32",
+                "--learning_rate",
+                "0.05",
+                "--num_train_epochs",
+                "2",
+                "--prefix",
+                "--pre_seq_len",
+                "4",
+                "--seed",
+                "1",
+                *extra,
+            ]
+        )
+        == 0
+    )
     return list_checkpoints(out, "dpr_biencoder")[-1][1]
 
 
 def embed(ctx_file, out, *model_flags) -> np.ndarray:
-    assert generate_embeddings.main(["--ctx_file", ctx_file, "--out_file", out, "--sequence_length", "32",
-                                     "--no_progress", *model_flags]) == 0
+    assert (
+        generate_embeddings.main(
+            ["--ctx_file", ctx_file, "--out_file", out, "--sequence_length", "32", "--no_progress", *model_flags]
+        )
+        == 0
+    )
     return np.concatenate([shard.vectors() for shard in find_shards([out + "_*"])])
 
 
 def identity(model):
-    return (model.config.passage_config().to_dict(), backbone_fingerprint(model.backbone),
-            encoder_digest(model.ctx_encoder))
+    return (
+        model.config.passage_config().to_dict(),
+        backbone_fingerprint(model.backbone),
+        encoder_digest(model.ctx_encoder),
+    )
 
 
-def test_question_side_training_leaves_passage_vectors_bit_identical(tmp_path, tiny_bert_dir, tiny_dpr_files,
-                                                                      passages_tsv):
+def test_question_side_training_leaves_passage_vectors_bit_identical(
+    tmp_path, tiny_bert_dir, tiny_dpr_files, passages_tsv
+):
     before = embed(passages_tsv, str(tmp_path / "base"), "--pretrained_model_cfg", tiny_bert_dir)
     ckpt = train(tiny_bert_dir, tiny_dpr_files, str(tmp_path / "q"), "--tune_side", "question")
     after = embed(passages_tsv, str(tmp_path / "after"), "--model_file", ckpt)
@@ -86,7 +119,7 @@ def test_training_steps_never_run_the_passage_encoder(tmp_path, tiny_bert_dir, t
             calls["in_step"] = False
 
     def forward(self, *args, **kwargs):
-        if calls["in_step"] and self.prefix is None:          # the passage side has no prefix
+        if calls["in_step"] and self.prefix is None:  # the passage side has no prefix
             calls["ctx_forwards"] += 1
         return original_forward(self, *args, **kwargs)
 
@@ -96,26 +129,51 @@ def test_training_steps_never_run_the_passage_encoder(tmp_path, tiny_bert_dir, t
     assert calls["ctx_forwards"] == 0
 
 
-def test_vectors_read_from_an_existing_index_train_like_encoded_ones(tmp_path, tiny_bert_dir, tiny_dpr_files,
-                                                                     passages_tsv):
+def test_vectors_read_from_an_existing_index_train_like_encoded_ones(
+    tmp_path, tiny_bert_dir, tiny_dpr_files, passages_tsv
+):
     embed(passages_tsv, str(tmp_path / "base"), "--pretrained_model_cfg", tiny_bert_dir)
     encoded = train(tiny_bert_dir, tiny_dpr_files, str(tmp_path / "a"), "--tune_side", "question")
-    from_index = train(tiny_bert_dir, tiny_dpr_files, str(tmp_path / "b"), "--tune_side", "question",
-                       "--ctx_embeddings", str(tmp_path / "base") + "_*")
+    from_index = train(
+        tiny_bert_dir,
+        tiny_dpr_files,
+        str(tmp_path / "b"),
+        "--tune_side",
+        "question",
+        "--ctx_embeddings",
+        str(tmp_path / "base") + "_*",
+    )
     a, b = (load_file(os.path.join(p, "model.safetensors")) for p in (encoded, from_index))
-    torch.testing.assert_close(a["question_encoder.prefix.embedding.weight"],
-                               b["question_encoder.prefix.embedding.weight"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        a["question_encoder.prefix.embedding.weight"], b["question_encoder.prefix.embedding.weight"], atol=1e-5, rtol=0
+    )
 
 
-def test_an_index_of_another_passage_encoder_is_refused_for_the_cache(tmp_path, tiny_bert_dir, tiny_dpr_files,
-                                                                       passages_tsv, capsys):
+def test_an_index_of_another_passage_encoder_is_refused_for_the_cache(
+    tmp_path, tiny_bert_dir, tiny_dpr_files, passages_tsv, capsys
+):
     from dpr.cli import run_cli
+
     embed(passages_tsv, str(tmp_path / "other"), "--pretrained_model_cfg", "bert-tiny")
     train_file, dev_file = tiny_dpr_files
-    code = run_cli(train_dense_encoder.main, [
-        "--pretrained_model_cfg", tiny_bert_dir, "--train_file", train_file, "--output_dir", str(tmp_path / "o"),
-        "--prefix", "--tune_side", "question", "--sequence_length", "32",
-        "--ctx_embeddings", str(tmp_path / "other") + "_*"])
+    code = run_cli(
+        train_dense_encoder.main,
+        [
+            "--pretrained_model_cfg",
+            tiny_bert_dir,
+            "--train_file",
+            train_file,
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--prefix",
+            "--tune_side",
+            "question",
+            "--sequence_length",
+            "32",
+            "--ctx_embeddings",
+            str(tmp_path / "other") + "_*",
+        ],
+    )
     assert code == 2 and "made by another encoder" in capsys.readouterr().err
 
 

@@ -12,9 +12,20 @@ import pytest
 from dpr.options import TrainConfig
 from dpr.training.checkpoint import FORMAT, read_checkpoint_info, resolve_checkpoint
 from dpr.training.resume import changed_settings
-from dpr.training.run_dir import (HISTORY_FILE, BestRecord, OutputDirError, append_history, best_record,
-                                  check_output_dir, list_checkpoints, prune_checkpoints, read_best, read_history,
-                                  repair_run_dir, update_best)
+from dpr.training.run_dir import (
+    HISTORY_FILE,
+    BestRecord,
+    OutputDirError,
+    append_history,
+    best_record,
+    check_output_dir,
+    list_checkpoints,
+    prune_checkpoints,
+    read_best,
+    read_history,
+    repair_run_dir,
+    update_best,
+)
 
 PREFIX = "dpr_biencoder"
 
@@ -23,11 +34,30 @@ def fake_checkpoint(run, epoch: int, iteration: int, step: int, value: float | N
     """A checkpoint folder as list_checkpoints sees it: config.json only (no weights needed here)."""
     path = os.path.join(str(run), f"{PREFIX}.{epoch}.{iteration}")
     os.makedirs(path)
-    validation = None if value is None else {"metric": "nll", "value": value, "epoch": epoch,
-                                             "iteration": iteration, "global_step": step, "train_loss": 1.5}
+    validation = (
+        None
+        if value is None
+        else {
+            "metric": "nll",
+            "value": value,
+            "epoch": epoch,
+            "iteration": iteration,
+            "global_step": step,
+            "train_loss": 1.5,
+        }
+    )
     with open(os.path.join(path, "config.json"), "w") as handle:
-        json.dump({"format": FORMAT, "version": 1, "encoder": {}, "backbone": {}, "validation": validation,
-                   "position": {"epoch": epoch, "iteration": iteration, "global_step": step}}, handle)
+        json.dump(
+            {
+                "format": FORMAT,
+                "version": 1,
+                "encoder": {},
+                "backbone": {},
+                "validation": validation,
+                "position": {"epoch": epoch, "iteration": iteration, "global_step": step},
+            },
+            handle,
+        )
     return path
 
 
@@ -45,8 +75,9 @@ def test_a_nan_validation_never_becomes_the_best_nor_gets_the_good_best_pruned(t
     prune_checkpoints(str(tmp_path), PREFIX, keep=1)
     assert read_best(str(tmp_path)).path == good and os.path.isdir(good)
     # A best file that an older version wrote with NaN is replaced by the first finite value.
-    (tmp_path / "best_checkpoint.json").write_text(json.dumps({**json.load(open(tmp_path / "best_checkpoint.json")),
-                                                                "value": math.nan}))
+    (tmp_path / "best_checkpoint.json").write_text(
+        json.dumps({**json.load(open(tmp_path / "best_checkpoint.json")), "value": math.nan})
+    )
     assert update_best(str(tmp_path), BestRecord(good, "nll", 2.0, 0, 3, 2))
 
 
@@ -60,12 +91,13 @@ def test_the_best_record_names_the_folder_so_any_working_directory_finds_it(tmp_
     assert resolve_checkpoint("a/run") == os.path.join("a/run", f"{PREFIX}.0.3")
     # Files written by older versions: a path relative to the training's cwd, or absolute.
     for old in (f"run/{PREFIX}.0.3", f"/elsewhere/run/{PREFIX}.0.3/"):
-        (run / "best_checkpoint.json").write_text(json.dumps({**json.load(open(run / "best_checkpoint.json")),
-                                                               "path": old}))
+        (run / "best_checkpoint.json").write_text(
+            json.dumps({**json.load(open(run / "best_checkpoint.json")), "path": old})
+        )
         assert read_best(str(run)).path == os.path.join(str(run), f"{PREFIX}.0.3")
         fake_checkpoint(run, 0, 6 + len(old), 4)
         fake_checkpoint(run, 1, 6 + len(old), 5)
-        prune_checkpoints(str(run), PREFIX, keep=1)            # from another cwd: the best must survive
+        prune_checkpoints(str(run), PREFIX, keep=1)  # from another cwd: the best must survive
         assert os.path.isdir(best)
 
 
@@ -73,8 +105,11 @@ def test_checkpoints_are_ordered_by_step_then_position_not_by_name(tmp_path):
     fake_checkpoint(tmp_path, 0, 10, 5)
     fake_checkpoint(tmp_path, 0, 9, 5)
     fake_checkpoint(tmp_path, 0, 3, 2)
-    assert [os.path.basename(p) for _, p in list_checkpoints(str(tmp_path), PREFIX)] == \
-        [f"{PREFIX}.0.3", f"{PREFIX}.0.9", f"{PREFIX}.0.10"]
+    assert [os.path.basename(p) for _, p in list_checkpoints(str(tmp_path), PREFIX)] == [
+        f"{PREFIX}.0.3",
+        f"{PREFIX}.0.9",
+        f"{PREFIX}.0.10",
+    ]
 
 
 def test_a_kill_after_the_checkpoint_is_repaired_from_the_checkpoints(tmp_path):
@@ -82,21 +117,21 @@ def test_a_kill_after_the_checkpoint_is_repaired_from_the_checkpoints(tmp_path):
     first = fake_checkpoint(tmp_path, 0, 3, 2, 2.0)
     append_history(run, read_checkpoint_info(first).validation)
     update_best(run, record_of(first))
-    second = fake_checkpoint(tmp_path, 0, 6, 4, 1.0)          # killed before its log line and best record
+    second = fake_checkpoint(tmp_path, 0, 6, 4, 1.0)  # killed before its log line and best record
     with open(tmp_path / HISTORY_FILE, "a") as handle:
-        handle.write('{"metric": "nll", "val')              # ... or half-way through the log line
+        handle.write('{"metric": "nll", "val')  # ... or half-way through the log line
     repair_run_dir(run, PREFIX)
     assert read_history(run) == [read_checkpoint_info(first).validation, read_checkpoint_info(second).validation]
     assert read_best(run).path == second
     log = (tmp_path / HISTORY_FILE).read_text()
-    repair_run_dir(run, PREFIX)                               # a second repair changes nothing
+    repair_run_dir(run, PREFIX)  # a second repair changes nothing
     assert (tmp_path / HISTORY_FILE).read_text() == log and log.endswith("\n")
     # Killed between the log line and the best record: the log is complete, the best is behind.
     third = fake_checkpoint(tmp_path, 1, 3, 6, 0.5)
     append_history(run, read_checkpoint_info(third).validation)
     repair_run_dir(run, PREFIX)
     assert read_best(run).path == third and len(read_history(run)) == 3
-    os.remove(tmp_path / "best_checkpoint.json")              # lost altogether: rebuilt from all checkpoints
+    os.remove(tmp_path / "best_checkpoint.json")  # lost altogether: rebuilt from all checkpoints
     repair_run_dir(run, PREFIX)
     assert read_best(run).path == third
 
@@ -120,7 +155,8 @@ def test_an_output_dir_that_cannot_be_written_is_refused_at_once(tmp_path, monke
 
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(tempfile, "mkstemp", denied)          # root ignores chmod: simulate a read-only folder
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)  # root ignores chmod: simulate a read-only folder
     with pytest.raises(OutputDirError, match="Permission denied"):
         check_output_dir(str(tmp_path / "ro"))
 
@@ -128,14 +164,25 @@ def test_an_output_dir_that_cannot_be_written_is_refused_at_once(tmp_path, monke
 def test_changed_settings_name_each_difference_and_ignore_what_cannot_change_the_result(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     stored = json.loads(json.dumps(TrainConfig(train_file=(str(tmp_path / "t.json"),), learning_rate=0.01).to_dict()))
-    same = TrainConfig(train_file=("t.json",), learning_rate=0.01, output_dir="elsewhere", log_batch_step=7,
-                       keep_checkpoints=9, no_cuda=True, init_checkpoint="/x")
-    assert changed_settings(stored, same) == []               # also: a relative spelling of the same file
+    same = TrainConfig(
+        train_file=("t.json",),
+        learning_rate=0.01,
+        output_dir="elsewhere",
+        log_batch_step=7,
+        keep_checkpoints=9,
+        no_cuda=True,
+        init_checkpoint="/x",
+    )
+    assert changed_settings(stored, same) == []  # also: a relative spelling of the same file
     other = TrainConfig(train_file=("u.json",), learning_rate=0.02, batch_size=8, adam_betas=(0.9, 0.99))
     assert changed_settings(stored, other) == [
-        f"train_file: [{tmp_path / 't.json'}] -> [u.json]", "batch_size: 16 -> 8", "learning_rate: 0.01 -> 0.02",
-        "adam_betas: [0.9, 0.999] -> [0.9, 0.99]"]
-    del stored["precision"]                                   # a setting newer than the checkpoint: the default
+        f"train_file: [{tmp_path / 't.json'}] -> [u.json]",
+        "batch_size: 16 -> 8",
+        "learning_rate: 0.01 -> 0.02",
+        "adam_betas: [0.9, 0.999] -> [0.9, 0.99]",
+    ]
+    del stored["precision"]  # a setting newer than the checkpoint: the default
     assert changed_settings(stored, same) == []
-    assert changed_settings(stored, TrainConfig(train_file=("t.json",), learning_rate=0.01, precision="bf16")) == \
-        ["precision: 'fp32' -> 'bf16'"]
+    assert changed_settings(stored, TrainConfig(train_file=("t.json",), learning_rate=0.01, precision="bf16")) == [
+        "precision: 'fp32' -> 'bf16'"
+    ]

@@ -18,15 +18,19 @@ from dpr.retrieval import TaskEncoder
 from dpr.training.checkpoint import load_biencoder, save_checkpoint
 
 QUESTIONS = ["what is the capital of france?", "who wrote a much longer question about hamlet and denmark?", "x"]
-PASSAGES = [Passage("Paris is the capital of France.", "France"), Passage("Hamlet is a play.", ""),
-            Passage("Penguins live in Antarctica and eat a lot of fish every single day.", "Penguin")]
+PASSAGES = [
+    Passage("Paris is the capital of France.", "France"),
+    Passage("Hamlet is a play.", ""),
+    Passage("Penguins live in Antarctica and eat a lot of fish every single day.", "Penguin"),
+]
 
 
 def make_checkpoint(path: str, model_name: str, tuning: str, seed: int, **kw) -> str:
     """A checkpoint whose tuned parameters are random (not zero-initialised), so every task differs."""
     torch.manual_seed(seed)
-    config = EncoderConfig(pretrained_model_cfg=model_name, tuning=tuning, pre_seq_len=4, sequence_length=32,
-                           adapter_size=8, **kw)
+    config = EncoderConfig(
+        pretrained_model_cfg=model_name, tuning=tuning, pre_seq_len=4, sequence_length=32, adapter_size=8, **kw
+    )
     model = build_biencoder(config)
     with torch.no_grad():
         for name in model.tuned_names:
@@ -37,10 +41,12 @@ def make_checkpoint(path: str, model_name: str, tuning: str, seed: int, **kw) ->
 @pytest.fixture(scope="module")
 def checkpoints(tiny_bert_dir, tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("tasks")
-    return {"scifact": make_checkpoint(str(root / "a"), tiny_bert_dir, "prefix", 1),
-            "nq": make_checkpoint(str(root / "b"), tiny_bert_dir, "prefix", 2, prefix_mlp=True, prefix_hidden_size=16),
-            "fiqa": make_checkpoint(str(root / "c"), tiny_bert_dir, "prompt", 3),
-            "trec": make_checkpoint(str(root / "d"), tiny_bert_dir, "adapter", 4)}
+    return {
+        "scifact": make_checkpoint(str(root / "a"), tiny_bert_dir, "prefix", 1),
+        "nq": make_checkpoint(str(root / "b"), tiny_bert_dir, "prefix", 2, prefix_mlp=True, prefix_hidden_size=16),
+        "fiqa": make_checkpoint(str(root / "c"), tiny_bert_dir, "prompt", 3),
+        "trec": make_checkpoint(str(root / "d"), tiny_bert_dir, "adapter", 4),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -53,19 +59,21 @@ def test_each_task_encodes_as_its_checkpoint_alone(checkpoints, encoder, tiny_be
     alone = {}
     for task, path in checkpoints.items():
         model, _ = load_biencoder(path)
-        alone[task] = [encode_texts(model, tokenizer, QUESTIONS, "question", max_length=32, batch_size=2),
-                       encode_texts(model, tokenizer, PASSAGES, "passage", max_length=32, batch_size=2)]
+        alone[task] = [
+            encode_texts(model, tokenizer, QUESTIONS, "question", max_length=32, batch_size=2),
+            encode_texts(model, tokenizer, PASSAGES, "passage", max_length=32, batch_size=2),
+        ]
     # interleave tasks and sides, twice over: a switch must leave nothing behind for the next call
     for _ in range(2):
         for task in checkpoints:
-            q = encoder.encode(QUESTIONS, task=task, side="question", batch_size=2)          # (3, 32)
-            p = encoder.encode(PASSAGES, task=task, side="passage", batch_size=3)            # (3, 32)
+            q = encoder.encode(QUESTIONS, task=task, side="question", batch_size=2)  # (3, 32)
+            p = encoder.encode(PASSAGES, task=task, side="passage", batch_size=3)  # (3, 32)
             assert q.shape == (3, 32) and p.shape == (3, 32)
             np.testing.assert_allclose(q, alone[task][0], atol=1e-6, rtol=0)
             np.testing.assert_allclose(p, alone[task][1], atol=1e-6, rtol=0)
     # the tasks really differ from each other (else the comparison above proves nothing)
     vectors = [encoder.encode(QUESTIONS, task=t) for t in checkpoints]
-    assert all(np.abs(a - b).max() > 1e-3 for i, a in enumerate(vectors) for b in vectors[i + 1:])
+    assert all(np.abs(a - b).max() > 1e-3 for i, a in enumerate(vectors) for b in vectors[i + 1 :])
 
 
 def _storage_ptrs(params) -> set[int]:
@@ -101,8 +109,11 @@ def test_backbone_exists_once_however_many_tasks(checkpoints, tiny_bert_dir):
 
 
 def test_unknown_task_names_the_registered_ones(encoder, checkpoints):
-    with pytest.raises(UnknownTaskError, match=r"task 'scidocs' is not registered \(registered tasks: 'scifact', "
-                                               r"'nq', 'fiqa', 'trec'\)"):
+    with pytest.raises(
+        UnknownTaskError,
+        match=r"task 'scidocs' is not registered \(registered tasks: 'scifact', "
+        r"'nq', 'fiqa', 'trec'\)",
+    ):
         encoder.encode(QUESTIONS, task="scidocs")
     with pytest.raises(ValueError, match="side must be 'question' or 'passage'"):
         encoder.encode(QUESTIONS, task="nq", side="query")
@@ -124,7 +135,7 @@ def test_unregister_and_duplicate_and_bad_names(checkpoints, tiny_bert_dir):
 
 
 def test_checkpoint_for_another_hidden_size_is_refused(tiny_bert_dir, tmp_path):
-    other = make_checkpoint(str(tmp_path / "big"), "bert-tiny", "prefix", 5)          # hidden 128, not 32
+    other = make_checkpoint(str(tmp_path / "big"), "bert-tiny", "prefix", 5)  # hidden 128, not 32
     enc = TaskEncoder(tiny_bert_dir)
     with pytest.raises(CheckpointMismatchError) as err:
         enc.register("big", other)
@@ -135,16 +146,27 @@ def test_checkpoint_for_another_hidden_size_is_refused(tiny_bert_dir, tmp_path):
 
 
 def test_checkpoint_for_another_model_of_the_same_shape_is_refused(tiny_bert_dir, tmp_path):
-    torch.manual_seed(9)     # same shape as tiny_bert_dir, other weights: a prefix for it means nothing here
+    torch.manual_seed(9)  # same shape as tiny_bert_dir, other weights: a prefix for it means nothing here
     twin = str(tmp_path / "twin")
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=37, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=128,
+    )
     BertModel(config, add_pooling_layer=False).save_pretrained(twin)
     ckpt = make_checkpoint(str(tmp_path / "twin_ckpt"), twin, "prefix", 6)
     library = TaskLibrary(load_backbone(tiny_bert_dir), tiny_bert_dir)
     with pytest.raises(CheckpointMismatchError, match=f"trained on '{twin}', but the task library's backbone is"):
-        library.add("twin", EncoderConfig(pretrained_model_cfg=twin, tuning="prefix", pre_seq_len=4),
-                    backbone_fingerprint(library.backbone), f"{ckpt}/model.safetensors", ckpt)
+        library.add(
+            "twin",
+            EncoderConfig(pretrained_model_cfg=twin, tuning="prefix", pre_seq_len=4),
+            backbone_fingerprint(library.backbone),
+            f"{ckpt}/model.safetensors",
+            ckpt,
+        )
     assert len(library) == 0
 
 
@@ -152,6 +174,7 @@ def test_checkpoint_for_another_model_of_the_same_shape_is_refused(tiny_bert_dir
 def test_checkpoints_that_change_the_backbone_are_refused(tiny_bert_dir, tmp_path, tuning):
     ckpt = make_checkpoint(str(tmp_path / tuning), tiny_bert_dir, tuning, 7)
     enc = TaskEncoder(tiny_bert_dir)
-    with pytest.raises(TaskError, match=f"is a {tuning} checkpoint: it changes the backbone's own weights.*"
-                                        f"--model_file"):
+    with pytest.raises(
+        TaskError, match=f"is a {tuning} checkpoint: it changes the backbone's own weights.*--model_file"
+    ):
         enc.register("ft", ckpt)

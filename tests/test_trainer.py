@@ -16,9 +16,27 @@ from dpr.training.trainer import eval_points, linear_schedule, optimizer_steps_p
 
 
 def argv(model_dir, train, dev, out, *extra):
-    return ["--pretrained_model_cfg", model_dir, "--train_file", train, "--dev_file", dev, "--output_dir", out,
-            "--batch_size", "4", "--dev_batch_size", "4", "--sequence_length", "32", "--seed", "3",
-            "--log_batch_step", "3", *extra]
+    return [
+        "--pretrained_model_cfg",
+        model_dir,
+        "--train_file",
+        train,
+        "--dev_file",
+        dev,
+        "--output_dir",
+        out,
+        "--batch_size",
+        "4",
+        "--dev_batch_size",
+        "4",
+        "--sequence_length",
+        "32",
+        "--seed",
+        "3",
+        "--log_batch_step",
+        "3",
+        *extra,
+    ]
 
 
 def prefix_weights(path: str) -> dict[str, torch.Tensor]:
@@ -30,16 +48,38 @@ def test_prefix_training_lowers_the_dev_loss_and_changes_only_prefix_weights(tmp
     out = str(tmp_path / "run")
     # Validate on the training questions so that "loss went down" measures what training optimised.
     # The real BERT-tiny: a random tiny BERT maps every text to nearly the same [CLS] vector.
-    rc = train_dense_encoder.main(argv("bert-tiny", train, train, out, "--prefix", "--pre_seq_len", "4",
-                                       "--learning_rate", "0.01", "--num_train_epochs", "6", "--warmup_steps", "0",
-                                       "--eval_per_epoch", "1", "--keep_checkpoints", "10", "--dropout", "0"))
+    rc = train_dense_encoder.main(
+        argv(
+            "bert-tiny",
+            train,
+            train,
+            out,
+            "--prefix",
+            "--pre_seq_len",
+            "4",
+            "--learning_rate",
+            "0.01",
+            "--num_train_epochs",
+            "6",
+            "--warmup_steps",
+            "0",
+            "--eval_per_epoch",
+            "1",
+            "--keep_checkpoints",
+            "10",
+            "--dropout",
+            "0",
+        )
+    )
     assert rc == 0
     found = list_checkpoints(out, "dpr_biencoder")
     assert len(found) == 6
     for _, path in found:
         config = json.load(open(os.path.join(path, "config.json")))
-        assert set(prefix_weights(path)) == {"question_encoder.prefix.embedding.weight",
-                                             "ctx_encoder.prefix.embedding.weight"}
+        assert set(prefix_weights(path)) == {
+            "question_encoder.prefix.embedding.weight",
+            "ctx_encoder.prefix.embedding.weight",
+        }
         assert config["encoder"]["tuning"] == "prefix"
     best = read_best(out)
     assert best is not None and best.metric == "nll"
@@ -49,16 +89,36 @@ def test_prefix_training_lowers_the_dev_loss_and_changes_only_prefix_weights(tmp
     assert best.value == min(h["value"] for h in history)
     first = prefix_weights(found[0][1])
     last = prefix_weights(found[-1][1])
-    assert not torch.equal(first["question_encoder.prefix.embedding.weight"],
-                           last["question_encoder.prefix.embedding.weight"])
+    assert not torch.equal(
+        first["question_encoder.prefix.embedding.weight"], last["question_encoder.prefix.embedding.weight"]
+    )
 
 
-def test_interrupted_run_resumes_to_the_same_weights_and_data_order(tmp_path, tiny_bert_dir, tiny_dpr_files,
-                                                                     monkeypatch):
+def test_interrupted_run_resumes_to_the_same_weights_and_data_order(
+    tmp_path, tiny_bert_dir, tiny_dpr_files, monkeypatch
+):
     train, dev = tiny_dpr_files
-    common = ("--prefix", "--pre_seq_len", "4", "--learning_rate", "0.01", "--num_train_epochs", "2",
-              "--eval_per_epoch", "2", "--gradient_accumulation_steps", "2", "--hard_negatives", "2",
-              "--warmup_steps", "2", "--keep_checkpoints", "10", "--train_rolling_loss_step", "5")
+    common = (
+        "--prefix",
+        "--pre_seq_len",
+        "4",
+        "--learning_rate",
+        "0.01",
+        "--num_train_epochs",
+        "2",
+        "--eval_per_epoch",
+        "2",
+        "--gradient_accumulation_steps",
+        "2",
+        "--hard_negatives",
+        "2",
+        "--warmup_steps",
+        "2",
+        "--keep_checkpoints",
+        "10",
+        "--train_rolling_loss_step",
+        "5",
+    )
     seen: list[tuple[int, int, tuple[str, ...]]] = []
     original = trainer_module.BiEncoderTrainer._micro_step
 
@@ -75,7 +135,7 @@ def test_interrupted_run_resumes_to_the_same_weights_and_data_order(tmp_path, ti
     crashed = str(tmp_path / "crashed")
 
     def crash_after_first_checkpoint(self, epoch, samples, iteration):
-        if (epoch, iteration) == (0, 4):            # checkpoint 0.3 exists; batch 4 is never finished
+        if (epoch, iteration) == (0, 4):  # checkpoint 0.3 exists; batch 4 is never finished
             raise KeyboardInterrupt
         return recording(self, epoch, samples, iteration)
 
@@ -83,14 +143,14 @@ def test_interrupted_run_resumes_to_the_same_weights_and_data_order(tmp_path, ti
     with pytest.raises(KeyboardInterrupt):
         train_dense_encoder.main(argv(tiny_bert_dir, train, dev, crashed, *common))
     assert [os.path.basename(p) for _, p in list_checkpoints(crashed, "dpr_biencoder")] == ["dpr_biencoder.0.3"]
-    seen[:] = [record for record in seen if record[:2] < (0, 3)]   # batch 3's update was lost in the crash
+    seen[:] = [record for record in seen if record[:2] < (0, 3)]  # batch 3's update was lost in the crash
     monkeypatch.setattr(trainer_module.BiEncoderTrainer, "_micro_step", recording)
-    assert train_dense_encoder.main(argv(tiny_bert_dir, train, dev, crashed, *common)) == 0   # resumes
+    assert train_dense_encoder.main(argv(tiny_bert_dir, train, dev, crashed, *common)) == 0  # resumes
 
-    assert seen == uninterrupted                  # same batches in the same order, none repeated
+    assert seen == uninterrupted  # same batches in the same order, none repeated
     final_full = prefix_weights(list_checkpoints(full, "dpr_biencoder")[-1][1])
     final_resumed = prefix_weights(list_checkpoints(crashed, "dpr_biencoder")[-1][1])
-    for name in final_full:                       # bit for bit, not merely close
+    for name in final_full:  # bit for bit, not merely close
         assert float((final_resumed[name] - final_full[name]).abs().max()) == 0.0
     # The training curve too: train_loss is the mean of a rolling window the checkpoint must carry.
     log = [open(os.path.join(out, "validation_log.jsonl")).read() for out in (full, crashed)]
@@ -100,27 +160,62 @@ def test_interrupted_run_resumes_to_the_same_weights_and_data_order(tmp_path, ti
 def test_best_checkpoint_survives_pruning(tmp_path, tiny_bert_dir, tiny_dpr_files, monkeypatch):
     train, dev = tiny_dpr_files
     out = str(tmp_path / "run")
-    values = iter([3.0, 1.0, 2.0, 2.5])               # the second validation is the best
+    values = iter([3.0, 1.0, 2.0, 2.5])  # the second validation is the best
 
     def fake_validate(self):
         from dpr.training.validation import ValidationResult
+
         return ValidationResult("nll", next(values), {})
 
     monkeypatch.setattr(trainer_module.BiEncoderTrainer, "validate", fake_validate)
-    assert train_dense_encoder.main(argv(tiny_bert_dir, train, dev, out, "--prefix", "--num_train_epochs", "2",
-                                         "--eval_per_epoch", "2", "--keep_checkpoints", "1")) == 0
+    assert (
+        train_dense_encoder.main(
+            argv(
+                tiny_bert_dir,
+                train,
+                dev,
+                out,
+                "--prefix",
+                "--num_train_epochs",
+                "2",
+                "--eval_per_epoch",
+                "2",
+                "--keep_checkpoints",
+                "1",
+            )
+        )
+        == 0
+    )
     names = sorted(os.path.basename(p) for _, p in list_checkpoints(out, "dpr_biencoder"))
     best = read_best(out)
     assert best.value == 1.0 and os.path.basename(best.path) == "dpr_biencoder.0.6"
-    assert names == ["dpr_biencoder.0.6", "dpr_biencoder.1.6"]   # best + latest; the other two are gone
+    assert names == ["dpr_biencoder.0.6", "dpr_biencoder.1.6"]  # best + latest; the other two are gone
 
 
 def test_fix_ctx_encoder_trains_the_question_side_only(tmp_path, tiny_bert_dir, tiny_dpr_files):
     train, dev = tiny_dpr_files
     out = str(tmp_path / "run")
-    assert train_dense_encoder.main(argv(tiny_bert_dir, train, dev, out, "--prefix", "--fix_ctx_encoder",
-                                         "--learning_rate", "0.05", "--num_train_epochs", "1",
-                                         "--keep_checkpoints", "5", "--eval_per_epoch", "2")) == 0
+    assert (
+        train_dense_encoder.main(
+            argv(
+                tiny_bert_dir,
+                train,
+                dev,
+                out,
+                "--prefix",
+                "--fix_ctx_encoder",
+                "--learning_rate",
+                "0.05",
+                "--num_train_epochs",
+                "1",
+                "--keep_checkpoints",
+                "5",
+                "--eval_per_epoch",
+                "2",
+            )
+        )
+        == 0
+    )
     (_, first), (_, last) = list_checkpoints(out, "dpr_biencoder")
     a, b = prefix_weights(first), prefix_weights(last)
     assert torch.equal(a["ctx_encoder.prefix.embedding.weight"], b["ctx_encoder.prefix.embedding.weight"])
@@ -133,29 +228,46 @@ def test_gradients_are_clipped_once_per_optimizer_step(tmp_path, tiny_bert_dir, 
     real = torch.nn.utils.clip_grad_norm_
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: calls.append(1) or real(*a, **k))
     # 24 questions / batch 4 = 6 micro-batches per epoch, accumulation 3 -> 2 optimizer steps.
-    assert train_dense_encoder.main(argv(tiny_bert_dir, train, train, str(tmp_path / "r"), "--bitfit",
-                                         "--gradient_accumulation_steps", "3", "--num_train_epochs", "1")) == 0
+    assert (
+        train_dense_encoder.main(
+            argv(
+                tiny_bert_dir,
+                train,
+                train,
+                str(tmp_path / "r"),
+                "--bitfit",
+                "--gradient_accumulation_steps",
+                "3",
+                "--num_train_epochs",
+                "1",
+            )
+        )
+        == 0
+    )
     assert len(calls) == 2
 
 
 def test_schedule_and_step_accounting():
     assert eval_points(10, 3) == {3, 6, 9} and eval_points(4, 10) == {0, 1, 2, 3}
-    assert optimizer_steps_per_epoch(10, 4, {4, 9}) == 4        # steps after batches 3, 4, 8 and 9
+    assert optimizer_steps_per_epoch(10, 4, {4, 9}) == 4  # steps after batches 3, 4, 8 and 9
     param = torch.nn.Parameter(torch.zeros(1))
     optim = torch.optim.SGD([param], lr=1.0)
     sched = linear_schedule(optim, warmup=2, total=6)
     lrs = []
     for _ in range(6):
         lrs.append(sched.get_last_lr()[0])
-        optim.step(); sched.step()
+        optim.step()
+        sched.step()
     assert lrs == pytest.approx([1 / 3, 2 / 3, 1.0, 0.75, 0.5, 0.25])
 
 
 def test_bad_training_flags_are_one_line_errors(tmp_path, tiny_bert_dir, tiny_dpr_files, capsys):
     train, dev = tiny_dpr_files
     from dpr.cli import run_cli
-    code = run_cli(train_dense_encoder.main, argv(tiny_bert_dir, str(tmp_path / "missing-*.json"), dev,
-                                                  str(tmp_path / "o")))
+
+    code = run_cli(
+        train_dense_encoder.main, argv(tiny_bert_dir, str(tmp_path / "missing-*.json"), dev, str(tmp_path / "o"))
+    )
     assert code == 2 and "missing-*.json" in capsys.readouterr().err
     code = run_cli(train_dense_encoder.main, argv(tiny_bert_dir, train, dev, str(tmp_path / "o"), "--batch_size", "0"))
     assert code == 2 and "--batch_size must be >= 1" in capsys.readouterr().err

@@ -54,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     book = ChecksumBook(args.output_dir)
     try:
         for resource in select(args.resource):
-            path = download(resource, args.output_dir, book, args.mirror_dir, args.mirror_url,
-                            not args.no_progress)
+            path = download(resource, args.output_dir, book, args.mirror_dir, args.mirror_url, not args.no_progress)
             print(f"{resource.key}: {path}")
     except DownloadError as err:  # one line, no traceback: the message says what to do
         print(f"error: {err}", file=sys.stderr)

@@ -50,9 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         path = export_checkpoint(args.model_file, args.out_dir, args.side)
         print(f"PEFT prefix adapter ({args.side} side of {args.model_file}) -> {path}")
     else:
-        path = import_adapters(args.question_adapter, args.out_dir, args.passage_adapter,
-                               pretrained_model_cfg=args.pretrained_model_cfg, pooling=args.pooling,
-                               sequence_length=args.sequence_length)
+        path = import_adapters(
+            args.question_adapter,
+            args.out_dir,
+            args.passage_adapter,
+            pretrained_model_cfg=args.pretrained_model_cfg,
+            pooling=args.pooling,
+            sequence_length=args.sequence_length,
+        )
         print(f"checkpoint -> {path}")
     return 0
 

@@ -27,8 +27,8 @@ import time
 
 from dpr.cli import run_cli, setup_logging
 from dpr.data.bm25 import BM25Config
-from dpr.data.prepare import NegativeConfig
 from dpr.data.preparation import PreparedData, PrepareSettings, prepare_beir, prepare_squad
+from dpr.data.prepare import NegativeConfig
 from dpr.options import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -41,8 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     beir.add_argument("--beir_dir", required=True)
     beir.add_argument("--train_split", default="train", help="qrels split for train/dev ('none': skip)")
     beir.add_argument("--eval_split", default="test", help="qrels split to evaluate on ('none': skip)")
-    beir.add_argument("--strict", action="store_true",
-                      help="a qrels id missing from the corpus or queries is an error, not a counted skip")
+    beir.add_argument(
+        "--strict",
+        action="store_true",
+        help="a qrels id missing from the corpus or queries is an error, not a counted skip",
+    )
     squad = sub.add_parser("squad", help="SQuAD v1.1 JSON: paragraphs are passages")
     squad.add_argument("--squad_file", required=True, help="questions for train/dev (split by article)")
     squad.add_argument("--eval_file", required=True, help="evaluation questions; its paragraphs are the corpus")
@@ -64,14 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_args(args: argparse.Namespace) -> None:
     """Every bad flag at once, by its flag name (the library checks the same values by field name)."""
-    problems = [f"--{flag} must be >= {low}, found {getattr(args, flag)}"
-                for flag, low in (("hard_negatives", 0), ("other_negatives", 0), ("bm25_depth", 1))
-                if getattr(args, flag) < low]
+    problems = [
+        f"--{flag} must be >= {low}, found {getattr(args, flag)}"
+        for flag, low in (("hard_negatives", 0), ("other_negatives", 0), ("bm25_depth", 1))
+        if getattr(args, flag) < low
+    ]
     if not 0 <= args.dev_ratio < 1:
         problems.append(f"--dev_ratio must be in [0, 1), found {args.dev_ratio}")
     if args.source == "beir" and args.train_split == args.eval_split != "none":
-        problems.append(f"--train_split and --eval_split are both {args.eval_split!r}: training on the "
-                        "evaluation questions")
+        problems.append(
+            f"--train_split and --eval_split are both {args.eval_split!r}: training on the evaluation questions"
+        )
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -81,7 +87,10 @@ def settings_from_args(args: argparse.Namespace) -> PrepareSettings:
         dev_ratio=args.dev_ratio,
         negatives=NegativeConfig(args.hard_negatives, args.other_negatives, args.seed),
         bm25=BM25Config(k1=args.bm25_k1, b=args.bm25_b, stemmer=args.bm25_stemmer),
-        bm25_depth=args.bm25_depth, overwrite=args.overwrite, progress=not args.no_progress)
+        bm25_depth=args.bm25_depth,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
 
 
 def _split(value: str) -> str | None:
@@ -104,8 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("settings: %s", json.dumps(vars(args), sort_keys=True))
     started = time.perf_counter()
     if args.source == "beir":
-        prepared = prepare_beir(args.beir_dir, args.out_dir, name=args.name, train_split=_split(args.train_split),
-                                eval_split=_split(args.eval_split), strict=args.strict, settings=settings)
+        prepared = prepare_beir(
+            args.beir_dir,
+            args.out_dir,
+            name=args.name,
+            train_split=_split(args.train_split),
+            eval_split=_split(args.eval_split),
+            strict=args.strict,
+            settings=settings,
+        )
     else:
         prepared = prepare_squad(args.squad_file, args.eval_file, args.out_dir, name=args.name, settings=settings)
     _print_report(prepared)

@@ -90,9 +90,7 @@ def _pad(sequences: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str,
     }
 
 
-def tokenize_questions(
-    tokenizer: Any, questions: Sequence[str], max_length: int
-) -> dict[str, torch.Tensor]:
+def tokenize_questions(tokenizer: Any, questions: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
     """Tokenize questions as ``[CLS] q [SEP]``, padded to the longest (at most ``max_length``).
 
     Returns ``input_ids``, ``attention_mask``, ``token_type_ids``: each (len(questions), T) long.
@@ -107,7 +105,10 @@ def tokenize_questions(
 
 
 def tokenize_passages(
-    tokenizer: Any, passages: Sequence[Passage], max_length: int, insert_title: bool = True,
+    tokenizer: Any,
+    passages: Sequence[Passage],
+    max_length: int,
+    insert_title: bool = True,
     title_mode: str = "pair",
 ) -> dict[str, torch.Tensor]:
     """Tokenize passages as ``[CLS] title [SEP] text [SEP]`` (segments 0 then 1), or
@@ -125,14 +126,14 @@ def tokenize_passages(
     if title_mode not in ("pair", "concat"):
         raise ValueError(f"title_mode must be pair or concat, found {title_mode!r}")
     if title_mode == "concat":
-        passages = [Passage(text=f"{p.title} {p.text}".strip() if insert_title else p.text,
-                            passage_id=p.passage_id) for p in passages]
+        passages = [
+            Passage(text=f"{p.title} {p.text}".strip() if insert_title else p.text, passage_id=p.passage_id)
+            for p in passages
+        ]
     cls_id, sep_id, pad_id = _special_ids(tokenizer)
     texts = _word_pieces(tokenizer, [p.text for p in passages], max_length - _SPECIALS_SINGLE)
     titled = [i for i, p in enumerate(passages) if insert_title and p.title]
-    titles = dict(
-        zip(titled, _word_pieces(tokenizer, [passages[i].title for i in titled], max_length))
-    )
+    titles = dict(zip(titled, _word_pieces(tokenizer, [passages[i].title for i in titled], max_length)))
     sequences = []
     for i, text in enumerate(texts):
         if i not in titles:
@@ -190,8 +191,7 @@ def build_biencoder_batch(
         raise ValueError("build_biencoder_batch: no samples given")
     if hard_negatives < 0 or other_negatives < 0:
         raise ValueError(
-            f"negative counts must be >= 0, found hard_negatives={hard_negatives}, "
-            f"other_negatives={other_negatives}"
+            f"negative counts must be >= 0, found hard_negatives={hard_negatives}, other_negatives={other_negatives}"
         )
     contexts: list[Passage] = []
     positive_idx: list[int] = []
@@ -206,9 +206,11 @@ def build_biencoder_batch(
         contexts.extend([positive, *others, *hards])
     questions = tokenize_questions(tokenizer, [s.question for s in samples], max_length)
     # Without tokenize_contexts (passage vectors come from a cache) the context tensors are empty.
-    ctx = (tokenize_passages(tokenizer, contexts, max_length, insert_title=insert_title, title_mode=title_mode)
-           if tokenize_contexts
-           else dict.fromkeys(("input_ids", "attention_mask", "token_type_ids"), torch.zeros(0, 0, dtype=torch.long)))
+    ctx = (
+        tokenize_passages(tokenizer, contexts, max_length, insert_title=insert_title, title_mode=title_mode)
+        if tokenize_contexts
+        else dict.fromkeys(("input_ids", "attention_mask", "token_type_ids"), torch.zeros(0, 0, dtype=torch.long))
+    )
     return BiEncoderBatch(
         question_ids=questions["input_ids"],
         question_mask=questions["attention_mask"],

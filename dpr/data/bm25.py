@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from dpr.errors import UserError
 from dpr.atomic import atomic_directory
 from dpr.data.readers import Passage
+from dpr.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +58,7 @@ def _bm25s() -> Any:
     try:
         import bm25s
     except ImportError as err:
-        raise MissingDependencyError(
-            "BM25 needs the bm25s package, which is not installed: pip install bm25s"
-        ) from err
+        raise MissingDependencyError("BM25 needs the bm25s package, which is not installed: pip install bm25s") from err
     return bm25s
 
 
@@ -90,8 +88,10 @@ def _have_pystemmer() -> bool:
     try:
         import Stemmer  # noqa: F401
     except ImportError:
-        logger.warning("PyStemmer is not installed: BM25 runs without stemming "
-                       "(SciFact nDCG@10 0.662 instead of 0.686); pip install PyStemmer")
+        logger.warning(
+            "PyStemmer is not installed: BM25 runs without stemming "
+            "(SciFact nDCG@10 0.662 instead of 0.686); pip install PyStemmer"
+        )
         return False
     return True
 
@@ -129,17 +129,18 @@ class BM25Index:
         bm25s = _bm25s()
         config = resolve_config(config)
         ids = [passage_id for passage_id, _ in passages]
-        tokens = bm25s.tokenize([text for _, text in passages], stopwords=config.stopwords,
-                                stemmer=_stemmer(config.stemmer), show_progress=show_progress)
+        tokens = bm25s.tokenize(
+            [text for _, text in passages],
+            stopwords=config.stopwords,
+            stemmer=_stemmer(config.stemmer),
+            show_progress=show_progress,
+        )
         retriever = bm25s.BM25(k1=config.k1, b=config.b, method=config.method)
         retriever.index(tokens, show_progress=show_progress)
-        logger.info("BM25 index: %d passages, %d terms, stemmer %s", len(ids), len(tokens.vocab),
-                    config.stemmer)
+        logger.info("BM25 index: %d passages, %d terms, stemmer %s", len(ids), len(tokens.vocab), config.stemmer)
         return cls(retriever, ids, config)
 
-    def search(
-        self, queries: Sequence[str], k: int, show_progress: bool = False
-    ) -> list[list[tuple[str, float]]]:
+    def search(self, queries: Sequence[str], k: int, show_progress: bool = False) -> list[list[tuple[str, float]]]:
         """The top ``k`` passages of each query, best first, as ``(passage_id, score)``.
 
         Only passages sharing a term with the query are returned (score > 0), so a row can be
@@ -150,11 +151,14 @@ class BM25Index:
         if not queries:
             return []
         bm25s = _bm25s()
-        tokens = bm25s.tokenize(list(queries), stopwords=self.config.stopwords,
-                                stemmer=_stemmer(self.config.stemmer), return_ids=False,
-                                show_progress=False)
-        rows, scores = self._retriever.retrieve(tokens, k=min(k, len(self)),
-                                                show_progress=show_progress)
+        tokens = bm25s.tokenize(
+            list(queries),
+            stopwords=self.config.stopwords,
+            stemmer=_stemmer(self.config.stemmer),
+            return_ids=False,
+            show_progress=False,
+        )
+        rows, scores = self._retriever.retrieve(tokens, k=min(k, len(self)), show_progress=show_progress)
         # rows, scores: (n_queries, k) passage row numbers and float32 scores, best first
         return [
             [(self.passage_ids[int(row)], float(score)) for row, score in zip(r, s) if score > 0]
@@ -165,8 +169,7 @@ class BM25Index:
         """Write the index to ``folder`` (replaced atomically: complete or absent after a crash)."""
         with atomic_directory(folder) as tmp:
             self._retriever.save(tmp, show_progress=False)
-            meta = {"version": _META_VERSION, "config": self.config.to_dict(),
-                    "passage_ids": self.passage_ids}
+            meta = {"version": _META_VERSION, "config": self.config.to_dict(), "passage_ids": self.passage_ids}
             with open(os.path.join(tmp, _META_FILE), "w", encoding="utf-8") as handle:
                 json.dump(meta, handle)
 
@@ -179,13 +182,15 @@ class BM25Index:
         with open(meta_path, encoding="utf-8") as handle:
             meta = json.load(handle)
         if meta.get("version") != _META_VERSION:
-            raise ValueError(f"{meta_path}: expected index format version {_META_VERSION}, "
-                             f"found {meta.get('version')!r}")
+            raise ValueError(
+                f"{meta_path}: expected index format version {_META_VERSION}, found {meta.get('version')!r}"
+            )
         config = BM25Config(**meta["config"])
         if config.stemmer != "none":
             resolved = resolve_config(config)
             if resolved != config:
-                raise MissingDependencyError(f"{folder} was built with the {config.stemmer} "
-                                             "stemmer: pip install PyStemmer to query it")
+                raise MissingDependencyError(
+                    f"{folder} was built with the {config.stemmer} stemmer: pip install PyStemmer to query it"
+                )
         retriever = _bm25s().BM25.load(folder, show_progress=False)
         return cls(retriever, meta["passage_ids"], config)

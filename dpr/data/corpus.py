@@ -32,8 +32,9 @@ def resolve_corpus_path(path: str) -> str:
     if os.path.isdir(path):
         corpus = os.path.join(path, "corpus.jsonl")
         if not os.path.isfile(corpus):
-            raise FileNotFoundError(f"{path} is a folder without corpus.jsonl; pass a passages TSV or a "
-                                    f"BEIR corpus.jsonl")
+            raise FileNotFoundError(
+                f"{path} is a folder without corpus.jsonl; pass a passages TSV or a BEIR corpus.jsonl"
+            )
         return corpus
     if not os.path.isfile(path):
         raise FileNotFoundError(f"passage file {path} does not exist")
@@ -95,9 +96,11 @@ def _raise_on_repeated_id(path: str, suspects: set[int], limit: int | None) -> N
         if hash(passage_id) not in suspects:
             continue
         if passage_id in first_line:
-            raise DataFormatError(f"{resolve_corpus_path(path)}:{line_no}: duplicate passage id "
-                                  f"{passage_id!r} (first on line {first_line[passage_id]}): every "
-                                  f"passage needs its own id")
+            raise DataFormatError(
+                f"{resolve_corpus_path(path)}:{line_no}: duplicate passage id "
+                f"{passage_id!r} (first on line {first_line[passage_id]}): every "
+                f"passage needs its own id"
+            )
         first_line[passage_id] = line_no
 
 
@@ -114,8 +117,10 @@ def read_passage_range(path: str, start: int, end: int) -> tuple[list[str], list
         ids.append(passage_id)
         passages.append(passage)
     if len(ids) != end - start:
-        raise DataFormatError(f"{resolve_corpus_path(path)}: expected rows {start}..{end - 1}, the file "
-                              f"ended after {start + len(ids)} rows (did it change while reading?)")
+        raise DataFormatError(
+            f"{resolve_corpus_path(path)}: expected rows {start}..{end - 1}, the file "
+            f"ended after {start + len(ids)} rows (did it change while reading?)"
+        )
     return ids, passages
 
 
@@ -144,7 +149,9 @@ def lookup_passages(path: str, wanted: Collection[str]) -> dict[str, Passage]:
                 break
     missing = sorted(wanted - set(found))
     if missing:
-        raise DataFormatError(f"{resolve_corpus_path(path)}: {len(missing)} retrieved passage ids are not in "
-                              f"this file (e.g. {missing[:5]}); is --ctx_file the corpus the embeddings "
-                              f"were made from?")
+        raise DataFormatError(
+            f"{resolve_corpus_path(path)}: {len(missing)} retrieved passage ids are not in "
+            f"this file (e.g. {missing[:5]}); is --ctx_file the corpus the embeddings "
+            f"were made from?"
+        )
     return found

@@ -45,14 +45,21 @@ _DPR = "https://dl.fbaipublicfiles.com/dpr"
 _BEIR = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
 _NQ_LICENSE = (f"{_DPR}/nq_license/LICENSE", f"{_DPR}/nq_license/README")
 _BEIR_MD5 = {
-    "msmarco": "444067daf65d982533ea17ebd59501e4", "trec-covid": "ce62140cb23feb9becf6270d0d1fe6d1",
-    "nfcorpus": "a89dba18a62ef92f7d323ec890a0d38d", "nq": "d4d3d2e48787a744b6f6e691ff534307",
-    "hotpotqa": "f412724f78b0d91183a0e86805e16114", "fiqa": "17918ed23cd04fb15047f73e6c3bd9d9",
-    "arguana": "8ad3e3c2a5867cdced806d6503f29b99", "webis-touche2020": "46f650ba5a527fc69e0a6521c5a23563",
-    "cqadupstack": "4e41456d7df8ee7760a7f866133bda78", "quora": "18fb154900ba42a600f84b839c173167",
-    "dbpedia-entity": "c2a39eb420a3164af735795df012ac2c", "scidocs": "38121350fc3a4d2f48850f6aff52e4a9",
+    "msmarco": "444067daf65d982533ea17ebd59501e4",
+    "trec-covid": "ce62140cb23feb9becf6270d0d1fe6d1",
+    "nfcorpus": "a89dba18a62ef92f7d323ec890a0d38d",
+    "nq": "d4d3d2e48787a744b6f6e691ff534307",
+    "hotpotqa": "f412724f78b0d91183a0e86805e16114",
+    "fiqa": "17918ed23cd04fb15047f73e6c3bd9d9",
+    "arguana": "8ad3e3c2a5867cdced806d6503f29b99",
+    "webis-touche2020": "46f650ba5a527fc69e0a6521c5a23563",
+    "cqadupstack": "4e41456d7df8ee7760a7f866133bda78",
+    "quora": "18fb154900ba42a600f84b839c173167",
+    "dbpedia-entity": "c2a39eb420a3164af735795df012ac2c",
+    "scidocs": "38121350fc3a4d2f48850f6aff52e4a9",
     # older versions of the BEIR README list 88591ef8eb2913126d0c93ecbde6285f for fever
-    "fever": "5a818580227bfb4b35bb6fa46d9b6c03", "climate-fever": "8b66f0a9126c521bae2bde127b4dc99d",
+    "fever": "5a818580227bfb4b35bb6fa46d9b6c03",
+    "climate-fever": "8b66f0a9126c521bae2bde127b4dc99d",
     "scifact": "5f7d1de60b170fc8027bb7898e2efca1",
 }
 _BEIR_SHA256 = {"scifact": "536e14446a0ba56ed1398ab1055f39fe852686ecad24a6306c80c490fa8e0165"}
@@ -84,23 +91,62 @@ def _dpr(key: str, path: str, ext: str, desc: str) -> Resource:
 
 
 def _resources() -> dict[str, Resource]:
-    table = [_dpr("data.wikipedia_split.psgs_w100", "wikipedia_split/psgs_w100.tsv.gz", ".tsv",
-                  "21M Wikipedia passages of 100 words (DPR's retrieval corpus)")]
-    for name, file_name in (("nq", "nq"), ("trivia", "trivia"), ("squad1", "squad1"),
-                            ("webq", "webquestions"), ("curatedtrec", "curatedtrec")):
+    table = [
+        _dpr(
+            "data.wikipedia_split.psgs_w100",
+            "wikipedia_split/psgs_w100.tsv.gz",
+            ".tsv",
+            "21M Wikipedia passages of 100 words (DPR's retrieval corpus)",
+        )
+    ]
+    for name, file_name in (
+        ("nq", "nq"),
+        ("trivia", "trivia"),
+        ("squad1", "squad1"),
+        ("webq", "webquestions"),
+        ("curatedtrec", "curatedtrec"),
+    ):
         for split in ("train", "dev"):
-            table.append(_dpr(f"data.retriever.{name}-{split}", f"data/retriever/biencoder-{file_name}-{split}.json.gz",
-                              ".json", f"{name} {split} retriever JSON with BM25 hard negatives"))
-    for name, gz in (("nq-dev", ""), ("nq-test", ""), ("nq-train", ""), ("trivia-dev", ".gz"),
-                     ("trivia-test", ".gz"), ("trivia-train", ".gz"), ("squad1-test", ""),
-                     ("webquestions-test", ""), ("curatedtrec-test", "")):
+            table.append(
+                _dpr(
+                    f"data.retriever.{name}-{split}",
+                    f"data/retriever/biencoder-{file_name}-{split}.json.gz",
+                    ".json",
+                    f"{name} {split} retriever JSON with BM25 hard negatives",
+                )
+            )
+    for name, gz in (
+        ("nq-dev", ""),
+        ("nq-test", ""),
+        ("nq-train", ""),
+        ("trivia-dev", ".gz"),
+        ("trivia-test", ".gz"),
+        ("trivia-train", ".gz"),
+        ("squad1-test", ""),
+        ("webquestions-test", ""),
+        ("curatedtrec-test", ""),
+    ):
         key = "webq-test" if name == "webquestions-test" else name
-        table.append(_dpr(f"data.retriever.qas.{key}", f"data/retriever/{name}.qa.csv{gz}", ".csv",
-                          f"{key} questions and answers (QA TSV) for retrieval evaluation"))
+        table.append(
+            _dpr(
+                f"data.retriever.qas.{key}",
+                f"data/retriever/{name}.qa.csv{gz}",
+                ".csv",
+                f"{key} questions and answers (QA TSV) for retrieval evaluation",
+            )
+        )
     for name, md5 in _BEIR_MD5.items():
-        table.append(Resource(f"beir.{name}", f"{_BEIR}/{name}.zip", os.path.join("downloads", "beir", name),
-                              "zip", f"BEIR {name}: corpus.jsonl, queries.jsonl, qrels/", md5=md5,
-                              sha256=_BEIR_SHA256.get(name)))
+        table.append(
+            Resource(
+                f"beir.{name}",
+                f"{_BEIR}/{name}.zip",
+                os.path.join("downloads", "beir", name),
+                "zip",
+                f"BEIR {name}: corpus.jsonl, queries.jsonl, qrels/",
+                md5=md5,
+                sha256=_BEIR_SHA256.get(name),
+            )
+        )
     return {resource.key: resource for resource in table}
 
 
@@ -111,8 +157,11 @@ def select(patterns: list[str]) -> list[Resource]:
     """Resources named by ``patterns``: an exact key, or every key starting with it (as DPR's script)."""
     chosen: dict[str, Resource] = {}
     for pattern in patterns:
-        matches = [RESOURCES[pattern]] if pattern in RESOURCES else \
-            [r for key, r in RESOURCES.items() if key.startswith(pattern)]
+        matches = (
+            [RESOURCES[pattern]]
+            if pattern in RESOURCES
+            else [r for key, r in RESOURCES.items() if key.startswith(pattern)]
+        )
         if not matches:
             raise DownloadError(f"no resource matches {pattern!r}; run without --resource for the list")
         chosen.update((r.key, r) for r in matches)
@@ -125,8 +174,10 @@ def select(patterns: list[str]) -> list[Resource]:
 def _mirror_file(url: str, mirror_dir: str) -> str:
     """The copy of ``url`` in a local mirror: DIR/<file name>, or DIR/<host>/<path>."""
     parsed = urllib.parse.urlparse(url)
-    candidates = [os.path.join(mirror_dir, os.path.basename(parsed.path)),
-                  os.path.join(mirror_dir, parsed.netloc, parsed.path.lstrip("/"))]
+    candidates = [
+        os.path.join(mirror_dir, os.path.basename(parsed.path)),
+        os.path.join(mirror_dir, parsed.netloc, parsed.path.lstrip("/")),
+    ]
     for candidate in candidates:
         if os.path.isfile(candidate):
             return candidate
@@ -152,16 +203,20 @@ def _fetch_http(url: str, part: str, progress: bool) -> None:
             start = 0
         length = response.headers.get("Content-Length")
         total = start + int(length) if length else None
-        with open(part, "ab" if start else "wb") as out, \
-                tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=os.path.basename(url),
-                     disable=not progress) as bar:
+        with (
+            open(part, "ab" if start else "wb") as out,
+            tqdm(
+                total=total, initial=start, unit="B", unit_scale=True, desc=os.path.basename(url), disable=not progress
+            ) as bar,
+        ):
             try:
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
                     bar.update(len(chunk))
             except OSError as err:
-                raise DownloadError(f"{url}: interrupted after {out.tell()} bytes ({err}); run again to "
-                                    "resume") from err
+                raise DownloadError(
+                    f"{url}: interrupted after {out.tell()} bytes ({err}); run again to resume"
+                ) from err
 
 
 def fetch(url: str, part: str, mirror_dir: str | None, mirror_url: str | None, progress: bool) -> None:
@@ -212,14 +267,20 @@ class ChecksumBook:
         for algo, value in expected.items():
             if digests[algo] != value:
                 os.remove(path)
-                raise DownloadError(f"{url}: {algo} {digests[algo]} does not match {value} ({source}): the file "
-                                    "is corrupt or changed upstream; it was deleted, run again to retry")
+                raise DownloadError(
+                    f"{url}: {algo} {digests[algo]} does not match {value} ({source}): the file "
+                    "is corrupt or changed upstream; it was deleted, run again to retry"
+                )
         if self.known.get(url) != digests["sha256"]:
             self.known[url] = digests["sha256"]
             with atomic_file(self.path) as handle:
                 json.dump(self.known, handle, indent=1, sort_keys=True)
-        logger.info("%s: sha256 %s (%s)", url, digests["sha256"], f"matches the checksum {source}"
-                    if expected else "recorded: later downloads must match it")
+        logger.info(
+            "%s: sha256 %s (%s)",
+            url,
+            digests["sha256"],
+            f"matches the checksum {source}" if expected else "recorded: later downloads must match it",
+        )
 
 
 # ------------------------------------------------------------------------------------------ unpack
@@ -248,8 +309,14 @@ def _unpack_zip(archive: str, target: str) -> None:
                 shutil.copyfileobj(source, dest, _CHUNK)
 
 
-def download(resource: Resource, output_dir: str, book: ChecksumBook, mirror_dir: str | None = None,
-             mirror_url: str | None = None, progress: bool = True) -> str:
+def download(
+    resource: Resource,
+    output_dir: str,
+    book: ChecksumBook,
+    mirror_dir: str | None = None,
+    mirror_url: str | None = None,
+    progress: bool = True,
+) -> str:
     """Fetch, verify and unpack one resource; returns its path. Skips one already in place."""
     target = os.path.join(output_dir, resource.target)
     if os.path.exists(target):

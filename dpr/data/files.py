@@ -65,8 +65,9 @@ def decoding_errors(path: str) -> Iterator[None]:
     except UnicodeDecodeError as err:
         line = _undecodable_line(path)
         where = f"{path}:{line}" if line is not None else path
-        raise DataFormatError(f"{where}: not UTF-8 text (plain or gzipped): {err.reason} "
-                              f"(byte 0x{err.object[err.start]:02x})") from err
+        raise DataFormatError(
+            f"{where}: not UTF-8 text (plain or gzipped): {err.reason} (byte 0x{err.object[err.start]:02x})"
+        ) from err
     except (EOFError, gzip.BadGzipFile, zlib.error) as err:
         raise DataFormatError(f"{path}: broken gzip stream: {err}") from err
 

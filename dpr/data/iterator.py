@@ -124,10 +124,7 @@ class ShardedDataIterator(Generic[T]):
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, found {epoch}")
         if not 0 <= start_iteration <= self.iterations_per_epoch:
-            raise ValueError(
-                f"start_iteration must be in [0, {self.iterations_per_epoch}], "
-                f"found {start_iteration}"
-            )
+            raise ValueError(f"start_iteration must be in [0, {self.iterations_per_epoch}], found {start_iteration}")
         order = self.epoch_order(epoch)
         n, size = len(order), self.batch_size
         start = self.shard_id * self.shard_size

@@ -59,14 +59,20 @@ class Manifest:
             if isinstance(loaded, dict) and loaded.get("version") == _MANIFEST_VERSION:
                 self.stages = loaded.get("stages", {})
 
-    def run(self, stage: str, params: dict[str, Any], outputs: list[str],
-            make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def run(
+        self, stage: str, params: dict[str, Any], outputs: list[str], make: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any]:
         """``make()`` (which writes ``outputs`` and returns counts) unless a matching run is recorded."""
         params = json.loads(json.dumps(params))  # the form it takes in the file, for comparison
         entry = self.stages.get(stage)
         paths = [os.path.join(self.out_dir, name) for name in outputs]
-        if (not self.overwrite and entry and entry.get("params") == params
-                and entry.get("outputs") == outputs and all(os.path.exists(p) for p in paths)):
+        if (
+            not self.overwrite
+            and entry
+            and entry.get("params") == params
+            and entry.get("outputs") == outputs
+            and all(os.path.exists(p) for p in paths)
+        ):
             logger.info("stage %s: outputs exist with the same inputs and settings, reused", stage)
             self.report.append(StageReport(stage, True, tuple(outputs), entry.get("counts", {})))
             return entry.get("counts", {})

@@ -78,8 +78,14 @@ class PreparedData:
         return os.path.join(self.out_dir, MANIFEST)
 
 
-def _bm25_index(manifest: Manifest, stage: str, source: dict[str, Any], cfg: BM25Config,
-                passages: Callable[[], dict], show_progress: bool) -> Callable[[], BM25Index]:
+def _bm25_index(
+    manifest: Manifest,
+    stage: str,
+    source: dict[str, Any],
+    cfg: BM25Config,
+    passages: Callable[[], dict],
+    show_progress: bool,
+) -> Callable[[], BM25Index]:
     """A loader of the BM25 index over ``passages()``: built once, saved, reloaded on reruns."""
     folder = os.path.join(manifest.out_dir, stage)
 
@@ -119,8 +125,7 @@ class _Job:
     def path(self, file_name: str) -> str:
         return os.path.join(self.out_dir, file_name)
 
-    def write_splits(self, queries: list[prep.Query], passages: dict,
-                     index: Callable[[], BM25Index]) -> dict[str, Any]:
+    def write_splits(self, queries: list[prep.Query], passages: dict, index: Callable[[], BM25Index]) -> dict[str, Any]:
         """Split ``queries`` (seeded, by group), mine negatives, write NAME-train.json / NAME-dev.json."""
         neg = self.settings.negatives
         train, dev = prep.split_by_group(queries, self.settings.dev_ratio, neg.seed)
@@ -133,55 +138,99 @@ class _Job:
         return counts
 
     def split_params(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        return {**inputs, "dev_ratio": self.settings.dev_ratio,
-                "negatives": dataclasses.asdict(self.settings.negatives), "bm25": self.cfg.to_dict()}
+        return {
+            **inputs,
+            "dev_ratio": self.settings.dev_ratio,
+            "negatives": dataclasses.asdict(self.settings.negatives),
+            "bm25": self.cfg.to_dict(),
+        }
 
     def result(self, has_train: bool, eval_split: str | None, eval_outputs: dict[str, str]) -> PreparedData:
         """The paths this job wrote; ``eval_outputs`` maps qrels / queries / qa / run / metrics to file names."""
         train, dev = (self.path(f"{self.name}-{split}.json") if has_train else None for split in ("train", "dev"))
-        evals = {kind: self.path(eval_outputs[kind]) if kind in eval_outputs else None
-                 for kind in ("qrels", "queries", "qa", "run", "metrics")}
-        return PreparedData(out_dir=self.out_dir, name=self.name, passages=self.path(f"{self.name}-passages.tsv"),
-                            train=train, dev=dev, eval_split=eval_split, eval_qrels=evals["qrels"],
-                            eval_queries=evals["queries"], eval_qa=evals["qa"], bm25_run=evals["run"],
-                            bm25_metrics=evals["metrics"], stages=tuple(self.manifest.report))
+        evals = {
+            kind: self.path(eval_outputs[kind]) if kind in eval_outputs else None
+            for kind in ("qrels", "queries", "qa", "run", "metrics")
+        }
+        return PreparedData(
+            out_dir=self.out_dir,
+            name=self.name,
+            passages=self.path(f"{self.name}-passages.tsv"),
+            train=train,
+            dev=dev,
+            eval_split=eval_split,
+            eval_qrels=evals["qrels"],
+            eval_queries=evals["queries"],
+            eval_qa=evals["qa"],
+            bm25_run=evals["run"],
+            bm25_metrics=evals["metrics"],
+            stages=tuple(self.manifest.report),
+        )
 
 
 class _BeirJob(_Job):
     """BEIR folder -> passages TSV, train / dev JSON (train split), qrels + BM25 baseline (eval split)."""
 
-    def __init__(self, beir_dir: str, out_dir: str, name: str | None, train_split: str | None,
-                 eval_split: str | None, strict: bool, settings: PrepareSettings):
+    def __init__(
+        self,
+        beir_dir: str,
+        out_dir: str,
+        name: str | None,
+        train_split: str | None,
+        eval_split: str | None,
+        strict: bool,
+        settings: PrepareSettings,
+    ):
         corpus_path = os.path.join(beir_dir, "corpus.jsonl")
         queries_path = os.path.join(beir_dir, "queries.jsonl")
         splits = [s for s in (train_split, eval_split) if s is not None]
         qrels = {s: os.path.join(beir_dir, "qrels", f"{s}.tsv") for s in splits}
         for path in [corpus_path, queries_path, *qrels.values()]:
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"{path}: no such file (a BEIR folder holds corpus.jsonl, queries.jsonl "
-                                        "and qrels/<split>.tsv)")
+                raise FileNotFoundError(
+                    f"{path}: no such file (a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv)"
+                )
         super().__init__(out_dir, name or os.path.basename(os.path.normpath(beir_dir)), settings)
         self.train_split, self.eval_split = train_split, eval_split
         self.corpus = functools.cache(lambda: load_beir_corpus(corpus_path))
         self.texts = functools.cache(lambda: load_beir_queries(queries_path)[0])
         self.judged = functools.cache(lambda s: load_judgments(qrels[s], self.corpus(), self.texts(), strict))
-        self.fps = {"corpus": fingerprint(corpus_path), "queries": fingerprint(queries_path), "strict": strict,
-                    **{f"qrels_{s}": fingerprint(path) for s, path in qrels.items()}}
-        self.index = _bm25_index(self.manifest, "bm25-corpus", self.fps["corpus"], self.cfg,
-                                 lambda: self.corpus().passages, self.progress)
+        self.fps = {
+            "corpus": fingerprint(corpus_path),
+            "queries": fingerprint(queries_path),
+            "strict": strict,
+            **{f"qrels_{s}": fingerprint(path) for s, path in qrels.items()},
+        }
+        self.index = _bm25_index(
+            self.manifest, "bm25-corpus", self.fps["corpus"], self.cfg, lambda: self.corpus().passages, self.progress
+        )
 
     def run(self) -> PreparedData:
         out = f"{self.name}-passages.tsv"
-        self.manifest.run("passages", {"corpus": self.fps["corpus"]}, [out], lambda: {
-            "passages": prep.write_passages_tsv(self.path(out), self.corpus().passages.values()),
-            "blank_documents_skipped": len(self.corpus().empty_ids)})
+        self.manifest.run(
+            "passages",
+            {"corpus": self.fps["corpus"]},
+            [out],
+            lambda: {
+                "passages": prep.write_passages_tsv(self.path(out), self.corpus().passages.values()),
+                "blank_documents_skipped": len(self.corpus().empty_ids),
+            },
+        )
         if self.train_split is not None:
-            self.manifest.run("train", self.split_params(self.fps),
-                              [f"{self.name}-train.json", f"{self.name}-dev.json"], self.make_train)
+            self.manifest.run(
+                "train",
+                self.split_params(self.fps),
+                [f"{self.name}-train.json", f"{self.name}-dev.json"],
+                self.make_train,
+            )
         if self.eval_split is not None:
             params = {key: self.fps[key] for key in ("corpus", "queries", "strict", f"qrels_{self.eval_split}")}
-            self.manifest.run("eval", {**params, "depth": self.settings.bm25_depth, "bm25": self.cfg.to_dict()},
-                              list(self.eval_outputs().values()), self.make_eval)
+            self.manifest.run(
+                "eval",
+                {**params, "depth": self.settings.bm25_depth, "bm25": self.cfg.to_dict()},
+                list(self.eval_outputs().values()),
+                self.make_eval,
+            )
         outputs = self.eval_outputs() if self.eval_split is not None else {}
         return self.result(self.train_split is not None, self.eval_split, outputs)
 
@@ -205,14 +254,25 @@ class _BeirJob(_Job):
         held_out = self.judged(self.eval_split).all_judged  # as judged, missing docs too: BEIR counts them
         queries = [prep.Query(qid, self.texts()[qid], (), (), qid) for qid in held_out]
         paths = {key: self.path(name) for key, name in self.eval_outputs().items()}
-        counts = {"queries": prep.write_queries_jsonl(paths["queries"], queries),
-                  "judgments": prep.write_qrels_tsv(paths["qrels"], held_out)}
+        counts = {
+            "queries": prep.write_queries_jsonl(paths["queries"], queries),
+            "judgments": prep.write_qrels_tsv(paths["qrels"], held_out),
+        }
         depth = self.settings.bm25_depth
         run = prep.bm25_run(self.index(), queries, depth, self.progress)
         write_trec_run(run, paths["run"], "bm25")
         metrics = evaluate_run(held_out, run, [k for k in DEFAULT_KS if k <= depth])
-        _write_json(paths["metrics"], {"retriever": "bm25", "bm25": self.cfg.to_dict(), "split": self.eval_split,
-                                       "depth": depth, **counts, "metrics": metrics})
+        _write_json(
+            paths["metrics"],
+            {
+                "retriever": "bm25",
+                "bm25": self.cfg.to_dict(),
+                "split": self.eval_split,
+                "depth": depth,
+                **counts,
+                "metrics": metrics,
+            },
+        )
         return {**counts, **{k: metrics[k] for k in ("nDCG@10", "R@100") if k in metrics}}
 
 
@@ -228,19 +288,35 @@ class _SquadJob(_Job):
         self.train_set = functools.cache(lambda: load_squad(squad_file))
         self.eval_set = functools.cache(lambda: load_squad(eval_file))
         self.fps = {"squad_file": fingerprint(squad_file), "eval_file": fingerprint(eval_file)}
-        self.train_index = _bm25_index(self.manifest, "bm25-train", self.fps["squad_file"], self.cfg,
-                                       lambda: self.train_set().passages, self.progress)
-        self.eval_index = _bm25_index(self.manifest, "bm25-eval", self.fps["eval_file"], self.cfg,
-                                      lambda: self.eval_set().passages, self.progress)
+        self.train_index = _bm25_index(
+            self.manifest,
+            "bm25-train",
+            self.fps["squad_file"],
+            self.cfg,
+            lambda: self.train_set().passages,
+            self.progress,
+        )
+        self.eval_index = _bm25_index(
+            self.manifest, "bm25-eval", self.fps["eval_file"], self.cfg, lambda: self.eval_set().passages, self.progress
+        )
 
     def run(self) -> PreparedData:
         out = f"{self.name}-passages.tsv"
-        self.manifest.run("passages", {"eval_file": self.fps["eval_file"]}, [out], lambda: {
-            "passages": prep.write_passages_tsv(self.path(out), self.eval_set().passages.values())})
-        self.manifest.run("train", self.split_params(self.fps),
-                          [f"{self.name}-train.json", f"{self.name}-dev.json"], self.make_train)
-        self.manifest.run("eval", {"eval_file": self.fps["eval_file"], "depth": self.settings.bm25_depth,
-                                   "bm25": self.cfg.to_dict()}, list(self.eval_outputs().values()), self.make_eval)
+        self.manifest.run(
+            "passages",
+            {"eval_file": self.fps["eval_file"]},
+            [out],
+            lambda: {"passages": prep.write_passages_tsv(self.path(out), self.eval_set().passages.values())},
+        )
+        self.manifest.run(
+            "train", self.split_params(self.fps), [f"{self.name}-train.json", f"{self.name}-dev.json"], self.make_train
+        )
+        self.manifest.run(
+            "eval",
+            {"eval_file": self.fps["eval_file"], "depth": self.settings.bm25_depth, "bm25": self.cfg.to_dict()},
+            list(self.eval_outputs().values()),
+            self.make_eval,
+        )
         return self.result(True, "test", self.eval_outputs())
 
     def make_train(self) -> dict[str, Any]:
@@ -248,40 +324,68 @@ class _SquadJob(_Job):
         eval_titles = set(self.eval_set().titles)
         overlap = {a for a, title in enumerate(self.train_set().titles) if title in eval_titles}
         if overlap:
-            logger.warning("%d articles of %s are also in %s: their questions are left out of training",
-                           len(overlap), self.squad_file, self.eval_file)
+            logger.warning(
+                "%d articles of %s are also in %s: their questions are left out of training",
+                len(overlap),
+                self.squad_file,
+                self.eval_file,
+            )
         queries = [q for q in prep.squad_queries(self.train_set().examples) if int(q.group) not in overlap]
         if not queries:
-            raise ConfigError(f"no training question left: every article of {self.squad_file} "
-                              f"is also in {self.eval_file}")
+            raise ConfigError(
+                f"no training question left: every article of {self.squad_file} is also in {self.eval_file}"
+            )
         counts = {"articles_dropped_in_eval_file": len(overlap)}
         return {**counts, **self.write_splits(queries, self.train_set().passages, self.train_index)}
 
     def eval_outputs(self) -> dict[str, str]:
-        kinds = {"qa": "qa.tsv", "qrels": "qrels.tsv", "queries": "queries.jsonl", "run": "bm25.trec",
-                 "metrics": "bm25.json"}
+        kinds = {
+            "qa": "qa.tsv",
+            "qrels": "qrels.tsv",
+            "queries": "queries.jsonl",
+            "run": "bm25.trec",
+            "metrics": "bm25.json",
+        }
         return {key: f"{self.name}-test-{kind}" for key, kind in kinds.items()}
 
     def make_eval(self) -> dict[str, Any]:
         queries = prep.squad_queries(self.eval_set().examples)
         paths = {key: self.path(name) for key, name in self.eval_outputs().items()}
         qrels = {q.qid: dict(q.positives) for q in queries}
-        counts = {"questions": prep.write_qa_tsv(paths["qa"], queries),
-                  "judgments": prep.write_qrels_tsv(paths["qrels"], qrels)}
+        counts = {
+            "questions": prep.write_qa_tsv(paths["qa"], queries),
+            "judgments": prep.write_qrels_tsv(paths["qrels"], qrels),
+        }
         prep.write_queries_jsonl(paths["queries"], queries)
         depth = self.settings.bm25_depth
         run = prep.bm25_run(self.eval_index(), queries, depth, self.progress)
         write_trec_run(run, paths["run"], "bm25")
         accuracy = prep.answer_accuracy(run, queries, self.eval_set().passages, [k for k in QA_KS if k <= depth])
         metrics = evaluate_run(qrels, run, [k for k in (*DEFAULT_KS, 20) if k <= depth])
-        _write_json(paths["metrics"], {"retriever": "bm25", "bm25": self.cfg.to_dict(), "depth": depth, **counts,
-                                       "answer_accuracy": accuracy, "metrics": metrics})
+        _write_json(
+            paths["metrics"],
+            {
+                "retriever": "bm25",
+                "bm25": self.cfg.to_dict(),
+                "depth": depth,
+                **counts,
+                "answer_accuracy": accuracy,
+                "metrics": metrics,
+            },
+        )
         return {**counts, **accuracy, **{k: metrics[k] for k in ("R@20", "nDCG@10") if k in metrics}}
 
 
-def prepare_beir(beir_dir: str, out_dir: str, *, name: str | None = None, train_split: str | None = "train",
-                 eval_split: str | None = "test", strict: bool = False,
-                 settings: PrepareSettings = PrepareSettings()) -> PreparedData:
+def prepare_beir(
+    beir_dir: str,
+    out_dir: str,
+    *,
+    name: str | None = None,
+    train_split: str | None = "train",
+    eval_split: str | None = "test",
+    strict: bool = False,
+    settings: PrepareSettings = PrepareSettings(),
+) -> PreparedData:
     """A BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) -> DPR files in ``out_dir``.
 
     ``train_split`` gives NAME-train.json / NAME-dev.json (None: skip), ``eval_split`` the evaluation
@@ -293,8 +397,14 @@ def prepare_beir(beir_dir: str, out_dir: str, *, name: str | None = None, train_
     return _BeirJob(beir_dir, out_dir, name, train_split, eval_split, strict, settings).run()
 
 
-def prepare_squad(squad_file: str, eval_file: str, out_dir: str, *, name: str | None = None,
-                  settings: PrepareSettings = PrepareSettings()) -> PreparedData:
+def prepare_squad(
+    squad_file: str,
+    eval_file: str,
+    out_dir: str,
+    *,
+    name: str | None = None,
+    settings: PrepareSettings = PrepareSettings(),
+) -> PreparedData:
     """SQuAD v1.1: ``squad_file`` -> train / dev JSON (split by article, no article of ``eval_file``);
     ``eval_file`` -> the corpus (its paragraphs), QA / qrels / queries files and the BM25 baseline."""
     return _SquadJob(squad_file, eval_file, out_dir, name, settings).run()

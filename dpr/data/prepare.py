@@ -65,8 +65,9 @@ class NegativeConfig:
 
     def __post_init__(self) -> None:
         if self.hard_negatives < 0 or self.other_negatives < 0:
-            raise ValueError("negative counts must be >= 0, found "
-                             f"{self.hard_negatives} hard, {self.other_negatives} other")
+            raise ValueError(
+                f"negative counts must be >= 0, found {self.hard_negatives} hard, {self.other_negatives} other"
+            )
 
 
 def normalize_question(text: str) -> str:
@@ -88,13 +89,10 @@ def beir_queries(relevant: Mapping[str, Mapping[str, int]], texts: Mapping[str, 
 
 def squad_queries(examples: Sequence[QAExample]) -> list[Query]:
     """One :class:`Query` per SQuAD question: its own paragraph is the positive; group = article."""
-    return [Query(ex.qid, ex.question, ex.answers, ((ex.positive_id, 1),), str(ex.group))
-            for ex in examples]
+    return [Query(ex.qid, ex.question, ex.answers, ((ex.positive_id, 1),), str(ex.group)) for ex in examples]
 
 
-def split_by_group(
-    queries: Sequence[Query], dev_ratio: float, seed: int
-) -> tuple[list[Query], list[Query]]:
+def split_by_group(queries: Sequence[Query], dev_ratio: float, seed: int) -> tuple[list[Query], list[Query]]:
     """Seeded ``(train, dev)`` split by group: ``round(n_groups * dev_ratio)`` groups go to dev.
 
     Groups are sorted before shuffling with ``Random(seed)``, so the split depends only on the
@@ -221,8 +219,13 @@ def random_negatives(
 
 
 def _ctx(passage: Passage, score: float) -> dict:
-    return {"title": passage.title, "text": passage.text, "score": score, "title_score": 0,
-            "passage_id": passage.passage_id}
+    return {
+        "title": passage.title,
+        "text": passage.text,
+        "score": score,
+        "title_score": 0,
+        "passage_id": passage.passage_id,
+    }
 
 
 def dpr_records(
@@ -237,8 +240,7 @@ def dpr_records(
     contains_answer = AnswerFilter(passages)
     for query, hard_row in zip(queries, hard, strict=True):
         exclude = set(query.positive_ids) | {passage_id for passage_id, _ in hard_row}
-        others = random_negatives(query, passage_ids, contains_answer, exclude,
-                                  config.other_negatives, config.seed)
+        others = random_negatives(query, passage_ids, contains_answer, exclude, config.other_negatives, config.seed)
         yield {
             "dataset": dataset,
             "question": query.question,

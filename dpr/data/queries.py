@@ -47,15 +47,15 @@ def _qa_pair(row: list[str], path: str, line: int) -> QAPair:
     if not question:
         raise DataFormatError(f"{path}:{line}: column 1: expected a question, found an empty string")
     if len(row) < 2 or not row[1].strip():
-        raise DataFormatError(f"{path}:{line}: expected 'question<TAB>answers', found no answers column "
-                              f"after {question[:60]!r}")
+        raise DataFormatError(
+            f"{path}:{line}: expected 'question<TAB>answers', found no answers column after {question[:60]!r}"
+        )
     try:
         answers = parse_answers(row[1], path, line)
-    except ValueError as err:          # parse_answers names path:line already
+    except ValueError as err:  # parse_answers names path:line already
         raise DataFormatError(str(err)) from err
-    except RecursionError as err:      # json.loads of a runaway '[' nesting
-        raise DataFormatError(f"{path}:{line}: answers nested too deeply to read, found "
-                              f"{row[1][:40]!r}...") from err
+    except RecursionError as err:  # json.loads of a runaway '[' nesting
+        raise DataFormatError(f"{path}:{line}: answers nested too deeply to read, found {row[1][:40]!r}...") from err
     return QAPair(question, tuple(answers), line)
 
 
@@ -69,12 +69,17 @@ def beir_paths(folder: str, split: str) -> tuple[str, str]:
         if len(prepared) == 1:
             return prepared[0], prepared[0][: -len("queries.jsonl")] + "qrels.tsv"
         if len(prepared) > 1:
-            raise FileNotFoundError(f"BEIR folder {folder}: no queries.jsonl, and several prepared query files "
-                                    f"for split {split!r}: {[os.path.basename(p) for p in prepared]}")
+            raise FileNotFoundError(
+                f"BEIR folder {folder}: no queries.jsonl, and several prepared query files "
+                f"for split {split!r}: {[os.path.basename(p) for p in prepared]}"
+            )
     for path in (queries, qrels):
         if not os.path.isfile(path):
-            splits = sorted(f[:-4] for f in os.listdir(os.path.join(folder, "qrels"))
-                            if f.endswith(".tsv")) if os.path.isdir(os.path.join(folder, "qrels")) else []
+            splits = (
+                sorted(f[:-4] for f in os.listdir(os.path.join(folder, "qrels")) if f.endswith(".tsv"))
+                if os.path.isdir(os.path.join(folder, "qrels"))
+                else []
+            )
             extra = f" (splits found: {', '.join(splits)})" if splits and path == qrels else ""
             raise FileNotFoundError(f"BEIR folder {folder}: {path} does not exist{extra}")
     return queries, qrels
@@ -98,8 +103,10 @@ def _check_qrels_text(path: str) -> None:
     for line_no, cells in iter_tsv_rows(path):
         names = tuple(cell.strip() for cell in cells)
         if line_no == 1 and names != QRELS_HEADER and sorted(n.lower() for n in names) == sorted(QRELS_HEADER):
-            raise DataFormatError(f"{path}:{line_no}: header: expected the columns {', '.join(QRELS_HEADER)} in "
-                                  f"this order (BEIR qrels columns are positional), found {', '.join(names)}")
+            raise DataFormatError(
+                f"{path}:{line_no}: header: expected the columns {', '.join(QRELS_HEADER)} in "
+                f"this order (BEIR qrels columns are positional), found {', '.join(names)}"
+            )
 
 
 def read_beir_queries(path: str, only: Collection[str] | None = None) -> dict[str, str]:
@@ -115,15 +122,15 @@ def read_beir_queries(path: str, only: Collection[str] | None = None) -> dict[st
             obj = parse_json(line, f"{path}:{line_no}")
             qid, text = (obj.get("_id"), obj.get("text")) if isinstance(obj, dict) else (None, None)
             if isinstance(qid, bool) or not isinstance(qid, (str, int)) or not isinstance(text, str):
-                raise DataFormatError(f"{path}:{line_no}: expected {{\"_id\": ..., \"text\": \"...\"}}, "
-                                      f"found {line.strip()[:80]!r}")
+                raise DataFormatError(
+                    f'{path}:{line_no}: expected {{"_id": ..., "text": "..."}}, found {line.strip()[:80]!r}'
+                )
             if only is None or str(qid) in only:
                 queries[str(qid)] = text
     if only is not None:
         missing = sorted(set(only) - set(queries))
         if missing:
-            raise DataFormatError(f"{path}: {len(missing)} judged query ids have no query text "
-                                  f"(e.g. {missing[:5]})")
+            raise DataFormatError(f"{path}: {len(missing)} judged query ids have no query text (e.g. {missing[:5]})")
     if not queries:
         raise DataFormatError(f"{path}: no queries found")
     return queries

@@ -76,8 +76,7 @@ class _Location:
     def error(self, field: str, expected: str, found: Any) -> DataFormatError:
         line = f" (line {self.line})" if self.line is not None else ""
         return DataFormatError(
-            f"{self.path}: record {self.record}{line}, field '{field}': "
-            f"expected {expected}, found {_describe(found)}"
+            f"{self.path}: record {self.record}{line}, field '{field}': expected {expected}, found {_describe(found)}"
         )
 
 
@@ -133,9 +132,7 @@ def _parse_passage(obj: Any, loc: _Location, field: str, ctx_field: str) -> Pass
     return Passage(text=text, title=title, passage_id=passage_id)
 
 
-def _parse_passages(
-    record: dict, key: str, loc: _Location, ctx_field: str, required: bool
-) -> tuple[Passage, ...]:
+def _parse_passages(record: dict, key: str, loc: _Location, ctx_field: str, required: bool) -> tuple[Passage, ...]:
     value = record.get(key, _MISSING)
     if value is _MISSING or value is None:
         if required:
@@ -268,10 +265,11 @@ def read_dpr_files(
 
 
 def _no_samples_error(patterns: Sequence[str], paths: list[str], skipped: int) -> DataFormatError:
-    found = (f"{skipped} records, none with a positive passage" if skipped
-             else "no record (empty list or file)")
-    return DataFormatError(f"no usable samples in {', '.join(paths)} (patterns {list(patterns)}): "
-                           f"expected at least one record with a positive passage, found {found}")
+    found = f"{skipped} records, none with a positive passage" if skipped else "no record (empty list or file)"
+    return DataFormatError(
+        f"no usable samples in {', '.join(paths)} (patterns {list(patterns)}): "
+        f"expected at least one record with a positive passage, found {found}"
+    )
 
 
 def _check_rates(patterns: Sequence[str], upsample_rates: Sequence[int] | None) -> list[int]:
@@ -327,23 +325,27 @@ def _tsv_header(cells: list[str], path: str, line: int) -> dict[str, int] | None
     if names[0] != "id" and len(known) < 2:
         return None  # a data line: passage ids and texts are not column names
     if "id" not in known or "text" not in known or len(set(known)) != len(known):
-        raise DataFormatError(f"{path}:{line}: header: expected the columns id, text and optionally "
-                              f"title, once each in any order, found {cells}")
+        raise DataFormatError(
+            f"{path}:{line}: header: expected the columns id, text and optionally "
+            f"title, once each in any order, found {cells}"
+        )
     return {name: names.index(name) for name in _TSV_COLUMNS if name in names}
 
 
 def _tsv_default_columns(cells: list[str], path: str, line: int) -> dict[str, int]:
     if len(cells) not in (2, 3):
-        raise DataFormatError(f"{path}:{line}: expected a header or 2 or 3 tab-separated columns "
-                              f"(id, text[, title]), found {len(cells)}")
+        raise DataFormatError(
+            f"{path}:{line}: expected a header or 2 or 3 tab-separated columns (id, text[, title]), found {len(cells)}"
+        )
     return dict(zip(_TSV_COLUMNS, range(len(cells))))
 
 
 def _tsv_passage(cells: list[str], columns: dict[str, int], width: int, where: str) -> tuple[str, Passage]:
     if len(cells) != width:
         names = ", ".join(sorted(columns, key=columns.__getitem__))
-        raise DataFormatError(f"{where}: expected {width} tab-separated columns ({names}), found "
-                              f"{len(cells)}{_quote_hint(cells)}")
+        raise DataFormatError(
+            f"{where}: expected {width} tab-separated columns ({names}), found {len(cells)}{_quote_hint(cells)}"
+        )
     passage_id = cells[columns["id"]].strip()
     if not passage_id:
         raise DataFormatError(f"{where}: column 'id': expected a passage id, found ''")
@@ -384,7 +386,5 @@ def _beir_passage(obj: Any, where: str) -> Passage:
     title = "" if title is None else title
     for field, value in (("text", obj.get("text", _MISSING)), ("title", title)):
         if not isinstance(value, str):
-            raise DataFormatError(
-                f"{where}: field '{field}': expected a string, found {_describe(value)}"
-            )
+            raise DataFormatError(f"{where}: field '{field}': expected a string, found {_describe(value)}")
     return Passage(text=obj["text"], title=title, passage_id=str(doc_id))

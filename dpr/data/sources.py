@@ -59,15 +59,18 @@ def load_beir_corpus(path: str) -> BeirCorpus:
     for doc_id, passage in iter_beir_corpus(path):
         if doc_id in corpus.passages or doc_id in corpus.empty_ids:
             lines = _lines_with_id(path, doc_id)
-            raise DataFormatError(f"{path}:{lines[-1]}: duplicate document id {doc_id!r} "
-                                  f"(also on line {lines[0]})")
+            raise DataFormatError(f"{path}:{lines[-1]}: duplicate document id {doc_id!r} (also on line {lines[0]})")
         if passage.text.strip() or passage.title.strip():
             corpus.passages[doc_id] = passage
         else:
             corpus.empty_ids.add(doc_id)
     if corpus.empty_ids:
-        logger.warning("%s: skipped %d documents with neither title nor text (e.g. %s)", path,
-                       len(corpus.empty_ids), sorted(corpus.empty_ids)[:5])
+        logger.warning(
+            "%s: skipped %d documents with neither title nor text (e.g. %s)",
+            path,
+            len(corpus.empty_ids),
+            sorted(corpus.empty_ids)[:5],
+        )
     if not corpus.passages:
         raise DataFormatError(f"{path}: no document with text found")
     logger.info("%s: %d documents", path, len(corpus.passages))
@@ -112,9 +115,7 @@ class Judgments:
     empty_docs: int = 0
 
 
-def load_judgments(
-    path: str, corpus: BeirCorpus, queries: dict[str, str], strict: bool = False
-) -> Judgments:
+def load_judgments(path: str, corpus: BeirCorpus, queries: dict[str, str], strict: bool = False) -> Judgments:
     """Read qrels ``path`` and keep the relevant (grade > 0) judgments whose ids are known."""
     qrels = read_beir_qrels(path)
     found = Judgments(relevant={}, all_judged={})
@@ -135,13 +136,19 @@ def load_judgments(
             elif grade > 0:
                 found.relevant.setdefault(qid, {})[doc_id] = grade
     if found.missing_docs or found.missing_queries or found.empty_docs:
-        logger.warning("%s: skipped %d judgments of documents not in the corpus (e.g. %s), %d of "
-                       "blank documents, %d queries not in the queries file", path,
-                       found.missing_docs, missing_examples[:3], found.empty_docs,
-                       found.missing_queries)
+        logger.warning(
+            "%s: skipped %d judgments of documents not in the corpus (e.g. %s), %d of "
+            "blank documents, %d queries not in the queries file",
+            path,
+            found.missing_docs,
+            missing_examples[:3],
+            found.empty_docs,
+            found.missing_queries,
+        )
     if not found.relevant:
-        raise DataFormatError(f"{path}: no relevant judgment names a query and a document that "
-                              "exist: is this the qrels of this corpus?")
+        raise DataFormatError(
+            f"{path}: no relevant judgment names a query and a document that exist: is this the qrels of this corpus?"
+        )
     return found
 
 
@@ -157,8 +164,11 @@ def _missing(path: str, qid: str, doc_id: str | None, strict: bool) -> None:
                 break
         else:
             line_no = 0
-    what = f"corpus-id {doc_id!r} is not in the corpus" if doc_id is not None else \
-        f"query-id {qid!r} is not in the queries file"
+    what = (
+        f"corpus-id {doc_id!r} is not in the corpus"
+        if doc_id is not None
+        else f"query-id {qid!r} is not in the queries file"
+    )
     raise DataFormatError(f"{path}:{line_no}: {what} (drop --strict to skip such judgments)")
 
 
@@ -189,8 +199,10 @@ class SquadSet:
 def _get(obj: Any, key: str, kind: type, path: str, where: str) -> Any:
     value = obj.get(key) if isinstance(obj, dict) else None
     if not isinstance(value, kind):
-        raise DataFormatError(f"{path}: {where}.{key}: expected {kind.__name__}, found "
-                              f"{type(value).__name__ if value is not None else 'nothing'}")
+        raise DataFormatError(
+            f"{path}: {where}.{key}: expected {kind.__name__}, found "
+            f"{type(value).__name__ if value is not None else 'nothing'}"
+        )
     return value
 
 
@@ -204,10 +216,13 @@ def load_squad(path: str) -> SquadSet:
     if version is None:
         logger.warning("%s: no 'version' field; reading it as SQuAD %s", path, SQUAD_VERSION)
     elif str(version).lstrip("v") != SQUAD_VERSION:
-        raise DataFormatError(f"{path}: expected SQuAD version {SQUAD_VERSION}, found version "
-                              f"{version!r}: only v1.1 questions all have an answer in their paragraph")
-    squad = SquadSet(passages={}, examples=[], titles=[],
-                     skipped={"empty_paragraphs": 0, "blank_questions": 0, "unanswered": 0})
+        raise DataFormatError(
+            f"{path}: expected SQuAD version {SQUAD_VERSION}, found version "
+            f"{version!r}: only v1.1 questions all have an answer in their paragraph"
+        )
+    squad = SquadSet(
+        passages={}, examples=[], titles=[], skipped={"empty_paragraphs": 0, "blank_questions": 0, "unanswered": 0}
+    )
     seen: dict[str, str] = {}
     for a, article in enumerate(_get(document, "data", list, path, "<root>")):
         title = " ".join(_get(article, "title", str, path, f"data[{a}]").split())
@@ -219,13 +234,19 @@ def load_squad(path: str) -> SquadSet:
             logger.warning("%s: skipped %d %s", path, count, reason.replace("_", " "))
     if not squad.examples:
         raise DataFormatError(f"{path}: no answerable question found")
-    logger.info("%s: %d articles, %d paragraphs, %d questions", path, len(squad.titles),
-                len(squad.passages), len(squad.examples))
+    logger.info(
+        "%s: %d articles, %d paragraphs, %d questions",
+        path,
+        len(squad.titles),
+        len(squad.passages),
+        len(squad.examples),
+    )
     return squad
 
 
-def _add_paragraph(squad: SquadSet, paragraph: Any, a: int, p: int, title: str, path: str,
-                   seen: dict[str, str]) -> None:
+def _add_paragraph(
+    squad: SquadSet, paragraph: Any, a: int, p: int, title: str, path: str, seen: dict[str, str]
+) -> None:
     where = f"data[{a}].paragraphs[{p}]"
     context = _get(paragraph, "context", str, path, where)
     qas = _get(paragraph, "qas", list, path, where)

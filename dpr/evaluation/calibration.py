@@ -59,9 +59,7 @@ def top1_confidence(top_scores: np.ndarray, correct: np.ndarray) -> tuple[np.nda
     return confidence, hit
 
 
-def calibration_bins(
-    top_scores: np.ndarray, correct: np.ndarray, n_bins: int = 10
-) -> CalibrationBins:
+def calibration_bins(top_scores: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> CalibrationBins:
     """Bin queries by top-1 confidence. top_scores (Q, K), correct (Q, K) bool."""
     if not isinstance(n_bins, int) or isinstance(n_bins, bool) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive int, found {n_bins!r}")
@@ -76,9 +74,7 @@ def calibration_bins(
     return CalibrationBins(edges=edges, counts=counts, accuracy=accuracy, confidence=mean_conf)
 
 
-def expected_calibration_error(
-    top_scores: np.ndarray, correct: np.ndarray, n_bins: int = 10
-) -> float:
+def expected_calibration_error(top_scores: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> float:
     """ECE of the softmax top-1 confidence over each query's top-K scores.
 
     top_scores (Q, K), correct (Q, K) bool. Returns a float in [0, 1]; 0 is perfect.
@@ -106,8 +102,7 @@ def reliability_diagram(
         from matplotlib.figure import Figure
     except ImportError as err:
         raise ImportError(
-            "reliability_diagram needs matplotlib: pip install matplotlib "
-            "(the optional 'plot' extra)"
+            "reliability_diagram needs matplotlib: pip install matplotlib (the optional 'plot' extra)"
         ) from err
 
     bins = calibration_bins(top_scores, correct, n_bins)
@@ -138,6 +133,6 @@ def reliability_diagram(
     )
     ax.legend(loc="upper left")
     target = Path(path)
-    with atomic_file(target, "wb") as handle:   # a crash leaves no half-written PNG
+    with atomic_file(target, "wb") as handle:  # a crash leaves no half-written PNG
         fig.savefig(handle, format="png", dpi=120, bbox_inches="tight")
     logger.info("wrote reliability diagram (ECE %.4f) to %s", ece, target)

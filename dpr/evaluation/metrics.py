@@ -103,9 +103,7 @@ def evaluate_run(
     judged = {str(q): {str(d): int(r) for d, r in docs.items()} for q, docs in qrels.items()}
     unanswered = [qid for qid in judged if not checked.get(qid)]
     if unanswered:
-        logger.warning(
-            "%d of %d judged queries have no results; they score 0", len(unanswered), len(judged)
-        )
+        logger.warning("%d of %d judged queries have no results; they score 0", len(unanswered), len(judged))
     extra = len(set(checked) - set(judged))
     if extra:
         logger.info("%d run queries have no judgments and are ignored", extra)
@@ -139,7 +137,7 @@ def write_trec_run(run: Run, path: str | os.PathLike[str], tag: str) -> None:
                 raise ValueError(f"query {qid!r} doc {doc_id!r} has score {score!r}")
             lines.append(f"{qid} Q0 {doc_id} {rank} {float(score)!r} {tag}\n")
     target = Path(path)
-    with atomic_file(target) as handle:         # creates the parent folder; the user's umask applies
+    with atomic_file(target) as handle:  # creates the parent folder; the user's umask applies
         handle.write("".join(lines))
     logger.info("wrote %d lines for %d queries to %s", len(lines), len(run), target)
 
@@ -168,15 +166,10 @@ def read_qrels_tsv(path: str | os.PathLike[str]) -> dict[str, dict[str, int]]:
             try:
                 score = int(score_text)
             except ValueError as err:
-                raise ValueError(
-                    f"{path}:{line_no}: score must be an integer, found {score_text!r}"
-                ) from err
+                raise ValueError(f"{path}:{line_no}: score must be an integer, found {score_text!r}") from err
             previous = qrels.setdefault(qid, {}).setdefault(doc_id, score)
             if previous != score:
-                raise ValueError(
-                    f"{path}:{line_no}: ({qid!r}, {doc_id!r}) judged {score}, "
-                    f"but {previous} earlier"
-                )
+                raise ValueError(f"{path}:{line_no}: ({qid!r}, {doc_id!r}) judged {score}, but {previous} earlier")
     if not qrels:
         raise ValueError(f"{path}: no judgments found")
     return qrels

@@ -38,8 +38,7 @@ _REGEX_FLAGS = re.IGNORECASE | re.UNICODE | re.MULTILINE  # DPR's flags
 def _char_class(ranges: list[tuple[int, int]]) -> str:
     """A ``re`` character-class body for inclusive code point ranges."""
     return "".join(
-        re.escape(chr(lo)) if lo == hi else f"{re.escape(chr(lo))}-{re.escape(chr(hi))}"
-        for lo, hi in ranges
+        re.escape(chr(lo)) if lo == hi else f"{re.escape(chr(lo))}-{re.escape(chr(hi))}" for lo, hi in ranges
     )
 
 
@@ -166,8 +165,7 @@ def parse_answers(field: str, path: str, line: int) -> list[str]:
             value = ast.literal_eval(field.strip())
         except (ValueError, SyntaxError, TypeError, RecursionError) as err:
             raise ValueError(
-                f"{where}: answers must be a JSON list or a Python list literal, "
-                f"found {field[:80]!r}"
+                f"{where}: answers must be a JSON list or a Python list literal, found {field[:80]!r}"
             ) from err
     if not isinstance(value, list):
         raise ValueError(f"{where}: answers must be a list, found {type(value).__name__}")

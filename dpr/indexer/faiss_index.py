@@ -100,9 +100,7 @@ def _as_matrix(array: Any, name: str, dim: int | None) -> np.ndarray:
     if not (np.issubdtype(matrix.dtype, np.floating) or np.issubdtype(matrix.dtype, np.integer)):
         raise ValueError(f"{name} must be numeric, found dtype {matrix.dtype}")
     if dim is not None and matrix.shape[1] != dim:
-        raise ValueError(
-            f"{name} dimension {matrix.shape[1]} does not match the index dimension {dim}"
-        )
+        raise ValueError(f"{name} dimension {matrix.shape[1]} does not match the index dimension {dim}")
     matrix = np.ascontiguousarray(matrix, dtype=np.float32)
     finite = np.isfinite(matrix).all(axis=1)
     if not finite.all():
@@ -175,9 +173,7 @@ class DenseIndex:
         try:
             self._index.train(sample)
         except RuntimeError as err:
-            raise ValueError(
-                f"training the {self._kind} index on {len(sample)} vectors failed: {err}"
-            ) from err
+            raise ValueError(f"training the {self._kind} index on {len(sample)} vectors failed: {err}") from err
 
     def add(self, vectors: np.ndarray, ids: Sequence[str]) -> None:
         """Append ``vectors`` (N, D) under ``ids`` (N unique strings, unique across calls)."""
@@ -203,9 +199,7 @@ class DenseIndex:
         self._id_set |= new
         logger.debug("added %d vectors; %r", len(ids), self)
 
-    def search(
-        self, queries: np.ndarray, k: int, batch_size: int = 1024
-    ) -> tuple[np.ndarray, list[list[str]]]:
+    def search(self, queries: np.ndarray, k: int, batch_size: int = 1024) -> tuple[np.ndarray, list[list[str]]]:
         """Top-k by inner product for each query.
 
         queries: (Q, D). Returns scores (Q, min(k, N)) float32, best first, and the ids, one
@@ -229,9 +223,7 @@ class DenseIndex:
             all_scores[start : start + len(scores)] = self._drop_padding(scores, labels, all_ids)
         return all_scores, all_ids
 
-    def _drop_padding(
-        self, scores: np.ndarray, labels: np.ndarray, out_ids: list[list[str]]
-    ) -> np.ndarray:
+    def _drop_padding(self, scores: np.ndarray, labels: np.ndarray, out_ids: list[list[str]]) -> np.ndarray:
         """Map labels (B, k) to ids (appended to ``out_ids``); -1 slots become -inf scores."""
         missing = labels < 0  # (B, k) FAISS pads with -1 when it found fewer than k
         if missing.any():
@@ -278,8 +270,7 @@ class DenseIndex:
             raise ValueError(f"{folder / META_FILE}: missing keys {sorted(missing)}")
         if meta["format_version"] != FORMAT_VERSION:
             raise ValueError(
-                f"{folder / META_FILE}: format_version {meta['format_version']} is not "
-                f"the supported {FORMAT_VERSION}"
+                f"{folder / META_FILE}: format_version {meta['format_version']} is not the supported {FORMAT_VERSION}"
             )
         try:
             params = IndexParams(**meta["params"])

@@ -62,8 +62,9 @@ class AdapterRouter:
         def apply(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
             adapters = self.active
             if adapters is None:
-                return None                      # None keeps the module's own output
+                return None  # None keeps the module's own output
             return getattr(adapters, where)[index](output)
+
         return apply
 
     @contextlib.contextmanager

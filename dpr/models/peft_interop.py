@@ -76,7 +76,7 @@ class PeftPrefix:
     num_attention_heads: int
     prompt_embeddings: torch.Tensor
     base_model_name_or_path: str | None
-    sidecar: dict[str, Any] | None          # our dpr_encoder.json when we exported it, else None
+    sidecar: dict[str, Any] | None  # our dpr_encoder.json when we exported it, else None
 
 
 def flat_prefix(prefix: PrefixEncoder) -> torch.Tensor:
@@ -86,9 +86,9 @@ def flat_prefix(prefix: PrefixEncoder) -> torch.Tensor:
     encoder uses at inference).
     """
     with torch.no_grad():
-        flat = prefix.embedding.weight                                   # (P, 2LH) or (P, H)
+        flat = prefix.embedding.weight  # (P, 2LH) or (P, H)
         if prefix.trans is not None:
-            flat = prefix.trans(flat)                                     # (P, 2LH)
+            flat = prefix.trans(flat)  # (P, 2LH)
         return flat.detach().to("cpu", torch.float32).contiguous().clone()
 
 
@@ -99,34 +99,46 @@ def peft_adapter_config(encoder: TunedEncoder, base_model_name: str | None) -> d
     """
     assert encoder.prefix is not None
     bert = encoder.backbone.config
-    return {"peft_type": "PREFIX_TUNING", "task_type": TASK_TYPE, "inference_mode": True,
-            "base_model_name_or_path": base_model_name, "revision": None,
-            "num_virtual_tokens": encoder.prefix.pre_seq_len, "token_dim": bert.hidden_size,
-            "num_transformer_submodules": 1, "num_attention_heads": bert.num_attention_heads,
-            "num_layers": bert.num_hidden_layers, "encoder_hidden_size": bert.hidden_size,
-            # The MLP (if any) is already applied in the exported tensor: see the module docstring.
-            "prefix_projection": False}
+    return {
+        "peft_type": "PREFIX_TUNING",
+        "task_type": TASK_TYPE,
+        "inference_mode": True,
+        "base_model_name_or_path": base_model_name,
+        "revision": None,
+        "num_virtual_tokens": encoder.prefix.pre_seq_len,
+        "token_dim": bert.hidden_size,
+        "num_transformer_submodules": 1,
+        "num_attention_heads": bert.num_attention_heads,
+        "num_layers": bert.num_hidden_layers,
+        "encoder_hidden_size": bert.hidden_size,
+        # The MLP (if any) is already applied in the exported tensor: see the module docstring.
+        "prefix_projection": False,
+    }
 
 
-def write_peft_adapter(encoder: TunedEncoder, folder: str, base_model_name: str | None = None,
-                       sidecar: dict[str, Any] | None = None) -> str:
+def write_peft_adapter(
+    encoder: TunedEncoder, folder: str, base_model_name: str | None = None, sidecar: dict[str, Any] | None = None
+) -> str:
     """Write ``encoder``'s prefix as a PEFT prefix-tuning adapter folder (atomically); returns ``folder``.
 
     ``sidecar`` (our encoder settings) is written to ``dpr_encoder.json`` beside PEFT's two files.
     Raises PeftAdapterError for an encoder PEFT's prefix format cannot represent.
     """
     if encoder.prefix is None:
-        raise PeftAdapterError(f"PEFT prefix-tuning export needs a --prefix encoder; this one is "
-                               f"{encoder.config.tuning} (prompt and adapter tuning have no PEFT prefix form)")
+        raise PeftAdapterError(
+            f"PEFT prefix-tuning export needs a --prefix encoder; this one is "
+            f"{encoder.config.tuning} (prompt and adapter tuning have no PEFT prefix form)"
+        )
     if encoder.projection is not None:
-        raise PeftAdapterError(f"the encoder has a --projection_dim {encoder.config.projection_dim} layer after "
-                               f"pooling; a PEFT prefix adapter holds only the prefix, so its vectors would "
-                               f"differ: export is refused")
+        raise PeftAdapterError(
+            f"the encoder has a --projection_dim {encoder.config.projection_dim} layer after "
+            f"pooling; a PEFT prefix adapter holds only the prefix, so its vectors would "
+            f"differ: export is refused"
+        )
     with atomic_directory(folder) as tmp:
         with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as handle:
             json.dump(peft_adapter_config(encoder, base_model_name), handle, indent=2, sort_keys=True)
-        save_file({PEFT_KEY: flat_prefix(encoder.prefix)}, os.path.join(tmp, WEIGHTS_FILE),
-                  metadata={"format": "pt"})
+        save_file({PEFT_KEY: flat_prefix(encoder.prefix)}, os.path.join(tmp, WEIGHTS_FILE), metadata={"format": "pt"})
         if sidecar is not None:
             with open(os.path.join(tmp, SIDECAR_FILE), "w", encoding="utf-8") as handle:
                 json.dump({"format": SIDECAR_FORMAT, "version": 1, **sidecar}, handle, indent=2, sort_keys=True)
@@ -154,14 +166,18 @@ def _int_field(config: dict[str, Any], key: str, path: str) -> int:
 
 def _check_config(config: dict[str, Any], path: str) -> None:
     if config.get("peft_type") != "PREFIX_TUNING":
-        raise PeftAdapterError(f"{path}: peft_type {config.get('peft_type')!r}, expected 'PREFIX_TUNING' "
-                               f"(only prefix-tuning adapters map onto our --prefix encoders)")
+        raise PeftAdapterError(
+            f"{path}: peft_type {config.get('peft_type')!r}, expected 'PREFIX_TUNING' "
+            f"(only prefix-tuning adapters map onto our --prefix encoders)"
+        )
     if config.get("task_type") not in (TASK_TYPE, None):
         # The tensor layout is the same for every BERT task head; only the head itself is not imported.
         logger.warning("%s: task_type %r; importing its prefix for feature extraction", path, config["task_type"])
     if config.get("num_transformer_submodules", 1) != 1:
-        raise PeftAdapterError(f"{path}: num_transformer_submodules {config['num_transformer_submodules']}, "
-                               f"expected 1 (an encoder-only BERT)")
+        raise PeftAdapterError(
+            f"{path}: num_transformer_submodules {config['num_transformer_submodules']}, "
+            f"expected 1 (an encoder-only BERT)"
+        )
 
 
 def read_peft_adapter(folder: str) -> PeftPrefix:
@@ -170,16 +186,23 @@ def read_peft_adapter(folder: str) -> PeftPrefix:
     if not os.path.isfile(config_path):
         raise PeftAdapterError(f"{folder} is not a PEFT adapter folder: no {CONFIG_FILE}")
     if not os.path.isfile(weights_path):
-        pickle_hint = (" (only adapter_model.bin, a pickle, which is never loaded here: re-save it with "
-                       "safe_serialization=True)" if os.path.isfile(os.path.join(folder, "adapter_model.bin")) else "")
+        pickle_hint = (
+            " (only adapter_model.bin, a pickle, which is never loaded here: re-save it with safe_serialization=True)"
+            if os.path.isfile(os.path.join(folder, "adapter_model.bin"))
+            else ""
+        )
         raise PeftAdapterError(f"{weights_path}: missing{pickle_hint}")
     config = _read_json(config_path)
     _check_config(config, config_path)
-    fields = {k: _int_field(config, k, config_path)
-              for k in ("num_virtual_tokens", "num_layers", "token_dim", "num_attention_heads")}
+    fields = {
+        k: _int_field(config, k, config_path)
+        for k in ("num_virtual_tokens", "num_layers", "token_dim", "num_attention_heads")
+    }
     if fields["token_dim"] % fields["num_attention_heads"]:
-        raise PeftAdapterError(f"{config_path}: token_dim {fields['token_dim']} is not a multiple of "
-                               f"num_attention_heads {fields['num_attention_heads']}")
+        raise PeftAdapterError(
+            f"{config_path}: token_dim {fields['token_dim']} is not a multiple of "
+            f"num_attention_heads {fields['num_attention_heads']}"
+        )
     try:
         state = load_file(weights_path)
     except (SafetensorError, OSError) as err:
@@ -190,19 +213,28 @@ def read_peft_adapter(folder: str) -> PeftPrefix:
     flat = fields["num_layers"] * 2 * fields["token_dim"]
     expected = (fields["num_virtual_tokens"], flat)
     if tuple(tensor.shape) != expected:
-        what = (" (the virtual-token embeddings of a prefix_projection adapter without its MLP weights, "
-                "which cannot be imported)" if config.get("prefix_projection") and tensor.shape[-1] != flat else "")
-        raise PeftAdapterError(f"{weights_path}: {PEFT_KEY} has shape {tuple(tensor.shape)}, {CONFIG_FILE} "
-                               f"implies {expected}{what}")
+        what = (
+            " (the virtual-token embeddings of a prefix_projection adapter without its MLP weights, "
+            "which cannot be imported)"
+            if config.get("prefix_projection") and tensor.shape[-1] != flat
+            else ""
+        )
+        raise PeftAdapterError(
+            f"{weights_path}: {PEFT_KEY} has shape {tuple(tensor.shape)}, {CONFIG_FILE} implies {expected}{what}"
+        )
     if config.get("prefix_projection"):
-        logger.info("%s: prefix_projection adapter saved by PEFT as its MLP output; imported as a plain prefix",
-                    folder)
+        logger.info("%s: prefix_projection adapter saved by PEFT as its MLP output; imported as a plain prefix", folder)
     sidecar_path = os.path.join(folder, SIDECAR_FILE)
     sidecar = _read_json(sidecar_path) if os.path.isfile(sidecar_path) else None
     if sidecar is not None and sidecar.get("format") != SIDECAR_FORMAT:
         raise PeftAdapterError(f"{sidecar_path}: format {sidecar.get('format')!r}, expected {SIDECAR_FORMAT!r}")
-    return PeftPrefix(path=folder, prompt_embeddings=tensor.to(torch.float32),
-                      base_model_name_or_path=config.get("base_model_name_or_path"), sidecar=sidecar, **fields)
+    return PeftPrefix(
+        path=folder,
+        prompt_embeddings=tensor.to(torch.float32),
+        base_model_name_or_path=config.get("base_model_name_or_path"),
+        sidecar=sidecar,
+        **fields,
+    )
 
 
 def load_peft_prefix(encoder: TunedEncoder, adapter: PeftPrefix) -> None:
@@ -213,17 +245,21 @@ def load_peft_prefix(encoder: TunedEncoder, adapter: PeftPrefix) -> None:
     """
     if encoder.prefix is None or encoder.prefix.trans is not None:
         found = "a --prefix_mlp prefix" if encoder.prefix is not None else f"a {encoder.config.tuning} encoder"
-        raise PeftAdapterError(f"{adapter.path}: a PEFT prefix loads into a plain --prefix encoder (no "
-                               f"--prefix_mlp), found {found}")
+        raise PeftAdapterError(
+            f"{adapter.path}: a PEFT prefix loads into a plain --prefix encoder (no --prefix_mlp), found {found}"
+        )
     bert = encoder.backbone.config
-    pairs = [("num_layers", adapter.num_layers, "num_hidden_layers", bert.num_hidden_layers),
-             ("token_dim", adapter.token_dim, "hidden_size", bert.hidden_size),
-             ("num_attention_heads", adapter.num_attention_heads, "num_attention_heads", bert.num_attention_heads),
-             ("num_virtual_tokens", adapter.num_virtual_tokens, "pre_seq_len", encoder.prefix.pre_seq_len)]
+    pairs = [
+        ("num_layers", adapter.num_layers, "num_hidden_layers", bert.num_hidden_layers),
+        ("token_dim", adapter.token_dim, "hidden_size", bert.hidden_size),
+        ("num_attention_heads", adapter.num_attention_heads, "num_attention_heads", bert.num_attention_heads),
+        ("num_virtual_tokens", adapter.num_virtual_tokens, "pre_seq_len", encoder.prefix.pre_seq_len),
+    ]
     diffs = [f"{ours}: adapter {a!r}, encoder {b!r}" for _, a, ours, b in pairs if a != b]
     if diffs:
-        raise PeftAdapterError(f"{os.path.join(adapter.path, CONFIG_FILE)} does not fit this encoder "
-                               f"({'; '.join(diffs)})")
+        raise PeftAdapterError(
+            f"{os.path.join(adapter.path, CONFIG_FILE)} does not fit this encoder ({'; '.join(diffs)})"
+        )
     with torch.no_grad():
         weight = encoder.prefix.embedding.weight
         weight.copy_(adapter.prompt_embeddings.to(weight.device, weight.dtype))

@@ -19,8 +19,14 @@ class PrefixEncoder(nn.Module):
     ``Embedding(P, hidden) -> Linear(hidden, prefix_hidden) -> Tanh -> Linear(prefix_hidden, layers*2*hidden)``.
     """
 
-    def __init__(self, config: BertConfig, pre_seq_len: int, prefix_mlp: bool = False,
-                 prefix_hidden_size: int = 512, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        config: BertConfig,
+        pre_seq_len: int,
+        prefix_mlp: bool = False,
+        prefix_hidden_size: int = 512,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         self.pre_seq_len = pre_seq_len
         self.num_layers = config.num_hidden_layers
@@ -31,8 +37,8 @@ class PrefixEncoder(nn.Module):
         if prefix_mlp:
             self.embedding = nn.Embedding(pre_seq_len, config.hidden_size)
             self.trans: nn.Module | None = nn.Sequential(
-                nn.Linear(config.hidden_size, prefix_hidden_size), nn.Tanh(),
-                nn.Linear(prefix_hidden_size, out_dim))
+                nn.Linear(config.hidden_size, prefix_hidden_size), nn.Tanh(), nn.Linear(prefix_hidden_size, out_dim)
+            )
         else:
             self.embedding = nn.Embedding(pre_seq_len, out_dim)
             self.trans = None
@@ -40,13 +46,13 @@ class PrefixEncoder(nn.Module):
 
     def forward(self, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Return one ``(key, value)`` pair per layer, each ``(batch, heads, P, head_dim)``."""
-        prefix = self.embedding(self.prefix_tokens)                       # (P, hidden) or (P, L*2*hidden)
+        prefix = self.embedding(self.prefix_tokens)  # (P, hidden) or (P, L*2*hidden)
         if self.trans is not None:
-            prefix = self.trans(prefix)                                   # (P, L*2*hidden)
+            prefix = self.trans(prefix)  # (P, L*2*hidden)
         prefix = self.dropout(prefix)
         prefix = prefix.view(self.pre_seq_len, self.num_layers * 2, self.num_heads, self.head_dim)
-        prefix = prefix.permute(1, 2, 0, 3)                               # (L*2, heads, P, head_dim)
-        prefix = prefix.unsqueeze(1).expand(-1, batch_size, -1, -1, -1)   # (L*2, B, heads, P, head_dim)
+        prefix = prefix.permute(1, 2, 0, 3)  # (L*2, heads, P, head_dim)
+        prefix = prefix.unsqueeze(1).expand(-1, batch_size, -1, -1, -1)  # (L*2, B, heads, P, head_dim)
         return [(prefix[2 * i], prefix[2 * i + 1]) for i in range(self.num_layers)]
 
 
@@ -69,8 +75,9 @@ class PromptEncoder(nn.Module):
     or of sampled vocabulary tokens) sets the starting embeddings.
     """
 
-    def __init__(self, hidden_size: int, pre_seq_len: int, kind: str = "none",
-                 init: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, hidden_size: int, pre_seq_len: int, kind: str = "none", init: torch.Tensor | None = None
+    ) -> None:
         super().__init__()
         self.pre_seq_len = pre_seq_len
         self.embedding = nn.Parameter(torch.empty(pre_seq_len, hidden_size))
@@ -83,14 +90,17 @@ class PromptEncoder(nn.Module):
             nn.init.normal_(self.embedding, std=0.02)
         self.kind = kind
         if kind == "lstm":
-            self.lstm: nn.LSTM | None = nn.LSTM(hidden_size, hidden_size // 2, num_layers=2,
-                                                bidirectional=True, batch_first=True)
-            self.head: nn.Module | None = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.ReLU(),
-                                                        nn.Linear(hidden_size, hidden_size))
+            self.lstm: nn.LSTM | None = nn.LSTM(
+                hidden_size, hidden_size // 2, num_layers=2, bidirectional=True, batch_first=True
+            )
+            self.head: nn.Module | None = nn.Sequential(
+                nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size)
+            )
         elif kind == "mlp":
             self.lstm = None
-            self.head = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.ReLU(),
-                                      nn.Linear(hidden_size, hidden_size))
+            self.head = nn.Sequential(
+                nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size)
+            )
         elif kind == "none":
             self.lstm, self.head = None, None
         else:
@@ -98,16 +108,17 @@ class PromptEncoder(nn.Module):
 
     def forward(self) -> torch.Tensor:
         """Return the prompt embeddings ``(P, hidden)``."""
-        prompt = self.embedding                                           # (P, hidden)
+        prompt = self.embedding  # (P, hidden)
         if self.lstm is not None:
-            prompt = self.lstm(prompt.unsqueeze(0))[0].squeeze(0)         # (P, hidden)
+            prompt = self.lstm(prompt.unsqueeze(0))[0].squeeze(0)  # (P, hidden)
         if self.head is not None:
-            prompt = self.head(prompt)                                    # (P, hidden)
+            prompt = self.head(prompt)  # (P, hidden)
         return prompt
 
 
-def prompt_init_embeddings(word_embeddings: torch.Tensor, token_ids: list[int] | None,
-                           pre_seq_len: int, seed: int = 0) -> torch.Tensor:
+def prompt_init_embeddings(
+    word_embeddings: torch.Tensor, token_ids: list[int] | None, pre_seq_len: int, seed: int = 0
+) -> torch.Tensor:
     """Starting prompt embeddings ``(P, hidden)`` taken from the frozen word embeddings ``(V, hidden)``.
 
     With ``token_ids`` (a tokenized init text) they are repeated or cut to ``pre_seq_len``; without,

@@ -9,8 +9,14 @@ from transformers import BertModel
 
 from dpr.errors import UserError
 
-BACKBONE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
-                   "max_position_embeddings")
+BACKBONE_FIELDS = (
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "vocab_size",
+    "max_position_embeddings",
+)
 
 
 class CheckpointMismatchError(UserError, ValueError):
@@ -24,8 +30,11 @@ def backbone_fingerprint(backbone: BertModel) -> dict[str, object]:
 
 def check_backbone(stored: dict[str, object], backbone: BertModel, source: str) -> None:
     found = backbone_fingerprint(backbone)
-    diffs = [f"{k}: checkpoint {stored[k]!r}, backbone {found[k]!r}" for k in BACKBONE_FIELDS
-             if k in stored and stored[k] != found[k]]
+    diffs = [
+        f"{k}: checkpoint {stored[k]!r}, backbone {found[k]!r}"
+        for k in BACKBONE_FIELDS
+        if k in stored and stored[k] != found[k]
+    ]
     if diffs:
         raise CheckpointMismatchError(f"{source} was trained on another backbone ({'; '.join(diffs)})")
 
@@ -51,11 +60,14 @@ def load_tuned_weights(model: nn.Module, path: str) -> None:
         raise CheckpointMismatchError(
             f"{path} does not fit this {type(model).__name__} ({len(expected)} tuned parameters): missing "
             f"{missing[:5]}{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-            f"{' ...' if len(unexpected) > 5 else ''}")
+            f"{' ...' if len(unexpected) > 5 else ''}"
+        )
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name in model.tuned_names:
             if params[name].shape != state[name].shape:
-                raise CheckpointMismatchError(f"{path}: {name} has shape {tuple(state[name].shape)}, "
-                                              f"the model expects {tuple(params[name].shape)}")
+                raise CheckpointMismatchError(
+                    f"{path}: {name} has shape {tuple(state[name].shape)}, "
+                    f"the model expects {tuple(params[name].shape)}"
+                )
             params[name].copy_(state[name])

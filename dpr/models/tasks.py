@@ -50,9 +50,11 @@ class UnknownTaskError(TaskError):
 
 def same_model_name(a: str, b: str) -> bool:
     """True when two ``--pretrained_model_cfg`` values name the same model (short name, folder or hub id)."""
+
     def canonical(name: str) -> str:
         path = resolve_model_path(name)
         return os.path.realpath(path) if os.path.isdir(path) else path
+
     return a == b or canonical(a) == canonical(b)
 
 
@@ -79,8 +81,9 @@ class TaskLibrary:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def add(self, name: str, config: EncoderConfig, backbone_fingerprint: dict[str, object],
-            weights_path: str, source: str) -> BiEncoder:
+    def add(
+        self, name: str, config: EncoderConfig, backbone_fingerprint: dict[str, object], weights_path: str, source: str
+    ) -> BiEncoder:
         """Register task ``name`` from a checkpoint's encoder config, backbone fingerprint and weights file.
 
         ``source`` names the checkpoint in error messages. Raises TaskError for a bad or duplicate name
@@ -89,18 +92,23 @@ class TaskLibrary:
         """
         self._check_new_name(name)
         if config.tuning not in FROZEN_BACKBONE_MODES:
-            raise TaskError(f"{source} is a {config.tuning} checkpoint: it changes the backbone's own weights, "
-                            f"so it cannot share one frozen backbone with other tasks (task library modes: "
-                            f"{', '.join(FROZEN_BACKBONE_MODES)}); load it alone with --model_file")
+            raise TaskError(
+                f"{source} is a {config.tuning} checkpoint: it changes the backbone's own weights, "
+                f"so it cannot share one frozen backbone with other tasks (task library modes: "
+                f"{', '.join(FROZEN_BACKBONE_MODES)}); load it alone with --model_file"
+            )
         try:
             check_backbone(backbone_fingerprint, self.backbone, source)
         except CheckpointMismatchError as err:
-            raise CheckpointMismatchError(f"{err}; checkpoint model {config.pretrained_model_cfg!r}, task library "
-                                          f"backbone {self.model_name!r}") from None
+            raise CheckpointMismatchError(
+                f"{err}; checkpoint model {config.pretrained_model_cfg!r}, task library backbone {self.model_name!r}"
+            ) from None
         # Same shapes are not enough: a prefix trained on one BERT means nothing on another of that size.
         if not same_model_name(config.pretrained_model_cfg, self.model_name):
-            raise CheckpointMismatchError(f"{source} was trained on {config.pretrained_model_cfg!r}, but the task "
-                                          f"library's backbone is {self.model_name!r}")
+            raise CheckpointMismatchError(
+                f"{source} was trained on {config.pretrained_model_cfg!r}, but the task "
+                f"library's backbone is {self.model_name!r}"
+            )
         # Inference only: checkpointing would switch the SHARED backbone into recompute mode for every task.
         config = resolve_config(dataclasses.replace(config, gradient_checkpointing=False))
         model = build_biencoder_from_backbone(config, self.backbone)
@@ -113,7 +121,7 @@ class TaskLibrary:
 
     def remove(self, name: str) -> None:
         """Unregister ``name`` (its tuned parameters are freed once no caller holds them)."""
-        self.model(name)                       # raises UnknownTaskError with the registered names
+        self.model(name)  # raises UnknownTaskError with the registered names
         del self._tasks[name]
         logger.info("unregistered task %r", name)
 
@@ -132,8 +140,14 @@ class TaskLibrary:
         model = self.model(name)
         return model.question_encoder if side == "question" else model.ctx_encoder
 
-    def encode(self, name: str, side: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-               token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(
+        self,
+        name: str,
+        side: str,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Encode ``(B, T)`` token tensors with one task's question or passage encoder -> ``(B, D)``."""
         return self.encoder(name, side)(input_ids, attention_mask, token_type_ids)
 
@@ -163,8 +177,9 @@ class TaskLibrary:
 
     def _check_new_name(self, name: str) -> None:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise TaskError(f"task name {name!r}: expected letters, digits, '_', '-' or '.', starting with a "
-                            f"letter or digit")
+            raise TaskError(
+                f"task name {name!r}: expected letters, digits, '_', '-' or '.', starting with a letter or digit"
+            )
         if name in self._tasks:
             raise TaskError(f"task {name!r} is already registered; unregister it first or pick another name")
 

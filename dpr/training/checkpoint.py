@@ -29,9 +29,9 @@ from typing import Any, Mapping
 import torch
 from safetensors import SafetensorError
 
-from dpr.errors import UserError
 from dpr.atomic import atomic_directory
 from dpr.embeddings_io import passage_identity
+from dpr.errors import UserError
 from dpr.models.biencoder import BiEncoder, build_biencoder
 from dpr.models.serialization import backbone_fingerprint, check_backbone, load_tuned_weights, save_tuned_weights
 from dpr.options import EncoderConfig, encoder_config_from_args
@@ -43,7 +43,7 @@ VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"
-BEST_FILE = "best_checkpoint.json"     # in a training output folder: which checkpoint is the best
+BEST_FILE = "best_checkpoint.json"  # in a training output folder: which checkpoint is the best
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class CheckpointInfo:
     backbone: dict[str, Any]
     position: TrainingPosition
     training: dict[str, Any] = field(default_factory=dict)
-    validation: dict[str, Any] | None = None     # the validation record this checkpoint was saved with
+    validation: dict[str, Any] | None = None  # the validation record this checkpoint was saved with
 
 
 class CheckpointError(UserError, ValueError):
@@ -73,17 +73,25 @@ def checkpoint_name(prefix: str, epoch: int, iteration: int) -> str:
     return f"{prefix}.{epoch}.{iteration}"
 
 
-def save_checkpoint(path: str, model: BiEncoder, *, optimizer: torch.optim.Optimizer | None = None,
-                    scheduler: Any = None, position: TrainingPosition = TrainingPosition(),
-                    training: dict[str, Any] | None = None, validation: Mapping[str, Any] | None = None,
-                    extra_state: Mapping[str, Any] | None = None) -> str:
+def save_checkpoint(
+    path: str,
+    model: BiEncoder,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    position: TrainingPosition = TrainingPosition(),
+    training: dict[str, Any] | None = None,
+    validation: Mapping[str, Any] | None = None,
+    extra_state: Mapping[str, Any] | None = None,
+) -> str:
     """Write a checkpoint folder atomically and return its path.
 
     ``validation`` (the run folder's log record) goes into ``config.json``; ``extra_state`` (scaler,
     rolling losses) into ``training_state.pt`` beside the optimizer and scheduler.
     """
     config = {
-        "format": FORMAT, "version": VERSION,
+        "format": FORMAT,
+        "version": VERSION,
         "encoder": model.config.to_dict(),
         "backbone": backbone_fingerprint(model.backbone),
         "tuned_parameters": list(model.tuned_names),
@@ -98,8 +106,11 @@ def save_checkpoint(path: str, model: BiEncoder, *, optimizer: torch.optim.Optim
             json.dump(config, handle, indent=2, sort_keys=True)
         save_tuned_weights(model, os.path.join(tmp, WEIGHTS_FILE))
         if optimizer is not None or scheduler is not None:
-            state = {"optimizer": optimizer.state_dict() if optimizer is not None else None,
-                     "scheduler": scheduler.state_dict() if scheduler is not None else None, **(extra_state or {})}
+            state = {
+                "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                **(extra_state or {}),
+            }
             torch.save(state, os.path.join(tmp, STATE_FILE))
     logger.info("saved checkpoint %s", path)
     return path
@@ -125,8 +136,10 @@ def read_best_file(run_dir: str) -> dict[str, Any] | None:
             record = json.load(handle)
         record["path"] = best_checkpoint_path(run_dir, record["path"])
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{best_file}: not a best-checkpoint record ({err!r}); delete it and restart "
-                              f"training on this folder to rebuild it from the checkpoints") from err
+        raise CheckpointError(
+            f"{best_file}: not a best-checkpoint record ({err!r}); delete it and restart "
+            f"training on this folder to rebuild it from the checkpoints"
+        ) from err
     return record
 
 
@@ -145,8 +158,9 @@ def read_checkpoint_info(path: str) -> CheckpointInfo:
     path = resolve_checkpoint(path)
     config_path = os.path.join(path, CONFIG_FILE)
     if not os.path.isfile(config_path):
-        raise CheckpointError(f"{path} is not a checkpoint folder (no {CONFIG_FILE}) nor a training output "
-                              f"folder (no {BEST_FILE})")
+        raise CheckpointError(
+            f"{path} is not a checkpoint folder (no {CONFIG_FILE}) nor a training output folder (no {BEST_FILE})"
+        )
     try:
         with open(config_path, encoding="utf-8") as handle:
             config = json.load(handle)
@@ -159,16 +173,30 @@ def read_checkpoint_info(path: str) -> CheckpointInfo:
     for key in ("encoder", "backbone", "position"):
         if key not in config:
             raise CheckpointError(f"{config_path}: missing key {key!r}")
-    return CheckpointInfo(path=path, encoder=EncoderConfig.from_dict(config["encoder"], config_path),
-                          backbone=config["backbone"], position=TrainingPosition(**config["position"]),
-                          training=config.get("training") or {}, validation=config.get("validation"))
+    return CheckpointInfo(
+        path=path,
+        encoder=EncoderConfig.from_dict(config["encoder"], config_path),
+        backbone=config["backbone"],
+        position=TrainingPosition(**config["position"]),
+        training=config.get("training") or {},
+        validation=config.get("validation"),
+    )
 
 
 # What torch.load raises on a damaged file has no common base class (measured on truncated and
 # bit-flipped files: RuntimeError, UnpicklingError, KeyError, IndexError, UnicodeDecodeError, EOFError, and
 # OSError "Invalid argument" from the zip reader on a truncated file).
-_DAMAGED_STATE = (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, IndexError, ValueError, TypeError,
-                  AttributeError, OSError)
+_DAMAGED_STATE = (
+    RuntimeError,
+    pickle.UnpicklingError,
+    EOFError,
+    KeyError,
+    IndexError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    OSError,
+)
 
 
 def load_training_state(path: str) -> dict[str, Any] | None:
@@ -181,11 +209,15 @@ def load_training_state(path: str) -> dict[str, Any] | None:
     except _DAMAGED_STATE as err:
         # torch's own message may advise weights_only=False, which would run code from the file: not quoted.
         reason = f"{type(err).__name__}: {err.strerror}" if isinstance(err, OSError) else type(err).__name__
-        raise CheckpointError(f"{state_path} is damaged or not a training state ({reason}); delete the folder "
-                              f"{path} to resume from the checkpoint before it") from None
+        raise CheckpointError(
+            f"{state_path} is damaged or not a training state ({reason}); delete the folder "
+            f"{path} to resume from the checkpoint before it"
+        ) from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"{state_path}: expected a dict of optimizer and scheduler state, found "
-                              f"{type(state).__name__}; delete the folder {path} to resume from the one before")
+        raise CheckpointError(
+            f"{state_path}: expected a dict of optimizer and scheduler state, found "
+            f"{type(state).__name__}; delete the folder {path} to resume from the one before"
+        )
     return state
 
 
@@ -206,9 +238,16 @@ def load_biencoder(path: str, args: argparse.Namespace | None = None) -> tuple[B
     try:
         load_tuned_weights(model, weights)
     except SafetensorError as err:
-        raise CheckpointError(f"{weights} is damaged or not a safetensors file ({err}); restore it, or delete "
-                              f"the folder {path} (in a training output folder, training then resumes from "
-                              f"the checkpoint before it)") from err
-    logger.info("loaded %s checkpoint %s (epoch %d, iteration %d)", encoder.tuning, path,
-                info.position.epoch, info.position.iteration)
+        raise CheckpointError(
+            f"{weights} is damaged or not a safetensors file ({err}); restore it, or delete "
+            f"the folder {path} (in a training output folder, training then resumes from "
+            f"the checkpoint before it)"
+        ) from err
+    logger.info(
+        "loaded %s checkpoint %s (epoch %d, iteration %d)",
+        encoder.tuning,
+        path,
+        info.position.epoch,
+        info.position.iteration,
+    )
     return model, info

@@ -79,9 +79,7 @@ def _env_int(name: str) -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(
-            f"environment variable {name} must be an integer; found {value!r}"
-        ) from None
+        raise ValueError(f"environment variable {name} must be an integer; found {value!r}") from None
 
 
 def init_distributed(no_cuda: bool = False, local_rank: int = -1) -> DistributedContext:
@@ -110,9 +108,7 @@ def init_distributed(no_cuda: bool = False, local_rank: int = -1) -> Distributed
         else:
             device = torch.device("cpu")
         logger.info("single process on %s", device)
-        return DistributedContext(
-            rank=0, world_size=1, local_rank=local_rank, device=device, is_main=True
-        )
+        return DistributedContext(rank=0, world_size=1, local_rank=local_rank, device=device, is_main=True)
 
     rank = _env_int("RANK")
     if rank is None:
@@ -122,9 +118,7 @@ def init_distributed(no_cuda: bool = False, local_rank: int = -1) -> Distributed
             raise ValueError(f"WORLD_SIZE={world_size} but {name} is not set; launch with torchrun")
     if use_cuda:
         if local_rank < 0:
-            raise ValueError(
-                "multi-process CUDA run without LOCAL_RANK or --local_rank: cannot choose a GPU"
-            )
+            raise ValueError("multi-process CUDA run without LOCAL_RANK or --local_rank: cannot choose a GPU")
         device = torch.device("cuda", local_rank)
         # Set before init so NCCL binds this process to its own GPU, not all to GPU 0.
         torch.cuda.set_device(device)
@@ -136,20 +130,14 @@ def init_distributed(no_cuda: bool = False, local_rank: int = -1) -> Distributed
         backend = "gloo"
 
     if not dist.is_initialized():
-        dist.init_process_group(
-            backend=backend, init_method="env://", rank=rank, world_size=world_size
-        )
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size)
     elif dist.get_world_size() != world_size or dist.get_rank() != rank:
         raise RuntimeError(
             f"a process group already exists with rank {dist.get_rank()}/{dist.get_world_size()}, "
             f"but the environment says {rank}/{world_size}"
         )
-    logger.info(
-        "rank %d/%d (local %d) on %s, backend %s", rank, world_size, local_rank, device, backend
-    )
-    return DistributedContext(
-        rank=rank, world_size=world_size, local_rank=local_rank, device=device, is_main=rank == 0
-    )
+    logger.info("rank %d/%d (local %d) on %s, backend %s", rank, world_size, local_rank, device, backend)
+    return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device, is_main=rank == 0)
 
 
 def cleanup_distributed(synchronize: bool = True) -> None:
@@ -208,9 +196,7 @@ def gather_with_grad(t: Tensor, ctx: DistributedContext) -> tuple[Tensor, int]:
     return torch.cat(trimmed, dim=0), offset  # (n_total, ...)
 
 
-def global_biencoder_loss(
-    q: Tensor, p: Tensor, positive_idx: Tensor, ctx: DistributedContext
-) -> tuple[Tensor, Tensor]:
+def global_biencoder_loss(q: Tensor, p: Tensor, positive_idx: Tensor, ctx: DistributedContext) -> tuple[Tensor, Tensor]:
     """In-batch NLL over the questions and passages of ALL ranks.
 
     Every question is scored against every passage of the global batch, so each rank's
@@ -290,9 +276,7 @@ def autocast(
         return contextlib.nullcontext()
     if device.type == "cuda":
         if precision == "bf16" and not torch.cuda.is_bf16_supported():
-            raise ValueError(
-                f"bf16 was requested but {device} does not support it; use fp16 or fp32"
-            )
+            raise ValueError(f"bf16 was requested but {device} does not support it; use fp16 or fp32")
         dtype = torch.float16 if precision == "fp16" else torch.bfloat16
         return torch.autocast(device_type="cuda", dtype=dtype)
     if precision == "fp16":
@@ -304,9 +288,7 @@ def autocast(
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def make_grad_scaler(
-    precision: str, device: DistributedContext | torch.device | str
-) -> torch.amp.GradScaler:
+def make_grad_scaler(precision: str, device: DistributedContext | torch.device | str) -> torch.amp.GradScaler:
     """A loss scaler, enabled only for fp16 on CUDA (bf16 and fp32 need none).
 
     A disabled scaler is a pass-through (``scale(loss)`` returns ``loss``, ``step`` just steps),
@@ -319,9 +301,7 @@ def make_grad_scaler(
     return torch.amp.GradScaler(dev.type, enabled=enabled)
 
 
-def wrap_ddp(
-    model: nn.Module, ctx: DistributedContext, find_unused_parameters: bool = False
-) -> nn.Module:
+def wrap_ddp(model: nn.Module, ctx: DistributedContext, find_unused_parameters: bool = False) -> nn.Module:
     """Wrap in DistributedDataParallel when several processes run; else return ``model``.
 
     The model must already be on ``ctx.device``. Call the wrapper's ``forward`` (not

@@ -55,20 +55,39 @@ class PassageVectorCache:
         return self._vectors[torch.tensor(rows, device=self._vectors.device)]
 
     @classmethod
-    def encode(cls, model: BiEncoder, tokenizer: Any, samples: Iterable[BiEncoderSample], *, batch_size: int,
-               insert_title: bool, device: torch.device, precision: str = "fp32") -> "PassageVectorCache":
+    def encode(
+        cls,
+        model: BiEncoder,
+        tokenizer: Any,
+        samples: Iterable[BiEncoderSample],
+        *,
+        batch_size: int,
+        insert_title: bool,
+        device: torch.device,
+        precision: str = "fp32",
+    ) -> "PassageVectorCache":
         """Encode every distinct passage of ``samples`` once with the (fixed) passage encoder."""
         passages = _all_passages(samples)
         started = time.perf_counter()
-        vectors = encode_texts(model, tokenizer, list(passages.values()), "passage",
-                               max_length=model.config.sequence_length, batch_size=batch_size, device=device,
-                               precision=precision, insert_title=insert_title, progress=True)
+        vectors = encode_texts(
+            model,
+            tokenizer,
+            list(passages.values()),
+            "passage",
+            max_length=model.config.sequence_length,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            insert_title=insert_title,
+            progress=True,
+        )
         logger.info("cached %d passage vectors in %.1f s", len(passages), time.perf_counter() - started)
         return cls(list(passages), vectors, device)
 
     @classmethod
-    def from_shards(cls, patterns: Sequence[str], model: BiEncoder, samples: Iterable[BiEncoderSample],
-                    device: torch.device) -> "PassageVectorCache":
+    def from_shards(
+        cls, patterns: Sequence[str], model: BiEncoder, samples: Iterable[BiEncoderSample], device: torch.device
+    ) -> "PassageVectorCache":
         """Read the vectors of the training passages from embedding shards of the same passage encoder."""
         shards = find_shards(list(patterns))
         identity = passage_identity(model)
@@ -77,8 +96,10 @@ class PassageVectorCache:
         wanted = _all_passages(samples)
         without_id = [k for k, p in wanted.items() if p.passage_id is None]
         if without_id:
-            raise EmbeddingsError(f"{len(without_id)} training passages have no passage_id to find them in "
-                                  f"{patterns}; drop --ctx_embeddings to encode them instead")
+            raise EmbeddingsError(
+                f"{len(without_id)} training passages have no passage_id to find them in "
+                f"{patterns}; drop --ctx_embeddings to encode them instead"
+            )
         keys, chunks = [], []
         for shard in shards:
             ids = shard.ids()

@@ -14,8 +14,13 @@ import os
 from typing import Any
 
 from dpr.models.biencoder import build_biencoder
-from dpr.models.peft_interop import (PeftAdapterError, PeftPrefix, load_peft_prefix, read_peft_adapter,
-                                    write_peft_adapter)
+from dpr.models.peft_interop import (
+    PeftAdapterError,
+    PeftPrefix,
+    load_peft_prefix,
+    read_peft_adapter,
+    write_peft_adapter,
+)
 from dpr.models.serialization import check_backbone
 from dpr.options import ConfigError, EncoderConfig
 from dpr.training.checkpoint import load_biencoder, save_checkpoint
@@ -31,23 +36,35 @@ def export_checkpoint(model_file: str, out_dir: str, side: str = "question") -> 
         raise ConfigError(f"--side must be question or passage, found {side!r}")
     model, info = load_biencoder(model_file)
     encoder = model.question_encoder if side == "question" else model.ctx_encoder
-    sidecar = {"side": side, "encoder": model.config.to_dict(), "backbone": info.backbone,
-               "checkpoint": os.path.abspath(model_file)}
+    sidecar = {
+        "side": side,
+        "encoder": model.config.to_dict(),
+        "backbone": info.backbone,
+        "checkpoint": os.path.abspath(model_file),
+    }
     return write_peft_adapter(encoder, out_dir, base_model_name=model.config.pretrained_model_cfg, sidecar=sidecar)
 
 
-def _imported_config(adapter: PeftPrefix, pretrained_model_cfg: str | None, pooling: str | None,
-                     sequence_length: int | None) -> EncoderConfig:
+def _imported_config(
+    adapter: PeftPrefix, pretrained_model_cfg: str | None, pooling: str | None, sequence_length: int | None
+) -> EncoderConfig:
     """Our encoder config for an adapter: its dpr_encoder.json if we exported it, else the flags."""
     stored = adapter.sidecar.get("encoder") if adapter.sidecar else None
     base = EncoderConfig.from_dict(stored, f"{adapter.path}/dpr_encoder.json") if stored else EncoderConfig()
     name = pretrained_model_cfg or (base.pretrained_model_cfg if stored else adapter.base_model_name_or_path)
     if not name:
-        raise ConfigError(f"{adapter.path}: adapter_config.json names no base_model_name_or_path; pass "
-                          f"--pretrained_model_cfg")
-    changes: dict[str, Any] = {"pretrained_model_cfg": name, "tuning": "prefix", "pre_seq_len":
-                               adapter.num_virtual_tokens, "prefix_mlp": False, "projection_dim": 0,
-                               "gradient_checkpointing": False, "share_encoder": False}
+        raise ConfigError(
+            f"{adapter.path}: adapter_config.json names no base_model_name_or_path; pass --pretrained_model_cfg"
+        )
+    changes: dict[str, Any] = {
+        "pretrained_model_cfg": name,
+        "tuning": "prefix",
+        "pre_seq_len": adapter.num_virtual_tokens,
+        "prefix_mlp": False,
+        "projection_dim": 0,
+        "gradient_checkpointing": False,
+        "share_encoder": False,
+    }
     if pooling is not None:
         changes["pooling"] = pooling
     if sequence_length is not None:
@@ -55,9 +72,15 @@ def _imported_config(adapter: PeftPrefix, pretrained_model_cfg: str | None, pool
     return dataclasses.replace(base, **changes)
 
 
-def import_adapters(question_adapter: str, out_dir: str, passage_adapter: str | None = None, *,
-                    pretrained_model_cfg: str | None = None, pooling: str | None = None,
-                    sequence_length: int | None = None) -> str:
+def import_adapters(
+    question_adapter: str,
+    out_dir: str,
+    passage_adapter: str | None = None,
+    *,
+    pretrained_model_cfg: str | None = None,
+    pooling: str | None = None,
+    sequence_length: int | None = None,
+) -> str:
     """Build a prefix checkpoint folder ``out_dir`` from PEFT adapter folder(s); returns its path.
 
     Settings PEFT does not store (pooling, sequence length, lower-casing) come from the question
@@ -66,8 +89,10 @@ def import_adapters(question_adapter: str, out_dir: str, passage_adapter: str | 
     question = read_peft_adapter(question_adapter)
     passage = read_peft_adapter(passage_adapter) if passage_adapter else question
     if passage.num_virtual_tokens != question.num_virtual_tokens:
-        raise PeftAdapterError(f"{passage.path} has {passage.num_virtual_tokens} virtual tokens, {question.path} "
-                               f"{question.num_virtual_tokens}: both sides of a checkpoint share --pre_seq_len")
+        raise PeftAdapterError(
+            f"{passage.path} has {passage.num_virtual_tokens} virtual tokens, {question.path} "
+            f"{question.num_virtual_tokens}: both sides of a checkpoint share --pre_seq_len"
+        )
     config = _imported_config(question, pretrained_model_cfg, pooling, sequence_length)
     model = build_biencoder(config)
     for adapter in {id(a): a for a in (question, passage)}.values():

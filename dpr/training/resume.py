@@ -54,17 +54,25 @@ def _check_model_file_started_this_run(output_dir: str, latest: str, model_file:
     if _inside(given, output_dir):
         # The run folder itself (its best) or its latest checkpoint: both mean "continue this run".
         if given not in (os.path.realpath(output_dir), os.path.realpath(latest)):
-            raise ResumeError(f"--model_file {model_file} is an older checkpoint of --output_dir {output_dir}, "
-                              f"whose latest is {latest}: a run resumes from its latest checkpoint; drop "
-                              f"--model_file, or delete the checkpoints after the one you want")
+            raise ResumeError(
+                f"--model_file {model_file} is an older checkpoint of --output_dir {output_dir}, "
+                f"whose latest is {latest}: a run resumes from its latest checkpoint; drop "
+                f"--model_file, or delete the checkpoints after the one you want"
+            )
     else:
         training = read_checkpoint_info(latest).training
         if given != training.get("init_checkpoint"):
-            raise ResumeError(f"--output_dir {output_dir} already holds a run {_origin(training)}, not from "
-                              f"--model_file {model_file}: to resume that run drop --model_file; to start a new "
-                              f"run from {model_file} choose a new --output_dir")
-    logger.info("--model_file %s belongs to the run in %s: resuming it from its latest checkpoint %s",
-                model_file, output_dir, latest)
+            raise ResumeError(
+                f"--output_dir {output_dir} already holds a run {_origin(training)}, not from "
+                f"--model_file {model_file}: to resume that run drop --model_file; to start a new "
+                f"run from {model_file} choose a new --output_dir"
+            )
+    logger.info(
+        "--model_file %s belongs to the run in %s: resuming it from its latest checkpoint %s",
+        model_file,
+        output_dir,
+        latest,
+    )
 
 
 def _origin(training: Mapping[str, Any]) -> str:
@@ -78,26 +86,31 @@ def _refuse_orphan_records(output_dir: str) -> None:
     """A log or best record without any checkpoint would be extended by an unrelated new run."""
     leftovers = [name for name in (HISTORY_FILE, BEST_FILE) if os.path.isfile(os.path.join(output_dir, name))]
     if leftovers:
-        raise ResumeError(f"--output_dir {output_dir} holds {' and '.join(leftovers)} but no readable checkpoint "
-                          f"to resume from: choose a new --output_dir, or delete those files to start over there")
+        raise ResumeError(
+            f"--output_dir {output_dir} holds {' and '.join(leftovers)} but no readable checkpoint "
+            f"to resume from: choose a new --output_dir, or delete those files to start over there"
+        )
 
 
-def plan_resume(cfg: TrainConfig, info: CheckpointInfo, state: dict[str, Any] | None, own_run: bool,
-                allow_changed: bool) -> tuple[TrainConfig, bool]:
+def plan_resume(
+    cfg: TrainConfig, info: CheckpointInfo, state: dict[str, Any] | None, own_run: bool, allow_changed: bool
+) -> tuple[TrainConfig, bool]:
     """The config to train with and whether to continue from ``info``'s position and ``state``.
 
     ``own_run``: ``info`` is the output folder's latest checkpoint (a restart), else a --model_file.
     """
     if state is None:
         if own_run:
-            raise ResumeError(f"{info.path} is the latest checkpoint of --output_dir {cfg.output_dir} but has no "
-                              f"{STATE_FILE} (optimizer and schedule), so the run cannot continue from it: delete "
-                              f"that folder to resume from the checkpoint before it, or start a new run from its "
-                              f"weights with --model_file {info.path} and a new --output_dir")
+            raise ResumeError(
+                f"{info.path} is the latest checkpoint of --output_dir {cfg.output_dir} but has no "
+                f"{STATE_FILE} (optimizer and schedule), so the run cannot continue from it: delete "
+                f"that folder to resume from the checkpoint before it, or start a new run from its "
+                f"weights with --model_file {info.path} and a new --output_dir"
+            )
         logger.info("%s has no %s: a new run starts from its weights", info.path, STATE_FILE)
         return cfg, False
     check_settings(info.training, cfg, info.path, allow_changed)
-    if own_run:    # a restart may leave --model_file out: the record of where the run started stays
+    if own_run:  # a restart may leave --model_file out: the record of where the run started stays
         cfg = dataclasses.replace(cfg, init_checkpoint=info.training.get("init_checkpoint"))
     return cfg, True
 
@@ -105,14 +118,15 @@ def plan_resume(cfg: TrainConfig, info: CheckpointInfo, state: dict[str, Any] | 
 def check_settings(stored: Mapping[str, Any], cfg: TrainConfig, source: str, allow_changed: bool) -> None:
     """Refuse (or with ``allow_changed`` log) every setting that differs from the run being continued."""
     if not stored:
-        logger.warning("%s records no training settings: cannot check that this run continues with the same",
-                       source)
+        logger.warning("%s records no training settings: cannot check that this run continues with the same", source)
         return
     changes = changed_settings(stored, cfg)
     if changes and not allow_changed:
-        raise ResumeError(f"{source} was trained with other settings: {'; '.join(changes)}. Restart with the "
-                          f"flags it was trained with, add --allow_changed_settings to continue it with the new "
-                          f"values, or choose a new --output_dir for a new run")
+        raise ResumeError(
+            f"{source} was trained with other settings: {'; '.join(changes)}. Restart with the "
+            f"flags it was trained with, add --allow_changed_settings to continue it with the new "
+            f"values, or choose a new --output_dir for a new run"
+        )
     for change in changes:
         logger.warning("continuing %s with a changed setting (--allow_changed_settings): %s", source, change)
 
@@ -124,7 +138,7 @@ def changed_settings(stored: Mapping[str, Any], cfg: TrainConfig) -> list[str]:
     for name, new in cfg.to_dict().items():
         if name in _NOT_COMPARED:
             continue
-        old = stored.get(name, defaults[name])    # a setting newer than the checkpoint: it ran with the default
+        old = stored.get(name, defaults[name])  # a setting newer than the checkpoint: it ran with the default
         if _comparable(name, old) != _comparable(name, new):
             changes.append(f"{name}: {_shown(old)} -> {_shown(new)}")
     return changes

@@ -36,7 +36,7 @@ class OutputDirError(UserError, OSError):
 
 @dataclass(frozen=True)
 class BestRecord:
-    path: str            # the checkpoint folder (run folder + name); the file stores the name only
+    path: str  # the checkpoint folder (run folder + name); the file stores the name only
     metric: str
     value: float
     epoch: int
@@ -54,8 +54,10 @@ def check_output_dir(output_dir: str) -> None:
         os.close(fd)
         os.remove(probe)
     except OSError as err:
-        raise OutputDirError(f"--output_dir {output_dir} is not a writable folder ({err.strerror or err}): "
-                             f"fix its permissions or choose another --output_dir") from err
+        raise OutputDirError(
+            f"--output_dir {output_dir} is not a writable folder ({err.strerror or err}): "
+            f"fix its permissions or choose another --output_dir"
+        ) from err
 
 
 def list_checkpoints(output_dir: str, prefix: str) -> list[tuple[int, str]]:
@@ -90,14 +92,17 @@ def read_best(output_dir: str) -> BestRecord | None:
     try:
         return BestRecord(**record)
     except TypeError as err:
-        raise CheckpointError(f"{os.path.join(output_dir, BEST_FILE)}: not a best-checkpoint record ({err}); "
-                              f"delete it and restart training on this folder to rebuild it") from err
+        raise CheckpointError(
+            f"{os.path.join(output_dir, BEST_FILE)}: not a best-checkpoint record ({err}); "
+            f"delete it and restart training on this folder to rebuild it"
+        ) from err
 
 
 def best_record(path: str, record: Mapping[str, Any]) -> BestRecord:
     """The best-checkpoint candidate for checkpoint ``path`` saved with validation ``record``."""
-    return BestRecord(path, record["metric"], record["value"], record["epoch"], record["iteration"],
-                      record["global_step"])
+    return BestRecord(
+        path, record["metric"], record["value"], record["epoch"], record["iteration"], record["global_step"]
+    )
 
 
 def update_best(output_dir: str, candidate: BestRecord) -> bool:
@@ -109,8 +114,13 @@ def update_best(output_dir: str, candidate: BestRecord) -> bool:
         logger.warning("not recording %s as best: its %s is %s", candidate.path, candidate.metric, candidate.value)
         return False
     best = read_best(output_dir)
-    if best is not None and best.metric == candidate.metric and math.isfinite(best.value) \
-            and best.value <= candidate.value and os.path.isdir(best.path):
+    if (
+        best is not None
+        and best.metric == candidate.metric
+        and math.isfinite(best.value)
+        and best.value <= candidate.value
+        and os.path.isdir(best.path)
+    ):
         return False
     with atomic_file(os.path.join(output_dir, BEST_FILE)) as handle:
         json.dump({**asdict(candidate), "path": os.path.basename(candidate.path)}, handle, indent=2)
@@ -124,7 +134,7 @@ def prune_checkpoints(output_dir: str, prefix: str, keep: int) -> list[str]:
     best = read_best(output_dir)
     protected = {os.path.abspath(best.path)} if best is not None else set()
     found = [path for _, path in list_checkpoints(output_dir, prefix)]
-    protected.update(os.path.abspath(p) for p in found[-max(keep, 1):])   # the latest is needed to resume
+    protected.update(os.path.abspath(p) for p in found[-max(keep, 1) :])  # the latest is needed to resume
     deleted = [p for p in found if os.path.abspath(p) not in protected]
     for path in deleted:
         _delete_folder(path)
@@ -157,7 +167,7 @@ def _cut_torn_line(path: str) -> bytes:
     """Drop a last line without its newline (a kill mid-append: only lines with one were fully written)."""
     with open(path, "rb+") as handle:
         data = handle.read()
-        complete = data[:data.rfind(b"\n") + 1]
+        complete = data[: data.rfind(b"\n") + 1]
         if len(complete) != len(data):
             logger.warning("%s: dropping a torn last line of %d bytes", path, len(data) - len(complete))
             handle.truncate(len(complete))
@@ -183,7 +193,7 @@ def append_history(output_dir: str, record: Mapping[str, Any]) -> None:
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, HISTORY_FILE)
     if os.path.isfile(path):
-        _cut_torn_line(path)            # so the new record starts a line of its own
+        _cut_torn_line(path)  # so the new record starts a line of its own
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(dict(record), sort_keys=True) + "\n")
         handle.flush()
@@ -202,7 +212,7 @@ def repair_run_dir(output_dir: str, prefix: str) -> None:
         if validation is not None:
             saved.append((path, validation))
     logged = {_position(r) for r in read_history(output_dir)}
-    for path, record in saved:          # only the newest can be missing; appended oldest first anyway
+    for path, record in saved:  # only the newest can be missing; appended oldest first anyway
         if _position(record) not in logged:
             logger.warning("%s: adding the validation of %s that a crash kept out of it", HISTORY_FILE, path)
             append_history(output_dir, record)

@@ -30,11 +30,26 @@ from dpr.errors import UserError
 from dpr.models.biencoder import BiEncoder
 from dpr.options import TrainConfig
 from dpr.training.checkpoint import TrainingPosition, checkpoint_name, save_checkpoint
-from dpr.training.distributed import (DistributedContext, autocast, barrier, global_biencoder_loss,
-                                      make_grad_scaler, unwrap, wrap_ddp)
+from dpr.training.distributed import (
+    DistributedContext,
+    autocast,
+    barrier,
+    global_biencoder_loss,
+    make_grad_scaler,
+    unwrap,
+    wrap_ddp,
+)
 from dpr.training.passage_cache import PassageVectorCache
-from dpr.training.run_dir import (BestRecord, append_history, best_record, latest_checkpoint, prune_checkpoints,
-                                  read_best, repair_run_dir, update_best)
+from dpr.training.run_dir import (
+    BestRecord,
+    append_history,
+    best_record,
+    latest_checkpoint,
+    prune_checkpoints,
+    read_best,
+    repair_run_dir,
+    update_best,
+)
 from dpr.training.validation import ValidationResult, validate_average_rank, validate_nll
 
 logger = logging.getLogger(__name__)
@@ -53,16 +68,19 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
         if param.requires_grad:
             (no_decay if name.endswith(NO_DECAY) else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, eps=cfg.adam_eps,
-                             betas=cfg.adam_betas)
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=cfg.learning_rate, eps=cfg.adam_eps, betas=cfg.adam_betas
+    )
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup from 0 over ``warmup`` steps, then linear decay to 0 at ``total`` steps."""
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
         return max(0.0, (total - step) / max(1, total - warmup))
+
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -89,9 +107,17 @@ def step_seed(seed: int, epoch: int, iteration: int, rank: int) -> int:
 class BiEncoderTrainer:
     """Trains a BiEncoder on DPR samples; ``run`` returns the best checkpoint record (if validated)."""
 
-    def __init__(self, cfg: TrainConfig, model: BiEncoder, tokenizer: Any, train: Sequence[BiEncoderSample],
-                 dev: Sequence[BiEncoderSample], ctx: DistributedContext,
-                 start: TrainingPosition = TrainingPosition(), training_state: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: BiEncoder,
+        tokenizer: Any,
+        train: Sequence[BiEncoderSample],
+        dev: Sequence[BiEncoderSample],
+        ctx: DistributedContext,
+        start: TrainingPosition = TrainingPosition(),
+        training_state: dict[str, Any] | None = None,
+    ) -> None:
         if not train:
             raise ValueError("no training samples: nothing to train on")
         self.cfg, self.tokenizer, self.dev, self.ctx = cfg, tokenizer, dev, ctx
@@ -99,28 +125,36 @@ class BiEncoderTrainer:
         if cfg.fix_ctx_encoder:
             if model.ctx_encoder is model.question_encoder:
                 raise ValueError("--fix_ctx_encoder cannot be used with --share_encoder (one encoder for both)")
-            for name, param in model.named_parameters():   # only the question side's tuned parameters train
+            for name, param in model.named_parameters():  # only the question side's tuned parameters train
                 param.requires_grad_(name in model.tuned_names and name.startswith("question_encoder."))
         self.scale = cfg.scale_for(bool(model.config.normalize))
         self.cache = self._passage_cache(train) if model.config.tune_side == "question" else None
         self.ddp_model = wrap_ddp(self.model, ctx)
-        self.iterator = ShardedDataIterator(train, cfg.batch_size, shard_id=ctx.rank, num_shards=ctx.world_size,
-                                            shuffle=True, seed=cfg.seed)
+        self.iterator = ShardedDataIterator(
+            train, cfg.batch_size, shard_id=ctx.rank, num_shards=ctx.world_size, shuffle=True, seed=cfg.seed
+        )
         self.evals = eval_points(self.iterator.iterations_per_epoch, cfg.eval_per_epoch)
         self.total_steps = cfg.num_train_epochs * optimizer_steps_per_epoch(
-            self.iterator.iterations_per_epoch, cfg.gradient_accumulation_steps, self.evals)
+            self.iterator.iterations_per_epoch, cfg.gradient_accumulation_steps, self.evals
+        )
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = linear_schedule(self.optimizer, cfg.warmup_for(self.total_steps), self.total_steps)
         self.scaler = make_grad_scaler(cfg.precision, ctx.device)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.position = start
-        self.pending = 0                        # micro-batches accumulated since the last optimizer step
+        self.pending = 0  # micro-batches accumulated since the last optimizer step
         self.losses: deque[float] = deque(maxlen=cfg.train_rolling_loss_step)
         if training_state is not None:
             self._restore(training_state)
-        logger.info("%d training samples, %d iterations per epoch per rank, %d optimizer steps in all, "
-                    "warmup %d, loss scale %g", len(train), self.iterator.iterations_per_epoch, self.total_steps,
-                    cfg.warmup_for(self.total_steps), self.scale)
+        logger.info(
+            "%d training samples, %d iterations per epoch per rank, %d optimizer steps in all, "
+            "warmup %d, loss scale %g",
+            len(train),
+            self.iterator.iterations_per_epoch,
+            self.total_steps,
+            cfg.warmup_for(self.total_steps),
+            self.scale,
+        )
 
     def _restore(self, state: Mapping[str, Any]) -> None:
         """Continue from a checkpoint's training state, with this run's hyperparameters.
@@ -138,8 +172,13 @@ class BiEncoderTrainer:
         self.scheduler.base_lrs = [self.cfg.learning_rate] * len(settings)
         step = self.scheduler.last_epoch
         for group, fresh, factor in zip(self.optimizer.param_groups, settings, self.scheduler.lr_lambdas):
-            group.update(betas=fresh["betas"], eps=fresh["eps"], weight_decay=fresh["weight_decay"],
-                         initial_lr=self.cfg.learning_rate, lr=self.cfg.learning_rate * factor(step))
+            group.update(
+                betas=fresh["betas"],
+                eps=fresh["eps"],
+                weight_decay=fresh["weight_decay"],
+                initial_lr=self.cfg.learning_rate,
+                lr=self.cfg.learning_rate * factor(step),
+            )
         # What get_last_lr() reports (logging only) until the next scheduler step.
         self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
@@ -147,12 +186,18 @@ class BiEncoderTrainer:
         """Fixed passage vectors for question-side training: from --ctx_embeddings, or encoded once now."""
         if self.cfg.ctx_embeddings:
             return PassageVectorCache.from_shards(self.cfg.ctx_embeddings, self.model, train, self.ctx.device)
-        return PassageVectorCache.encode(self.model, self.tokenizer, train, batch_size=self.cfg.val_av_rank_bsz,
-                                         insert_title=self.cfg.insert_title, device=self.ctx.device,
-                                         precision=self.cfg.precision)
+        return PassageVectorCache.encode(
+            self.model,
+            self.tokenizer,
+            train,
+            batch_size=self.cfg.val_av_rank_bsz,
+            insert_title=self.cfg.insert_title,
+            device=self.ctx.device,
+            precision=self.cfg.precision,
+        )
 
     def run(self) -> BestRecord | None:
-        if self.ctx.is_main:    # what a kill between a checkpoint and its log line, best record or pruning missed
+        if self.ctx.is_main:  # what a kill between a checkpoint and its log line, best record or pruning missed
             repair_run_dir(self.cfg.output_dir, self.cfg.checkpoint_file_name)
             prune_checkpoints(self.cfg.output_dir, self.cfg.checkpoint_file_name, self.cfg.keep_checkpoints)
         barrier(self.ctx)
@@ -168,14 +213,20 @@ class BiEncoderTrainer:
         iterations = self.iterator.iterations_per_epoch
         # Redirected output (logs, CI) gets a line every 30 s rather than one per batch. Closed on errors
         # too, so an error message starts a line of its own.
-        with tqdm(total=iterations, initial=start_iteration, desc=f"epoch {epoch}", unit="batch",
-                  disable=not self.ctx.is_main, dynamic_ncols=True,
-                  mininterval=0.1 if sys.stderr.isatty() else 30.0) as bar:
+        with tqdm(
+            total=iterations,
+            initial=start_iteration,
+            desc=f"epoch {epoch}",
+            unit="batch",
+            disable=not self.ctx.is_main,
+            dynamic_ncols=True,
+            mininterval=0.1 if sys.stderr.isatty() else 30.0,
+        ) as bar:
             started, seen = time.perf_counter(), 0
             for shard_batch in self.iterator.iterate(epoch, start_iteration):
                 i = shard_batch.iteration
                 loss = self._micro_step(epoch, shard_batch.items, i)
-                if not math.isfinite(loss):     # the loss is global: every rank stops here together
+                if not math.isfinite(loss):  # the loss is global: every rank stops here together
                     self._diverged(f"the training loss is {loss}", epoch, i)
                 self.losses.append(loss)
                 seen += len(shard_batch.items) * self.ctx.world_size
@@ -186,9 +237,16 @@ class BiEncoderTrainer:
                     self._check_weights(epoch, i)
                 self.position = TrainingPosition(epoch, i + 1, self.position.global_step)
                 if (i + 1) % self.cfg.log_batch_step == 0:
-                    logger.info("epoch %d step %d/%d: loss %.4f (rolling %.4f), lr %.3g, %.1f samples/s", epoch,
-                                i + 1, iterations, loss, sum(self.losses) / len(self.losses),
-                                self.scheduler.get_last_lr()[0], seen / (time.perf_counter() - started))
+                    logger.info(
+                        "epoch %d step %d/%d: loss %.4f (rolling %.4f), lr %.3g, %.1f samples/s",
+                        epoch,
+                        i + 1,
+                        iterations,
+                        loss,
+                        sum(self.losses) / len(self.losses),
+                        self.scheduler.get_last_lr()[0],
+                        seen / (time.perf_counter() - started),
+                    )
                 if i in self.evals:
                     self.validate_and_save()
                     self.model.train()
@@ -196,22 +254,36 @@ class BiEncoderTrainer:
     def _micro_step(self, epoch: int, samples: list[BiEncoderSample], iteration: int) -> float:
         cfg, ctx = self.cfg, self.ctx
         rng = self.iterator.batch_rng(epoch, iteration)
-        batch = build_biencoder_batch(samples, self.tokenizer, rng, max_length=self.model.config.sequence_length,
-                                      hard_negatives=cfg.hard_negatives, other_negatives=cfg.other_negatives,
-                                      shuffle_positives=cfg.shuffle_positive_ctx, shuffle_negatives=True,
-                                      insert_title=cfg.insert_title, tokenize_contexts=self.cache is None,
-                                      title_mode=self.model.config.title_mode)
-        torch.manual_seed(step_seed(cfg.seed, epoch, iteration, ctx.rank))   # dropout, reproducible on resume
+        batch = build_biencoder_batch(
+            samples,
+            self.tokenizer,
+            rng,
+            max_length=self.model.config.sequence_length,
+            hard_negatives=cfg.hard_negatives,
+            other_negatives=cfg.other_negatives,
+            shuffle_positives=cfg.shuffle_positive_ctx,
+            shuffle_negatives=True,
+            insert_title=cfg.insert_title,
+            tokenize_contexts=self.cache is None,
+            title_mode=self.model.config.title_mode,
+        )
+        torch.manual_seed(step_seed(cfg.seed, epoch, iteration, ctx.rank))  # dropout, reproducible on resume
         device = ctx.device
         with autocast(device, cfg.precision):
-            if self.cache is not None:     # question-side tuning: passages are looked up, not encoded
-                q, _ = self.ddp_model(batch.question_ids.to(device), batch.question_mask.to(device),
-                                      batch.question_segments.to(device))
-                c = self.cache.lookup(batch.contexts)                          # (C, D)
+            if self.cache is not None:  # question-side tuning: passages are looked up, not encoded
+                q, _ = self.ddp_model(
+                    batch.question_ids.to(device), batch.question_mask.to(device), batch.question_segments.to(device)
+                )
+                c = self.cache.lookup(batch.contexts)  # (C, D)
             else:
-                q, c = self.ddp_model(batch.question_ids.to(device), batch.question_mask.to(device),
-                                      batch.question_segments.to(device), batch.context_ids.to(device),
-                                      batch.context_mask.to(device), batch.context_segments.to(device))
+                q, c = self.ddp_model(
+                    batch.question_ids.to(device),
+                    batch.question_mask.to(device),
+                    batch.question_segments.to(device),
+                    batch.context_ids.to(device),
+                    batch.context_mask.to(device),
+                    batch.context_segments.to(device),
+                )
         # Scaling the questions scales every score: the inverse temperature of the softmax.
         loss, _ = global_biencoder_loss(q.float() * self.scale, c.float(), batch.positive_idx.to(device), ctx)
         self.scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
@@ -228,7 +300,7 @@ class BiEncoderTrainer:
                 if param.grad is not None:
                     param.grad.mul_(scale)
         self.scaler.unscale_(self.optimizer)
-        if self.cfg.max_grad_norm > 0:                     # clipped once per optimizer step, not per micro-batch
+        if self.cfg.max_grad_norm > 0:  # clipped once per optimizer step, not per micro-batch
             torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -244,45 +316,87 @@ class BiEncoderTrainer:
 
     def _diverged(self, what: str, epoch: int, iteration: int) -> None:
         last = latest_checkpoint(self.cfg.output_dir, self.cfg.checkpoint_file_name)
-        kept = (f"its last good checkpoint {last} is kept (restart with --allow_changed_settings and the new "
-                f"values to continue from it)" if last else "no checkpoint was written")
+        kept = (
+            f"its last good checkpoint {last} is kept (restart with --allow_changed_settings and the new "
+            f"values to continue from it)"
+            if last
+            else "no checkpoint was written"
+        )
         raise TrainingDivergedError(
             f"training diverged at epoch {epoch}, batch {iteration} (optimizer step {self.position.global_step}): "
             f"{what}; {kept}. Try a lower --learning_rate (now {self.cfg.learning_rate:g}), more --warmup_steps "
             f"or --max_grad_norm clipping (now {self.cfg.max_grad_norm:g})"
-            + (", or fp32 instead of --fp16" if self.cfg.precision == "fp16" else ""))
+            + (", or fp32 instead of --fp16" if self.cfg.precision == "fp16" else "")
+        )
 
     def validate(self) -> ValidationResult | None:
         if not self.dev:
             return None
         cfg, model = self.cfg, unwrap(self.ddp_model)
-        common = dict(max_length=model.config.sequence_length, insert_title=cfg.insert_title, ctx=self.ctx,
-                      precision=cfg.precision)
+        common = dict(
+            max_length=model.config.sequence_length,
+            insert_title=cfg.insert_title,
+            ctx=self.ctx,
+            precision=cfg.precision,
+        )
         if self.position.epoch >= cfg.val_av_rank_start_epoch:
-            return validate_average_rank(model, self.dev, self.tokenizer, hard_negatives=cfg.val_av_rank_hard_neg,
-                                         other_negatives=cfg.val_av_rank_other_neg, batch_size=cfg.val_av_rank_bsz,
-                                         max_questions=cfg.val_av_rank_max_qs, **common)
-        return validate_nll(model, self.dev, self.tokenizer, batch_size=cfg.dev_batch_size,
-                            hard_negatives=cfg.hard_negatives, other_negatives=cfg.other_negatives,
-                            seed=cfg.seed, scale=self.scale, **common)
+            return validate_average_rank(
+                model,
+                self.dev,
+                self.tokenizer,
+                hard_negatives=cfg.val_av_rank_hard_neg,
+                other_negatives=cfg.val_av_rank_other_neg,
+                batch_size=cfg.val_av_rank_bsz,
+                max_questions=cfg.val_av_rank_max_qs,
+                **common,
+            )
+        return validate_nll(
+            model,
+            self.dev,
+            self.tokenizer,
+            batch_size=cfg.dev_batch_size,
+            hard_negatives=cfg.hard_negatives,
+            other_negatives=cfg.other_negatives,
+            seed=cfg.seed,
+            scale=self.scale,
+            **common,
+        )
 
     def validate_and_save(self) -> None:
         """Validate, write a checkpoint, keep the best by the current metric, prune the others."""
         result = self.validate()
         pos = self.position
-        if result is not None and not math.isfinite(result.value):   # all-reduced: the same on every rank
+        if result is not None and not math.isfinite(result.value):  # all-reduced: the same on every rank
             self._diverged(f"the validation {result.metric} is {result.value}", pos.epoch, pos.iteration - 1)
-        path = os.path.join(self.cfg.output_dir, checkpoint_name(self.cfg.checkpoint_file_name, pos.epoch, pos.iteration))
-        record = None if result is None else {
-            "metric": result.metric, "value": result.value, "epoch": pos.epoch, "iteration": pos.iteration,
-            "global_step": pos.global_step, **result.details,
-            "train_loss": sum(self.losses) / max(len(self.losses), 1)}
+        path = os.path.join(
+            self.cfg.output_dir, checkpoint_name(self.cfg.checkpoint_file_name, pos.epoch, pos.iteration)
+        )
+        record = (
+            None
+            if result is None
+            else {
+                "metric": result.metric,
+                "value": result.value,
+                "epoch": pos.epoch,
+                "iteration": pos.iteration,
+                "global_step": pos.global_step,
+                **result.details,
+                "train_loss": sum(self.losses) / max(len(self.losses), 1),
+            }
+        )
         if self.ctx.is_main:
             # The checkpoint carries its validation record: a kill before the next two writes is repaired
             # from it on restart (repair_run_dir).
-            save_checkpoint(path, unwrap(self.ddp_model), optimizer=self.optimizer, scheduler=self.scheduler,
-                            position=pos, training=self.cfg.to_dict(), validation=record,
-                            extra_state={"scaler": self.scaler.state_dict(), "rolling_losses": list(self.losses)})
+            save_checkpoint(
+                path,
+                unwrap(self.ddp_model),
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                position=pos,
+                training=self.cfg.to_dict(),
+                validation=record,
+                extra_state={"scaler": self.scaler.state_dict(), "rolling_losses": list(self.losses)},
+            )
             if record is not None:
                 append_history(self.cfg.output_dir, record)
                 update_best(self.cfg.output_dir, best_record(path, record))
