@@ -34,6 +34,11 @@ def _questions() -> list[str]:
         return json.load(handle)
 
 
+# The fixtures were written on one CPU; another CPU's SIMD kernels add in another order (measured: 1.4e-6 on
+# values near 2.8 between two AMD EPYC machines). Wrong weights or a wrong format differ by orders more.
+SAME = {"rtol": 1e-5, "atol": 1e-5}
+
+
 @pytest.mark.parametrize("name", ["dpr_prefix", "dpr_question_side_adapter", "dpr_bitfit_shared_mean"])
 def test_format_1_dpr_checkpoints_give_the_same_vectors(name):
     model, info = load_biencoder(os.path.join(HERE, name))
@@ -41,8 +46,8 @@ def test_format_1_dpr_checkpoints_give_the_same_vectors(name):
     tokenizer = load_tokenizer(model.config.pretrained_model_cfg, model.config.do_lower_case)
     q = encode_texts(model, tokenizer, _questions(), "question", max_length=32, batch_size=2)
     p = encode_texts(model, tokenizer, PASSAGES, "passage", max_length=32, batch_size=2)
-    np.testing.assert_allclose(q, np.load(os.path.join(HERE, f"{name}.questions.npy")), atol=1e-6, rtol=0)
-    np.testing.assert_allclose(p, np.load(os.path.join(HERE, f"{name}.passages.npy")), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(q, np.load(os.path.join(HERE, f"{name}.questions.npy")), **SAME)
+    np.testing.assert_allclose(p, np.load(os.path.join(HERE, f"{name}.passages.npy")), **SAME)
 
 
 def test_format_1_shards_load_and_match_their_checkpoint():
@@ -51,7 +56,7 @@ def test_format_1_shards_load_and_match_their_checkpoint():
     vectors = np.concatenate([s.vectors() for s in shards])
     ids = [i for s in shards for i in s.ids()]
     assert ids == ["p1", "p2", "p3", "p4", "p5", "p6"]
-    np.testing.assert_allclose(vectors, np.load(os.path.join(HERE, "dpr_prefix.passages.npy")), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(vectors, np.load(os.path.join(HERE, "dpr_prefix.passages.npy")), **SAME)
     model, info = load_biencoder(os.path.join(HERE, "dpr_prefix"))
     encoder, backbone, digest = passage_identity(model)
     for shard in shards:
@@ -70,9 +75,7 @@ def test_format_1_colbert_checkpoint_gives_the_same_token_vectors():
     )
     q = encode_queries(model, tok, _questions(), batch_size=2)
     d, lens = encode_documents(model, tok, PASSAGES, batch_size=2)
-    np.testing.assert_allclose(
-        q.float().numpy(), np.load(os.path.join(HERE, "colbert_prefix.queries.npy")), atol=1e-6, rtol=0
-    )
+    np.testing.assert_allclose(q.float().numpy(), np.load(os.path.join(HERE, "colbert_prefix.queries.npy")), **SAME)
     assert list(lens) == np.load(os.path.join(HERE, "colbert_prefix.doclens.npy")).tolist()
     np.testing.assert_allclose(
         d.astype(np.float32), np.load(os.path.join(HERE, "colbert_prefix.docs.npy")), atol=1e-3, rtol=0
