@@ -50,6 +50,7 @@ import transformers
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from dpr.atomic import atomic_file  # noqa: E402
 from dpr.data.readers import Passage, iter_beir_corpus  # noqa: E402
 from dpr.encoding import encode_texts  # noqa: E402
 from dpr.models.biencoder import BiEncoder, build_biencoder  # noqa: E402
@@ -355,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     results.update(max_abs_diff_vs_sentence_transformers=max_diff, pre_seq_len=args.pre_seq_len)
     report(results)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
+        with atomic_file(args.json) as handle:
             json.dump(results, handle, indent=2)
     return 0
 

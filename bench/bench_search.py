@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from dpr.atomic import atomic_file  # noqa: E402
 from dpr.embeddings_io import find_shards  # noqa: E402
 from dpr.indexer.faiss_index import DenseIndex, IndexParams  # noqa: E402
 
@@ -128,7 +129,7 @@ def main() -> int:
         f"recall@{args.k} vs flat {recall:.4f}, build {build_s:.1f} s"
     )
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
+        with atomic_file(args.json) as handle:
             json.dump(result, handle, indent=2)
     return 0
 

@@ -48,6 +48,7 @@ import transformers
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from dpr.atomic import atomic_file  # noqa: E402
 from dpr.data.batching import BiEncoderBatch, build_biencoder_batch  # noqa: E402
 from dpr.data.readers import BiEncoderSample, iter_beir_corpus  # noqa: E402
 from dpr.losses import biencoder_nll, dot_scores  # noqa: E402
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     report(results)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
+        with atomic_file(args.json) as handle:
             json.dump(results, handle, indent=2)
     return 0
 

@@ -19,19 +19,18 @@ documents are refused: a document without tokens cannot be scored.
 
 from __future__ import annotations
 
-import gzip
 import itertools
 import json
 import logging
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
 
 import numpy as np
 
 from colbert.tokenization import doc_text
 from dpr.atomic import atomic_file
 from dpr.data.corpus import resolve_corpus_path
+from dpr.data.files import decoding_errors, open_binary
 from dpr.data.queries import read_beir_queries
 from dpr.data.readers import BiEncoderSample, DataFormatError, Passage, iter_beir_corpus, iter_passages_tsv
 
@@ -45,13 +44,6 @@ class Triple:
     query: str
     positive: Passage
     negative: Passage
-
-
-def _open_binary(path: str) -> BinaryIO:
-    """The raw bytes, gunzipped when the file starts with the gzip magic bytes."""
-    with open(path, "rb") as raw:
-        compressed = raw.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rb") if compressed else open(path, "rb")  # type: ignore[return-value]
 
 
 def _decode(raw: bytes, path: str, line_no: int) -> str:
@@ -71,7 +63,7 @@ def _decode(raw: bytes, path: str, line_no: int) -> str:
 
 def _lines(path: str) -> Iterator[tuple[int, str]]:
     """``(line number, text)`` of every line of a UTF-8 (optionally gzipped) file."""
-    with _open_binary(path) as handle:
+    with open_binary(path) as handle, decoding_errors(path):  # a broken gzip stream names the file
         for line_no, raw in enumerate(handle, start=1):
             yield line_no, _decode(raw, path, line_no)
 

@@ -18,8 +18,8 @@ from tqdm import tqdm
 from colbert.model import ColBERT
 from colbert.tokenization import ColBERTTokenizer
 from dpr.data.readers import Passage
-from dpr.options import ConfigError
-from dpr.training.distributed import autocast
+from dpr.device import autocast
+from dpr.device import select_device as select_device  # re-exported: colbert.index, .retrieve, .train use it
 
 logger = logging.getLogger(__name__)
 
@@ -36,14 +36,6 @@ def _eval_mode(model: ColBERT) -> Iterator[None]:
             yield
     finally:
         model.train(was_training)
-
-
-def select_device(no_cuda: bool, precision: str) -> torch.device:
-    """CUDA unless ``no_cuda`` or none is present; ``--amp`` (fp16) on CPU is refused up front."""
-    device = torch.device("cuda" if torch.cuda.is_available() and not no_cuda else "cpu")
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError(f"--amp needs a CUDA device; this run is on {device} (drop --amp)")
-    return device
 
 
 def _device(model: ColBERT) -> torch.device:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dpr.device import add_hardware_params
 from dpr.options import ConfigError, EncoderConfig, add_tuning_params, encoder_config_from_args
 
 logger = logging.getLogger(__name__)
@@ -258,16 +259,7 @@ def add_colbert_training_params(parser: argparse.ArgumentParser) -> None:
         help="continue from --checkpoint (or the latest in --output_dir) with its optimizer state",
     )
     train.add_argument("--dropout", type=float, default=None, help="backbone dropout (0.1)")
-    hw = parser.add_argument_group("hardware")
-    hw.add_argument(
-        "--amp",
-        dest="precision",
-        action="store_const",
-        const="fp16",
-        default="fp32",
-        help="fp16 autocast with loss scaling (CUDA only)",
-    )
-    hw.add_argument("--no_cuda", action="store_true")
+    add_hardware_params(parser, training=True, bf16=False, amp_alias=True)
 
 
 def train_config_from_args(args: argparse.Namespace) -> ColBERTTrainConfig:

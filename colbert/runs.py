@@ -12,8 +12,8 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from dpr.atomic import atomic_file
+from dpr.data.queries import read_qrels as read_qrels  # the one qrels reader; colbert.retrieve imports it here
 from dpr.data.readers import DataFormatError
-from dpr.evaluation.metrics import read_qrels_tsv
 
 logger = logging.getLogger(__name__)
 
@@ -69,26 +69,3 @@ def read_topk(path: str) -> dict[str, list[str]]:
         raise DataFormatError(f"{path}: no rankings found")
     logger.info("%s: %d queries, %d candidates", path, len(topk), len(seen))
     return topk
-
-
-def read_qrels(path: str) -> dict[str, dict[str, int]]:
-    """BEIR qrels (3 columns) or TREC / MS MARCO qrels (``qid 0 pid rel``) as ``qid -> pid -> grade``."""
-    with open(path, encoding="utf-8") as handle:
-        first = next((line for line in handle if line.strip()), "")
-    if len(first.split()) != 4:
-        try:
-            return read_qrels_tsv(path)
-        except ValueError as err:
-            raise DataFormatError(str(err)) from err
-    qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            cells = line.split()
-            if not cells:
-                continue
-            if len(cells) != 4 or not _is_int(cells[3]):
-                raise DataFormatError(f"{path}:{line_no}: expected 'qid 0 pid relevance', found {line.strip()[:80]!r}")
-            qrels.setdefault(cells[0], {})[cells[2]] = int(cells[3])
-    if not qrels:
-        raise DataFormatError(f"{path}: no judgments found")
-    return qrels

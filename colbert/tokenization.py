@@ -15,13 +15,16 @@ from __future__ import annotations
 import logging
 import string
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from colbert.options import ColBERTConfig
 from dpr.data.readers import Passage
 from dpr.options import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ def doc_text(passage: Passage) -> str:
     return f"{passage.title} | {passage.text}" if passage.title else passage.text
 
 
-def punctuation_ids(tokenizer: Any) -> frozenset[int]:
+def punctuation_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
     """Token ids of the ASCII punctuation symbols (ColBERT v1's skiplist)."""
     ids = set()
     for symbol in string.punctuation:
@@ -45,7 +48,7 @@ def punctuation_ids(tokenizer: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
-def _token_id(tokenizer: Any, token: str, what: str) -> int:
+def _token_id(tokenizer: PreTrainedTokenizerBase, token: str, what: str) -> int:
     token_id = tokenizer.convert_tokens_to_ids(token)
     if token_id is None or token_id == tokenizer.unk_token_id:
         raise ConfigError(
@@ -58,7 +61,9 @@ def _token_id(tokenizer: Any, token: str, what: str) -> int:
 class ColBERTTokenizer:
     """Tokenizes queries and documents for one ColBERT config (a thin wrapper over a fast BERT tokenizer)."""
 
-    def __init__(self, tokenizer: Any, query_maxlen: int, doc_maxlen: int, mask_punctuation: bool) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, query_maxlen: int, doc_maxlen: int, mask_punctuation: bool
+    ) -> None:
         self.tokenizer = tokenizer
         self.query_maxlen = query_maxlen
         self.doc_maxlen = doc_maxlen
@@ -71,7 +76,7 @@ class ColBERTTokenizer:
         self.skiplist = punctuation_ids(tokenizer) if mask_punctuation else frozenset()
 
     @classmethod
-    def from_config(cls, tokenizer: Any, config: ColBERTConfig) -> ColBERTTokenizer:
+    def from_config(cls, tokenizer: PreTrainedTokenizerBase, config: ColBERTConfig) -> ColBERTTokenizer:
         return cls(tokenizer, config.query_maxlen, config.doc_maxlen, config.mask_punctuation)
 
     def _pieces(self, texts: list[str], max_pieces: int) -> list[list[int]]:

@@ -26,7 +26,7 @@ from colbert.model import ColBERT
 from colbert.options import ColBERTTrainConfig
 from colbert.scoring import maxsim, maxsim_all
 from colbert.tokenization import ColBERTTokenizer
-from dpr.training.distributed import autocast, make_grad_scaler
+from dpr.device import MixedPrecision
 
 logger = logging.getLogger(__name__)
 
@@ -99,13 +99,11 @@ class ColBERTTrainer:
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, eps=1e-8, weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_factor(cfg.warmup))
-        self.scaler = make_grad_scaler(cfg.precision, device)
-        self.amp = autocast(device, cfg.precision)  # built once, entered per micro-batch
+        self.amp = MixedPrecision(device, cfg.precision)
         if training_state is not None:
             self.optimizer.load_state_dict(training_state["optimizer"])
             self.scheduler.load_state_dict(training_state["scheduler"])
-            if training_state.get("scaler"):
-                self.scaler.load_state_dict(training_state["scaler"])
+            self.amp.load_state_dict(training_state.get("scaler"))
         self.step = start_step
         self.losses: deque[float] = deque(maxlen=cfg.log_every)
 
@@ -118,7 +116,7 @@ class ColBERTTrainer:
         part = cfg.bsize // cfg.accum
         total = 0.0
         for start in range(0, cfg.bsize, part):
-            with self.amp:
+            with self.amp.autocast:
                 loss = batch_loss(
                     self.model,
                     self.tokenizer,
@@ -126,13 +124,9 @@ class ColBERTTrainer:
                     in_batch_negatives=cfg.in_batch_negatives,
                     device=self.device,
                 )
-            self.scaler.scale(loss / cfg.accum).backward()
+            self.amp.backward(loss / cfg.accum)
             total += float(loss.detach()) / cfg.accum
-        self.scaler.unscale_(self.optimizer)
-        if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.max_grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        self.amp.step(self.optimizer, [p for p in self.model.parameters() if p.requires_grad], cfg.max_grad_norm)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -142,7 +136,7 @@ class ColBERTTrainer:
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            "scaler": self.amp.state_dict(),
         }
         path = save_colbert(
             checkpoint_path(self.cfg.output_dir, self.step),

@@ -247,6 +247,42 @@ def _widen(path: str, wanted: int, executable: int = 0) -> None:
         os.chmod(path, target)
 
 
+def _fsync_tree(root: str) -> None:
+    """Flush every file under ``root``, then the folders, to disk: the rename must not outrun the data."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            file_path = os.path.join(folder, name)
+            if not os.path.islink(file_path):
+                _fsync_path(file_path)
+        _fsync_path(folder)
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.EBADF):  # folders cannot be fsynced on some file systems
+            raise
+    finally:
+        os.close(fd)
+
+
+def commit_partial(part: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Flush ``part`` to disk and rename it to ``path`` atomically.
+
+    For a file that is written in place under a temporary name because the writing must survive the process
+    (a resumable download's ``.part``): :func:`atomic_file` is for everything written in one go.
+    """
+    part, path = os.fspath(part), os.fspath(path)
+    try:
+        _fsync_path(part)
+        os.replace(part, path)
+    except OSError as err:
+        message = f"could not write the file {path}: {_reason(err)}; what was written so far stays in {part}"
+        raise OutputWriteError(err.errno, message, path) from err
+
+
 def _swap(tmp: str, path: str, base: str) -> None:
     """Rename ``tmp`` to ``path``; an existing ``path`` is moved aside first and put back on failure."""
     if not os.path.lexists(path):
@@ -286,7 +322,8 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[str]:
 
     An existing ``path`` is moved aside first and deleted after the swap, so a crash at any point leaves
     either the old or the new folder under ``path`` (or the old one beside it, named ``.<name>.old-*``,
-    which the next write of ``path`` or :func:`remove_orphans` puts back). Raises OutputWriteError when
+    which the next write of ``path`` or :func:`remove_orphans` puts back). Everything in the folder is flushed
+    to disk before the swap. Raises OutputWriteError when
     the folder cannot be written (the temporary folder is removed first).
     """
     path = os.path.abspath(os.fspath(path))
@@ -301,6 +338,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[str]:
         os.chmod(tmp, _default_mode(directory=True))
         yield tmp
         _widen_modes(tmp)
+        _fsync_tree(tmp)
         _swap(tmp, path, base)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)

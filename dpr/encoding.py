@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -23,7 +23,10 @@ from tqdm import tqdm
 
 from dpr.data.batching import tokenize_passages, tokenize_questions
 from dpr.data.readers import Passage
-from dpr.training.distributed import autocast
+from dpr.device import autocast
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +103,7 @@ def encode_sorted(
 
 
 def side_functions(
-    model: nn.Module, tokenizer: Any, side: Side, max_length: int, insert_title: bool = True
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, side: Side, max_length: int, insert_title: bool = True
 ) -> tuple[EncodeFn, TokenizeFn]:
     """The encode and tokenize functions of one side of a bi-encoder.
 
@@ -120,7 +123,7 @@ def side_functions(
 
 def encode_texts(
     model: nn.Module,
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     items: Sequence[str] | Sequence[Passage],
     side: Side,
     *,

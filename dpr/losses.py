@@ -12,11 +12,11 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["dot_scores", "biencoder_nll", "BiEncoderNllLoss"]
+__all__ = ["dot_scores", "biencoder_nll"]
 
 
 def dot_scores(q: Tensor, p: Tensor) -> Tensor:
@@ -64,15 +64,3 @@ def biencoder_nll(scores: Tensor, positive_idx: Tensor) -> tuple[Tensor, Tensor]
     loss = F.nll_loss(log_probs, positive_idx, reduction="mean")  # ()
     correct = (scores.detach().argmax(dim=1) == positive_idx).sum()  # ()
     return loss, correct
-
-
-class BiEncoderNllLoss(nn.Module):
-    """Thin module over :func:`dot_scores` + :func:`biencoder_nll` (sentence-transformers style).
-
-    Single-process only: for a loss over the passages of every rank use
-    ``dpr.training.distributed.global_biencoder_loss``.
-    """
-
-    def forward(self, q: Tensor, p: Tensor, positive_idx: Tensor) -> tuple[Tensor, Tensor]:
-        """q (B, D), p (C, D), positive_idx (B,) -> (loss (), correct ())."""
-        return biencoder_nll(dot_scores(q, p), positive_idx)  # (B, C) scores -> ((), ())

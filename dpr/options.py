@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
+from dpr.device import add_hardware_params
 from dpr.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -514,23 +515,7 @@ def add_training_params(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="accepted for compatibility; not needed (tensors are gathered directly)",
     )
-    h = parser.add_argument_group("hardware")
-    h.add_argument(
-        "--fp16",
-        dest="precision",
-        action="store_const",
-        const="fp16",
-        default="fp32",
-        help="fp16 autocast + loss scaling (CUDA only)",
-    )
-    h.add_argument(
-        "--bf16",
-        dest="precision",
-        action="store_const",
-        const="bf16",
-        help="bf16 autocast (CUDA; on CPU it is very slow)",
-    )
-    h.add_argument("--no_cuda", action="store_true")
+    h = add_hardware_params(parser, training=True)
     h.add_argument("--local_rank", type=int, default=-1, help="set by old launchers; torchrun uses env vars")
     r = parser.add_argument_group("resuming")
     r.add_argument(

@@ -239,3 +239,28 @@ def test_a_writer_killed_mid_swap_loses_nothing_and_the_next_run_cleans_up(tmp_p
     ).stdout
     assert out.strip() == "2" and _names(tmp_path) == ["ckpt"]
     assert (target / "a.txt").read_text() == "old"
+
+
+def test_a_folder_is_flushed_to_disk_before_its_swap(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(
+        atomic.os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd)
+    )
+    target = tmp_path / "out"
+    with atomic_directory(target) as tmp:
+        os.makedirs(os.path.join(tmp, "sub"))
+        with open(os.path.join(tmp, "sub", "a.bin"), "wb") as handle:
+            handle.write(b"x")
+    names = {os.path.relpath(p, tmp) for p in synced}
+    assert {os.path.join("sub", "a.bin"), "sub", "."} <= names
+    assert (target / "sub" / "a.bin").read_bytes() == b"x"
+
+
+def test_commit_partial_renames_a_finished_part_file(tmp_path):
+    part, final = tmp_path / "data.gz.part", tmp_path / "data.gz"
+    part.write_bytes(b"abc")
+    atomic.commit_partial(part, final)
+    assert final.read_bytes() == b"abc" and not part.exists()
+    with pytest.raises(OutputWriteError, match=r"could not write the file .*data2: .*stays in"):
+        atomic.commit_partial(tmp_path / "missing.part", tmp_path / "sub-missing" / "data2")

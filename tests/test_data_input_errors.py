@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from dpr.data import corpus, prepare
-from dpr.data.corpus import count_passages, read_corpus
-from dpr.data.queries import read_beir_qrels, read_beir_queries, read_qa_tsv
+from dpr.data.corpus import iter_unique_passages, read_corpus
+from dpr.data.files import read_versioned_json
+from dpr.data.queries import read_beir_queries, read_qa_tsv, read_qrels
 from dpr.data.readers import DataFormatError, Passage, iter_beir_corpus, iter_passages_tsv, read_dpr_files
 from dpr.data.sources import load_beir_queries, load_squad
 from dpr.errors import UserError
@@ -133,9 +134,9 @@ def test_qrels_header_in_another_order_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "test.tsv"
     path.write_text("corpus-id\tquery-id\tscore\nd1\tq1\t1\n")
     with pytest.raises(DataFormatError, match=r"test\.tsv:1: header: expected the columns query-id, corpus-id, score"):
-        read_beir_qrels(str(path))
+        read_qrels(str(path))
     path.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
-    assert read_beir_qrels(str(path)) == {"q1": {"d1": 1}}
+    assert read_qrels(str(path)) == {"q1": {"d1": 1}}
 
 
 # ------------------------------------------------------------------------------- 3. repeated ids
@@ -148,6 +149,11 @@ def _corpus_files(tmp_path: Path) -> dict[str, Path]:
     docs = [{"_id": i, "title": "", "text": f"doc {i}"} for i in ("a", "b", "c", "b")]
     beir.write_text("".join(json.dumps(d) + "\n" for d in docs))
     return {"tsv": tsv, "beir": beir}
+
+
+def count_passages(path: str, limit: int | None = None) -> int:
+    """Every row parsed and checked for repeated ids, as embedding a corpus does."""
+    return sum(1 for _ in iter_unique_passages(path, limit))
 
 
 @pytest.mark.parametrize("kind, where, first", [("tsv", "psgs.tsv:6", 3), ("beir", "corpus.jsonl:4", 2)])
@@ -253,7 +259,7 @@ BAD = b"caf\xe9"  # Latin-1, not UTF-8
         ("d.jsonl", json.dumps(_positive("a")).encode() + b"\n\n" + BAD + b"\n", lambda p: read_dpr_files([p])),
         ("qa.tsv", b'ok?\t["a"]\nok?\t["b"]\n' + BAD + b'?\t["c"]\n', read_qa_tsv),
         ("queries.jsonl", b'{"_id": "q", "text": "ok"}\n\n{"_id": "r", "text": "' + BAD + b'"}\n', read_beir_queries),
-        ("qrels.tsv", b"query-id\tcorpus-id\tscore\nq\td\t1\n" + BAD + b"\td\t1\n", read_beir_qrels),
+        ("qrels.tsv", b"query-id\tcorpus-id\tscore\nq\td\t1\n" + BAD + b"\td\t1\n", read_qrels),
     ],
 )
 def test_non_utf8_bytes_name_file_and_line(tmp_path: Path, name: str, data: bytes, read) -> None:
@@ -269,3 +275,51 @@ def test_truncated_gzip_names_the_file(tmp_path: Path) -> None:
     path.write_bytes(gzip.compress(b"id\ttext\n" + b"1\tsome text\n" * 1000)[:-20])
     with pytest.raises(DataFormatError, match=r"cut\.tsv\.gz: broken gzip stream"):
         list(iter_passages_tsv(str(path)))
+
+
+def test_qrels_trec_layout_and_gzip(tmp_path: Path) -> None:
+    trec = tmp_path / "qrels.dev"
+    trec.write_text("q1 0 d3 1\nq2\t0\td2\t2\n")
+    assert read_qrels(str(trec)) == {"q1": {"d3": 1}, "q2": {"d2": 2}}
+    trec.write_text("q1 0 d3 1\nq1 0 d3\n")
+    with pytest.raises(DataFormatError, match=r"qrels\.dev:2: expected 'qid 0 docid relevance'"):
+        read_qrels(str(trec))
+    packed = tmp_path / "test.tsv.gz"
+    packed.write_bytes(gzip.compress(b"query-id\tcorpus-id\tscore\nq1\td1\t1\n"))
+    assert read_qrels(str(packed)) == {"q1": {"d1": 1}}
+
+
+@pytest.mark.parametrize(
+    "body, kwargs, message",
+    [
+        ('{"format": "x", "version": 1, "a": 1}', {}, None),
+        ('{"format": "x"}', {}, None),  # no version field: version 0
+        ('{"format": "x", "version": 3}', {}, r"h\.json: version 3 is newer than this code \(2\)"),
+        ('{"format": "x", "version": 0}', {"min_version": 1}, r"h\.json: version 0 is older than this code reads"),
+        ('{"format": "y", "version": 1}', {}, r"h\.json: format 'y', expected 'x'"),
+        ('{"format": "x", "version": "1"}', {}, r"h\.json: version '1' is not an integer"),
+        ('{"format": "x", "version": 1}', {"required": ("a", "b")}, r"h\.json: missing keys \['a', 'b'\]"),
+        ("[1, 2]", {}, r"h\.json: expected a JSON object, found list"),
+        ('{"format": "x",\n "version": }', {}, r"h\.json:2: not valid JSON"),
+    ],
+)
+def test_read_versioned_json(tmp_path: Path, body: str, kwargs: dict, message: str | None) -> None:
+    path = tmp_path / "h.json"
+    path.write_text(body)
+    if message is None:
+        assert read_versioned_json(path, max_version=2, format="x", **kwargs)["format"] == "x"
+        return
+    with pytest.raises(DataFormatError, match=message):
+        read_versioned_json(path, max_version=2, format="x", **kwargs)
+
+
+def test_read_versioned_json_raises_the_callers_error(tmp_path: Path) -> None:
+    class HeaderError(UserError, ValueError):
+        pass
+
+    path = tmp_path / "h.json"
+    path.write_text('{"format": "dpr", "version": 1}')
+    with pytest.raises(HeaderError, match=r"format 'dpr', expected 'colbert' \(a DPR file\)"):
+        read_versioned_json(
+            path, max_version=1, format="colbert", error=HeaderError, format_hints={"dpr": " (a DPR file)"}
+        )

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from reference import brute_force_topk
 
 import generate_embeddings
 from dense_retriever import main
@@ -15,7 +16,7 @@ from dpr.embeddings_io import find_shards
 from dpr.evaluation.evaluate import evaluate_beir, evaluate_qa, load_beir_queries, load_qa_queries, write_qa_results
 from dpr.evaluation.metrics import evaluate_run, write_trec_run
 from dpr.evaluation.retrieval_eval import calibration_inputs
-from dpr.indexer.faiss_index import IndexParams, brute_force_topk
+from dpr.indexer.faiss_index import IndexParams
 from dpr.models.biencoder import build_biencoder
 from dpr.options import ConfigError, EncoderConfig
 from dpr.retrieval import InferenceModelConfig, group_shards, load_inference_model, search_groups

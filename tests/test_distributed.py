@@ -1,4 +1,4 @@
-"""The device / AMP / DDP seam (dpr.training.distributed), including a real 2-process Gloo run.
+"""The process-group / DDP seam (dpr.training.distributed), including a real 2-process Gloo run.
 
 The 2-process run happens once per module (spawning costs seconds): each worker writes its
 observations to a JSON file and the tests below compare them with a single process on the whole
@@ -21,19 +21,16 @@ import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 from dpr.losses import biencoder_nll, dot_scores
-from dpr.training import distributed as dist_seam
 from dpr.training.distributed import (
     DistributedContext,
     all_reduce_mean,
     all_reduce_sum,
-    autocast,
     barrier,
     cleanup_distributed,
     configure_logging,
     gather_with_grad,
     global_biencoder_loss,
     init_distributed,
-    make_grad_scaler,
     unwrap,
     wrap_ddp,
 )
@@ -255,36 +252,3 @@ def test_init_distributed_requires_rank(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(ValueError, match="WORLD_SIZE"):
         init_distributed(no_cuda=True)
-
-
-def test_autocast_fp16_on_cpu_raises() -> None:
-    with pytest.raises(ValueError, match="fp16.*CUDA"):
-        autocast(torch.device("cpu"), "fp16")
-
-
-def test_autocast_fp32_is_a_no_op() -> None:
-    x = torch.randn(2, 3)
-    with autocast("cpu", "fp32"):
-        assert not torch.is_autocast_enabled("cpu")
-        assert (x @ x.T).dtype == torch.float32
-
-
-def test_autocast_cpu_bf16_only_on_request_and_warns(caplog: pytest.LogCaptureFixture) -> None:
-    dist_seam._warn_cpu_bf16.cache_clear()
-    ctx = DistributedContext(0, 1, 0, torch.device("cpu"), True)
-    with caplog.at_level(logging.WARNING, logger="dpr.training.distributed"):
-        amp_ctx = autocast(ctx, "bf16")
-    assert "bf16" in caplog.text
-    with amp_ctx:
-        assert torch.is_autocast_enabled("cpu")
-        assert (torch.randn(2, 3) @ torch.randn(3, 2)).dtype == torch.bfloat16
-
-
-def test_autocast_rejects_unknown_precision() -> None:
-    with pytest.raises(ValueError, match="precision"):
-        autocast("cpu", "fp8")
-
-
-def test_grad_scaler_disabled_on_cpu() -> None:
-    for precision in ("fp32", "fp16", "bf16"):
-        assert not make_grad_scaler(precision, torch.device("cpu")).is_enabled()

@@ -7,11 +7,11 @@ import os
 
 import numpy as np
 import pytest
+from reference import brute_force_topk
 
 from dpr.indexer.faiss_index import (
     DenseIndex,
     IndexParams,
-    brute_force_topk,
     merge_topk,
 )
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dpr.evaluation.metrics import evaluate_run, read_qrels_tsv, write_trec_run
+from dpr.data.queries import read_qrels
+from dpr.evaluation.metrics import evaluate_run, write_trec_run
 
 SCIFACT_QRELS = Path(__file__).resolve().parents[1].parent / "shared/data/scifact/qrels/test.tsv"
 
@@ -97,9 +98,9 @@ def test_write_trec_run(tmp_path: Path) -> None:
 def test_read_qrels_tsv(tmp_path: Path) -> None:
     path = tmp_path / "test.tsv"
     path.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n\nq1\td2\t2\nq2\td1\t0\n")
-    assert read_qrels_tsv(path) == {"q1": {"d1": 1, "d2": 2}, "q2": {"d1": 0}}
+    assert read_qrels(path) == {"q1": {"d1": 1, "d2": 2}, "q2": {"d1": 0}}
     path.write_text("q1\td1\t1\n")  # no header is fine
-    assert read_qrels_tsv(path) == {"q1": {"d1": 1}}
+    assert read_qrels(path) == {"q1": {"d1": 1}}
 
 
 @pytest.mark.parametrize(
@@ -116,14 +117,14 @@ def test_read_qrels_errors_name_path_and_line(tmp_path: Path, body: str, message
     path = tmp_path / "bad.tsv"
     path.write_text(body)
     with pytest.raises(ValueError) as info:
-        read_qrels_tsv(path)
+        read_qrels(path)
     assert str(info.value).startswith(f"{path}{message}")
 
 
 def test_read_real_beir_qrels() -> None:
     if not SCIFACT_QRELS.exists():
         pytest.skip(f"{SCIFACT_QRELS} not present")
-    qrels = read_qrels_tsv(SCIFACT_QRELS)
+    qrels = read_qrels(SCIFACT_QRELS)
     assert len(qrels) == 300 and sum(len(docs) for docs in qrels.values()) == 339
     perfect = {q: {d: 1.0 for d in docs} for q, docs in qrels.items()}
     assert evaluate_run(qrels, perfect, ks=(10,))["nDCG@10"] == pytest.approx(1.0)

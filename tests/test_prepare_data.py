@@ -17,8 +17,8 @@ from dpr.commands import prepare as prepare_data
 from dpr.data import prepare as prep
 from dpr.data.manifest import MANIFEST
 from dpr.data.preparation import PrepareSettings, prepare_beir
+from dpr.data.queries import read_qrels
 from dpr.data.readers import iter_passages_tsv, read_dpr_file
-from dpr.evaluation.metrics import read_qrels_tsv
 from dpr.evaluation.qa_validation import has_answer, parse_answers
 from dpr.options import ConfigError
 
@@ -52,7 +52,7 @@ def scifact_slice(tmp_path_factory) -> Path:
     """40 train + 20 test SciFact queries, their documents and 250 more: a real but tiny BEIR folder."""
     _need(SCIFACT)
     folder = tmp_path_factory.mktemp("scifact")
-    train, test = (read_qrels_tsv(os.path.join(SCIFACT, "qrels", f"{s}.tsv")) for s in ("train", "test"))
+    train, test = (read_qrels(os.path.join(SCIFACT, "qrels", f"{s}.tsv")) for s in ("train", "test"))
     train = {q: train[q] for q in sorted(train)[:40]}
     test = {q: test[q] for q in sorted(test)[:20]}
     wanted = {d for qrels in (train, test) for docs in qrels.values() for d in docs}
@@ -113,9 +113,7 @@ def test_beir_splits_are_disjoint_and_hold_no_test_question(scifact_slice, scifa
 def test_beir_eval_files_and_bm25_baseline(scifact_slice, scifact_out):
     passages = list(iter_passages_tsv(str(next(scifact_out.glob("*-passages.tsv")))))
     assert len(passages) == len(_jsonl(str(scifact_slice / "corpus.jsonl")))
-    assert read_qrels_tsv(next(scifact_out.glob("*-test-qrels.tsv"))) == read_qrels_tsv(
-        scifact_slice / "qrels" / "test.tsv"
-    )
+    assert read_qrels(next(scifact_out.glob("*-test-qrels.tsv"))) == read_qrels(scifact_slice / "qrels" / "test.tsv")
     report = json.loads(next(scifact_out.glob("*-test-bm25.json")).read_text())
     assert report["queries"] == 20 and 0.3 < report["metrics"]["nDCG@10"] <= 1
     run_lines = next(scifact_out.glob("*-test-bm25.trec")).read_text().splitlines()

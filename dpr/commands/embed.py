@@ -16,6 +16,7 @@ import sys
 
 from dpr.cli import run_cli, setup_logging
 from dpr.data.corpus import resolve_corpus_path
+from dpr.device import add_hardware_params
 from dpr.embedding import EmbedConfig, check_shard_ids, embed_corpus
 from dpr.inference_options import inference_config_from_args
 from dpr.models.encoder import trainable_report
@@ -50,12 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="encode passages without titles (default: as the checkpoint was trained)",
     )
-    h = parser.add_argument_group("hardware")
-    h.add_argument(
-        "--fp16", dest="precision", action="store_const", const="fp16", default="fp32", help="fp16 autocast (CUDA only)"
-    )
-    h.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="bf16 autocast")
-    h.add_argument("--no_cuda", action="store_true")
+    h = add_hardware_params(parser, training=False)
     h.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bar")
     return parser
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from dpr.atomic import atomic_file
 from dpr.cli import run_cli, setup_logging
+from dpr.device import add_hardware_params
 from dpr.embeddings_io import EmbeddingShard
 from dpr.evaluation.evaluate import (
     PRINTED_KS,
@@ -128,10 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = IndexParams()
     for name in INDEX_PARAM_FLAGS:
         r.add_argument(f"--{name}", type=int, default=getattr(defaults, name), help="index setting")
-    h = parser.add_argument_group("hardware")
-    h.add_argument("--fp16", dest="precision", action="store_const", const="fp16", default="fp32")
-    h.add_argument("--bf16", dest="precision", action="store_const", const="bf16")
-    h.add_argument("--no_cuda", action="store_true")
+    h = add_hardware_params(parser, training=False)
     h.add_argument("--no_progress", dest="progress", action="store_false")
     return parser
 

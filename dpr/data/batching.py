@@ -12,12 +12,15 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from dpr.data.readers import BiEncoderSample, Passage
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +42,6 @@ class BiEncoderBatch:
     context_mask: torch.Tensor  # (C, Tc) long
     context_segments: torch.Tensor  # (C, Tc) long
     positive_idx: torch.Tensor  # (B,) long: row of each question's positive in the context tensors
-    hard_negative_idx: list[list[int]]  # per question, rows of its hard negatives
     contexts: list[Passage] = dataclasses.field(default_factory=list)  # the C passages, row order
 
 
@@ -48,7 +50,7 @@ def _check_max_length(max_length: int) -> None:
         raise ValueError(f"max_length must be >= 3 ([CLS] token [SEP]), found {max_length}")
 
 
-def _special_ids(tokenizer: Any) -> tuple[int, int, int]:
+def _special_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int, int]:
     cls_id, sep_id, pad_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
     if cls_id is None or sep_id is None or pad_id is None:
         raise ValueError(
@@ -58,7 +60,7 @@ def _special_ids(tokenizer: Any) -> tuple[int, int, int]:
     return cls_id, sep_id, pad_id
 
 
-def _word_pieces(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:
+def _word_pieces(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> list[list[int]]:
     """Token ids without special tokens, each cut to ``max_length`` pieces."""
     if not texts:
         return []
@@ -90,7 +92,9 @@ def _pad(sequences: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str,
     }
 
 
-def tokenize_questions(tokenizer: Any, questions: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+def tokenize_questions(
+    tokenizer: PreTrainedTokenizerBase, questions: Sequence[str], max_length: int
+) -> dict[str, torch.Tensor]:
     """Tokenize questions as ``[CLS] q [SEP]``, padded to the longest (at most ``max_length``).
 
     Returns ``input_ids``, ``attention_mask``, ``token_type_ids``: each (len(questions), T) long.
@@ -105,7 +109,7 @@ def tokenize_questions(tokenizer: Any, questions: Sequence[str], max_length: int
 
 
 def tokenize_passages(
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     passages: Sequence[Passage],
     max_length: int,
     insert_title: bool = True,
@@ -168,7 +172,7 @@ def _select_contexts(
 
 def build_biencoder_batch(
     samples: Sequence[BiEncoderSample],
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     rng: np.random.Generator,
     *,
     max_length: int,
@@ -195,14 +199,11 @@ def build_biencoder_batch(
         )
     contexts: list[Passage] = []
     positive_idx: list[int] = []
-    hard_negative_idx: list[list[int]] = []
     for sample in samples:
         positive, others, hards = _select_contexts(
             sample, rng, hard_negatives, other_negatives, shuffle_positives, shuffle_negatives
         )
         positive_idx.append(len(contexts))
-        first_hard = len(contexts) + 1 + len(others)
-        hard_negative_idx.append(list(range(first_hard, first_hard + len(hards))))
         contexts.extend([positive, *others, *hards])
     questions = tokenize_questions(tokenizer, [s.question for s in samples], max_length)
     # Without tokenize_contexts (passage vectors come from a cache) the context tensors are empty.
@@ -219,6 +220,5 @@ def build_biencoder_batch(
         context_mask=ctx["attention_mask"],
         context_segments=ctx["token_type_ids"],
         positive_idx=torch.tensor(positive_idx, dtype=torch.long),  # (B,)
-        hard_negative_idx=hard_negative_idx,
         contexts=contexts,
     )

@@ -3,10 +3,10 @@
 This is the only module that imports ``bm25s`` (and the optional PyStemmer): both are imported
 lazily, so the rest of the package works without them and a missing install is one clear error.
 
-Scoring is bm25s's "lucene" BM25 with k1 = 1.5, b = 0.75 and English stop words (bm25s's defaults).
-With the Snowball English stemmer (PyStemmer) this gives nDCG@10 0.686 on SciFact test, without
-stemming 0.662 (the BEIR paper's Elasticsearch BM25: 0.665). When PyStemmer is not installed the
-index falls back to no stemming with a warning, and records which stemmer it really used.
+Scoring is bm25s's "lucene" BM25 with k1 = 1.5, b = 0.75 and English stop words (bm25s's defaults),
+optionally with the Snowball English stemmer (PyStemmer); measured quality is in BENCHMARKS.md. When
+PyStemmer is not installed the index falls back to no stemming with a warning, and records which stemmer
+it really used.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from dpr.atomic import atomic_directory
+from dpr.data.files import read_versioned_json
 from dpr.data.readers import Passage
 from dpr.errors import UserError
 
@@ -89,8 +90,8 @@ def _have_pystemmer() -> bool:
         import Stemmer  # noqa: F401
     except ImportError:
         logger.warning(
-            "PyStemmer is not installed: BM25 runs without stemming "
-            "(SciFact nDCG@10 0.662 instead of 0.686); pip install PyStemmer"
+            "PyStemmer is not installed: BM25 runs without stemming, which usually scores lower "
+            "(see BENCHMARKS.md); pip install PyStemmer"
         )
         return False
     return True
@@ -179,12 +180,9 @@ class BM25Index:
         meta_path = os.path.join(folder, _META_FILE)
         if not os.path.isfile(meta_path):
             raise FileNotFoundError(f"{folder}: not a saved BM25 index (no {_META_FILE})")
-        with open(meta_path, encoding="utf-8") as handle:
-            meta = json.load(handle)
-        if meta.get("version") != _META_VERSION:
-            raise ValueError(
-                f"{meta_path}: expected index format version {_META_VERSION}, found {meta.get('version')!r}"
-            )
+        meta = read_versioned_json(
+            meta_path, max_version=_META_VERSION, min_version=_META_VERSION, required=("config", "passage_ids")
+        )
         config = BM25Config(**meta["config"])
         if config.stemmer != "none":
             resolved = resolve_config(config)

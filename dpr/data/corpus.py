@@ -104,11 +104,6 @@ def _raise_on_repeated_id(path: str, suspects: set[int], limit: int | None) -> N
         first_line[passage_id] = line_no
 
 
-def count_passages(path: str, limit: int | None = None) -> int:
-    """Number of passages (at most ``limit``). Parses every row, so a bad row or a repeated id fails here."""
-    return sum(1 for _ in iter_unique_passages(path, limit))
-
-
 def read_passage_range(path: str, start: int, end: int) -> tuple[list[str], list[Passage]]:
     """The ids and passages of rows ``[start, end)`` (0-based, file order) of the corpus."""
     ids: list[str] = []

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from dpr.atomic import atomic_directory, atomic_file
+from dpr.atomic import atomic_directory, atomic_file, commit_partial
+from dpr.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ _BEIR_MD5 = {
 _BEIR_SHA256 = {"scifact": "536e14446a0ba56ed1398ab1055f39fe852686ecad24a6306c80c490fa8e0165"}
 
 
-class DownloadError(Exception):
+class DownloadError(UserError):
     """A resource could not be fetched or verified; the message says which and what to do."""
 
 
@@ -327,7 +328,7 @@ def download(
     if not os.path.exists(archive):  # a verified archive left by a crash while unpacking is reused
         fetch(resource.url, archive + ".part", mirror_dir, mirror_url, progress)
         book.verify(resource.url, archive + ".part", {"md5": resource.md5, "sha256": resource.sha256})
-        os.replace(archive + ".part", archive)
+        commit_partial(archive + ".part", archive)  # the .part is streamed in place so a rerun can resume it
     if resource.unpack == "gzip":
         _unpack_gzip(archive, target)
     elif resource.unpack == "zip":
@@ -339,7 +340,7 @@ def download(
         if not os.path.exists(extra):
             try:
                 fetch(url, extra + ".part", mirror_dir, mirror_url, progress=False)
-                os.replace(extra + ".part", extra)
+                commit_partial(extra + ".part", extra)
             except DownloadError as err:  # a missing license copy should not fail the data itself
                 logger.warning("could not fetch %s: %s", url, err)
     return target

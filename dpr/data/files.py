@@ -10,8 +10,9 @@ import contextlib
 import gzip
 import json
 import logging
+import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import IO, Any, TextIO
 
 from dpr.errors import UserError
@@ -84,6 +85,63 @@ def parse_json(text: str, where: str, at_position: bool = False) -> Any:
         raise DataFormatError(f"{where}:{at} malformed JSON: {err.msg}") from err
     except RecursionError as err:  # the decoder recurses once per nested list / object
         raise DataFormatError(f"{where}: JSON nested too deeply to read (a runaway '[' or '{{'?)") from err
+
+
+def read_versioned_json(
+    path: str | os.PathLike[str],
+    *,
+    max_version: int,
+    min_version: int = 0,
+    format: str | None = None,
+    required: Collection[str] = (),
+    version_key: str = "version",
+    error: Callable[[str], Exception] = DataFormatError,
+    format_hints: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The JSON object of a versioned header file (``{"format": ..., "version": N, ...}``), checked.
+
+    Args:
+        path: the file (UTF-8 JSON).
+        max_version: the newest version this code reads; a newer file is refused ("newer than this code").
+        min_version: the oldest version this code reads. A file without ``version_key`` counts as version 0
+            (headers written before the field existed).
+        format: when given, the value the ``"format"`` key must hold.
+        required: keys that must be present.
+        version_key: the name of the version field (``"format_version"`` in FAISS index folders).
+        error: the exception type raised (called with the message), e.g. a module's own UserError subclass.
+        format_hints: ``{found format: advice}`` appended to a wrong-format message.
+
+    Raises:
+        ``error`` naming the file (and the line of a JSON syntax error): not JSON, not a JSON object, wrong
+        format, version out of range or not an integer, missing keys.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as err:
+        raise error(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from err
+    except UnicodeDecodeError as err:
+        raise error(f"{path}: not valid JSON: not UTF-8 text ({err.reason})") from err
+    except RecursionError as err:
+        raise error(f"{path}: JSON nested too deeply to read") from err
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object, found {type(data).__name__}")
+    if format is not None and data.get("format") != format:
+        found = data.get("format")
+        hint = (format_hints or {}).get(found, "") if isinstance(found, str) else ""
+        raise error(f"{path}: format {found!r}, expected {format!r}{hint}")
+    version = data.get(version_key, 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise error(f"{path}: {version_key} {version!r} is not an integer")
+    if version > max_version:
+        raise error(f"{path}: {version_key} {version} is newer than this code ({max_version}); update the code")
+    if version < min_version:
+        raise error(f"{path}: {version_key} {version} is older than this code reads ({min_version}); rebuild it")
+    missing = sorted(set(required) - set(data))
+    if missing:
+        raise error(f"{path}: missing keys {missing}")
+    return data
 
 
 def unquote_tsv_field(field: str) -> str:

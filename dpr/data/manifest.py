@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dpr.atomic import atomic_file
+from dpr.data.files import DataFormatError, read_versioned_json
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +52,12 @@ class Manifest:
         self.report: list[StageReport] = []
         if os.path.isfile(self.path):
             try:
-                with open(self.path, encoding="utf-8") as handle:
-                    loaded = json.load(handle)
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                logger.warning("%s is unreadable (%s): every stage runs again", self.path, err)
-                loaded = {}
-            if isinstance(loaded, dict) and loaded.get("version") == _MANIFEST_VERSION:
-                self.stages = loaded.get("stages", {})
+                loaded = read_versioned_json(
+                    self.path, max_version=_MANIFEST_VERSION, min_version=_MANIFEST_VERSION, required=("stages",)
+                )
+                self.stages = loaded["stages"]
+            except DataFormatError as err:  # only a cache: a manifest that cannot be used means "run again"
+                logger.warning("%s; every stage runs again", err)
 
     def run(
         self, stage: str, params: dict[str, Any], outputs: list[str], make: Callable[[], dict[str, Any]]

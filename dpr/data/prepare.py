@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from dpr.atomic import atomic_file
 from dpr.data.bm25 import BM25Index
+from dpr.data.queries import QRELS_HEADER
 from dpr.data.readers import Passage
 from dpr.data.sources import QAExample
-from dpr.evaluation.metrics import QRELS_HEADER
 from dpr.evaluation.qa_validation import has_answer, tokenize, top_k_accuracy
 
 logger = logging.getLogger(__name__)

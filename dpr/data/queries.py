@@ -12,11 +12,12 @@ import os
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from dpr.data.files import DataFormatError, decoding_errors, iter_tsv_rows, open_text, parse_json
-from dpr.evaluation.metrics import QRELS_HEADER, read_qrels_tsv
+from dpr.data.files import DataFormatError, decoding_errors, iter_tsv_rows, open_text, parse_json, split_tsv_line
 from dpr.evaluation.qa_validation import parse_answers
 
 logger = logging.getLogger(__name__)
+
+QRELS_HEADER = ("query-id", "corpus-id", "score")  # BEIR qrels TSV
 
 
 @dataclass(frozen=True)
@@ -85,28 +86,70 @@ def beir_paths(folder: str, split: str) -> tuple[str, str]:
     return queries, qrels
 
 
-def read_beir_qrels(path: str) -> dict[str, dict[str, int]]:
-    """BEIR qrels as ``query id -> doc id -> relevance``; errors name ``path:line``.
+def read_qrels(path: str) -> dict[str, dict[str, int]]:
+    """Relevance judgments as ``query id -> doc id -> grade``: the one qrels reader of the project.
 
-    BEIR's columns are positional (query-id, corpus-id, score): a header naming them in another order
-    or case is refused rather than read as a judgment.
+    Two layouts, told apart by the first non-blank line: BEIR's ``query-id<TAB>corpus-id<TAB>score`` (a header
+    line naming those columns is optional, and refused in another order: BEIR's columns are positional) and
+    TREC / MS MARCO's ``qid 0 docid grade`` (whitespace separated). UTF-8, optionally gzipped; blank lines
+    are skipped. Every problem (not UTF-8, a wrong column count, a score that is not an integer, the same pair
+    judged twice with different grades, no judgment at all) raises DataFormatError naming ``path:line``.
     """
-    _check_qrels_text(path)
-    try:
-        return read_qrels_tsv(path)
-    except ValueError as err:
-        raise DataFormatError(str(err)) from err
+    qrels: dict[str, dict[str, int]] = {}
+    trec: bool | None = None
+    with open_text(path, newline="\n") as handle, decoding_errors(path):
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            if trec is None:
+                trec = len(line.split()) == 4 and len(line.split("\t")) != 3
+                if not trec and line_no == 1 and _is_qrels_header(split_tsv_line(line), path):
+                    continue
+            if trec:
+                qid, doc_id, score_text = _trec_qrels_row(line, path, line_no)
+            else:
+                qid, doc_id, score_text = _beir_qrels_row(line, path, line_no)
+            try:
+                score = int(score_text)
+            except ValueError as err:
+                raise DataFormatError(f"{path}:{line_no}: score must be an integer, found {score_text!r}") from err
+            previous = qrels.setdefault(qid, {}).setdefault(doc_id, score)
+            if previous != score:
+                raise DataFormatError(f"{path}:{line_no}: ({qid!r}, {doc_id!r}) judged {score}, but {previous} earlier")
+    if not qrels:
+        raise DataFormatError(f"{path}: no judgments found")
+    return qrels
 
 
-def _check_qrels_text(path: str) -> None:
-    """DataFormatError naming the line of bytes that are not UTF-8, or of a header out of BEIR's order."""
-    for line_no, cells in iter_tsv_rows(path):
-        names = tuple(cell.strip() for cell in cells)
-        if line_no == 1 and names != QRELS_HEADER and sorted(n.lower() for n in names) == sorted(QRELS_HEADER):
-            raise DataFormatError(
-                f"{path}:{line_no}: header: expected the columns {', '.join(QRELS_HEADER)} in "
-                f"this order (BEIR qrels columns are positional), found {', '.join(names)}"
-            )
+def _is_qrels_header(cells: list[str], path: str) -> bool:
+    """True for BEIR's header line; DataFormatError for its column names in another order."""
+    names = tuple(cell.strip() for cell in cells)
+    if names == QRELS_HEADER:
+        return True
+    if sorted(n.lower() for n in names) == sorted(QRELS_HEADER):
+        raise DataFormatError(
+            f"{path}:1: header: expected the columns {', '.join(QRELS_HEADER)} in "
+            f"this order (BEIR qrels columns are positional), found {', '.join(names)}"
+        )
+    return False
+
+
+def _beir_qrels_row(line: str, path: str, line_no: int) -> tuple[str, str, str]:
+    columns = split_tsv_line(line)
+    if len(columns) != 3:
+        raise DataFormatError(
+            f"{path}:{line_no}: expected 3 tab-separated columns "
+            f"(query-id, corpus-id, score), found {len(columns)}: {line.rstrip()[:80]!r}"
+        )
+    qid, doc_id, score = (c.strip() for c in columns)
+    return qid, doc_id, score
+
+
+def _trec_qrels_row(line: str, path: str, line_no: int) -> tuple[str, str, str]:
+    cells = line.split()
+    if len(cells) != 4:
+        raise DataFormatError(f"{path}:{line_no}: expected 'qid 0 docid relevance', found {line.strip()[:80]!r}")
+    return cells[0], cells[2], cells[3]
 
 
 def read_beir_queries(path: str, only: Collection[str] | None = None) -> dict[str, str]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dpr.data.files import DataFormatError, decoding_errors, open_text, parse_json
-from dpr.data.queries import read_beir_qrels
+from dpr.data.queries import read_qrels
 from dpr.data.readers import Passage, iter_beir_corpus
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class Judgments:
 
 def load_judgments(path: str, corpus: BeirCorpus, queries: dict[str, str], strict: bool = False) -> Judgments:
     """Read qrels ``path`` and keep the relevant (grade > 0) judgments whose ids are known."""
-    qrels = read_beir_qrels(path)
+    qrels = read_qrels(path)
     found = Judgments(relevant={}, all_judged={})
     missing_examples: list[tuple[str, str]] = []
     for qid, docs in qrels.items():

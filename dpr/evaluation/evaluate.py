@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Union
 import numpy as np
 
 from dpr.atomic import atomic_file
-from dpr.data.queries import beir_paths, read_beir_qrels, read_beir_queries, read_qa_tsv
+from dpr.data.queries import beir_paths, read_beir_queries, read_qa_tsv, read_qrels
 from dpr.data.readers import Passage
 from dpr.evaluation.calibration import expected_calibration_error, reliability_diagram
 from dpr.evaluation.metrics import DEFAULT_KS, PRIMARY_METRIC, evaluate_run
@@ -95,9 +95,7 @@ def load_beir_queries(beir_dir: str, split: str = "test") -> BeirQuerySet:
     Judged queries without a text are left out with a warning; none with a text is an error.
     """
     queries_path, qrels_path = beir_paths(beir_dir, split)
-    qrels, queries = judged_queries(
-        read_beir_qrels(qrels_path), read_beir_queries(queries_path), qrels_path, queries_path
-    )
+    qrels, queries = judged_queries(read_qrels(qrels_path), read_beir_queries(queries_path), qrels_path, queries_path)
     return BeirQuerySet(beir_dir, split, tuple(queries), tuple(queries.values()), qrels, qrels_path, queries_path)
 
 

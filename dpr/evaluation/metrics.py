@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_KS = (1, 3, 5, 10, 100, 1000)
 PRIMARY_METRIC = "nDCG@10"  # what model selection on BEIR uses
 GREATER_IS_BETTER = True
-QRELS_HEADER = ("query-id", "corpus-id", "score")
 
 Qrels = Mapping[str, Mapping[str, int]]
 Run = Mapping[str, Mapping[str, float]]
@@ -140,36 +139,3 @@ def write_trec_run(run: Run, path: str | os.PathLike[str], tag: str) -> None:
     with atomic_file(target) as handle:  # creates the parent folder; the user's umask applies
         handle.write("".join(lines))
     logger.info("wrote %d lines for %d queries to %s", len(lines), len(run), target)
-
-
-def read_qrels_tsv(path: str | os.PathLike[str]) -> dict[str, dict[str, int]]:
-    """BEIR qrels ``query-id<TAB>corpus-id<TAB>score`` (header line optional) -> nested dict.
-
-    Blank lines are skipped. A wrong column count, a non-integer score, or the same pair
-    judged twice with different scores raises ValueError naming ``path:line``.
-    """
-    qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip():
-                continue
-            columns = line.split("\t")
-            if line_no == 1 and tuple(c.strip() for c in columns) == QRELS_HEADER:
-                continue
-            if len(columns) != 3:
-                raise ValueError(
-                    f"{path}:{line_no}: expected 3 tab-separated columns "
-                    f"(query-id, corpus-id, score), found {len(columns)}: {line[:80]!r}"
-                )
-            qid, doc_id, score_text = (c.strip() for c in columns)
-            try:
-                score = int(score_text)
-            except ValueError as err:
-                raise ValueError(f"{path}:{line_no}: score must be an integer, found {score_text!r}") from err
-            previous = qrels.setdefault(qid, {}).setdefault(doc_id, score)
-            if previous != score:
-                raise ValueError(f"{path}:{line_no}: ({qid!r}, {doc_id!r}) judged {score}, but {previous} earlier")
-    if not qrels:
-        raise ValueError(f"{path}: no judgments found")
-    return qrels

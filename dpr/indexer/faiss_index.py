@@ -3,7 +3,7 @@
 This is the only module that imports ``faiss``. A :class:`DenseIndex` maps FAISS's sequential
 integer labels to the caller's string ids, searches in batches, never lets FAISS's ``-1``
 padding escape, and saves / loads itself atomically. :func:`merge_topk` combines the top-k
-lists of several shards; :func:`brute_force_topk` is the numpy reference the tests compare to.
+lists of several shards.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import faiss
 import numpy as np
 
 from dpr.atomic import atomic_file
+from dpr.data.files import read_versioned_json
 
 logger = logging.getLogger(__name__)
 
@@ -264,14 +265,13 @@ class DenseIndex:
     def load(cls, directory: str | os.PathLike[str]) -> DenseIndex:
         """Read an index written by :meth:`save`, checking the three files agree."""
         folder = Path(directory)
-        meta = _read_json(folder / META_FILE)
-        missing = {"format_version", "kind", "dim", "count", "params"} - set(meta)
-        if missing:
-            raise ValueError(f"{folder / META_FILE}: missing keys {sorted(missing)}")
-        if meta["format_version"] != FORMAT_VERSION:
-            raise ValueError(
-                f"{folder / META_FILE}: format_version {meta['format_version']} is not the supported {FORMAT_VERSION}"
-            )
+        meta = read_versioned_json(
+            folder / META_FILE,
+            max_version=FORMAT_VERSION,
+            min_version=FORMAT_VERSION,
+            version_key="format_version",
+            required=("format_version", "kind", "dim", "count", "params"),
+        )
         try:
             params = IndexParams(**meta["params"])
         except TypeError as err:
@@ -359,22 +359,3 @@ def _merge_row(
         raise ValueError(f"query {query}: id {dup!r} was returned by more than one shard")
     order = np.argsort(-np.asarray(scores), kind="stable")[:k]
     return np.asarray(scores)[order], [ids[i] for i in order]
-
-
-def brute_force_topk(
-    queries: np.ndarray, vectors: np.ndarray, ids: Sequence[str], k: int
-) -> tuple[np.ndarray, list[list[str]]]:
-    """Exact numpy top-k by inner product: the reference for the FAISS indexes.
-
-    queries (Q, D), vectors (N, D), ids (N). Returns scores (Q, min(k, N)) float32 and ids;
-    ties keep the lower position.
-    """
-    _check_k(k)
-    q = _as_matrix(queries, "queries", None)
-    v = _as_matrix(vectors, "vectors", q.shape[1])
-    if len(ids) != len(v):
-        raise ValueError(f"got {len(ids)} ids for {len(v)} vectors; counts must match")
-    scores = q @ v.T  # (Q, N)
-    order = np.argsort(-scores, axis=1, kind="stable")[:, : min(k, len(v))]  # (Q, k_eff)
-    top = np.take_along_axis(scores, order, axis=1)  # (Q, k_eff)
-    return top.astype(np.float32), [[ids[j] for j in row] for row in order.tolist()]

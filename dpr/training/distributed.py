@@ -1,7 +1,8 @@
-"""The one device / mixed-precision / DistributedDataParallel seam of the project.
+"""The process-group / DistributedDataParallel seam of training.
 
-Everything that knows about ranks, process groups, CUDA devices, autocast or gradient scaling
-lives here, so models stay device-agnostic and the trainer reads as plain PyTorch.
+Everything that knows about ranks, process groups and collectives lives here, so models stay
+device-agnostic and the trainer reads as plain PyTorch. Device choice, autocast and loss scaling are
+:mod:`dpr.device` (shared with inference).
 
 Launch: ``torchrun --nproc_per_node N train_dense_encoder.py ...`` (env ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``); the legacy ``torch.distributed.launch`` and its
@@ -11,8 +12,6 @@ here is a no-op around a single process.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import gc
 import logging
 import os
@@ -23,19 +22,17 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from dpr.device import select_device
 from dpr.losses import biencoder_nll, dot_scores
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "PRECISIONS",
     "DistributedContext",
     "init_distributed",
     "cleanup_distributed",
     "gather_with_grad",
     "global_biencoder_loss",
-    "autocast",
-    "make_grad_scaler",
     "wrap_ddp",
     "unwrap",
     "all_reduce_mean",
@@ -43,8 +40,6 @@ __all__ = [
     "barrier",
     "configure_logging",
 ]
-
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -82,19 +77,19 @@ def _env_int(name: str) -> int | None:
         raise ValueError(f"environment variable {name} must be an integer; found {value!r}") from None
 
 
-def init_distributed(no_cuda: bool = False, local_rank: int = -1) -> DistributedContext:
-    """Read the launcher's environment, pick the device and join the process group.
+def init_distributed(no_cuda: bool = False, local_rank: int = -1, precision: str = "fp32") -> DistributedContext:
+    """Read the launcher's environment, pick the device (:func:`dpr.device.select_device`) and join the group.
 
     Args:
         no_cuda: stay on CPU even when CUDA is available (the ``--no_cuda`` flag).
         local_rank: the legacy ``--local_rank`` argument; ``LOCAL_RANK`` from the
             environment (torchrun) wins when both are given. -1 means "not given".
+        precision: checked against the device here, so fp16 without CUDA fails before any work.
 
     Returns:
         The context. With ``WORLD_SIZE`` unset or 1 no process group is created; otherwise the
         group uses NCCL on CUDA and Gloo on CPU, and the CUDA device is set to ``local_rank``.
     """
-    use_cuda = torch.cuda.is_available() and not no_cuda
     world_size = _env_int("WORLD_SIZE") or 1
     env_local_rank = _env_int("LOCAL_RANK")
     if env_local_rank is not None:
@@ -102,11 +97,9 @@ def init_distributed(no_cuda: bool = False, local_rank: int = -1) -> Distributed
 
     if world_size == 1:
         local_rank = max(local_rank, 0)
-        if use_cuda:
-            device = torch.device("cuda", local_rank)
+        device = select_device(no_cuda, precision, index=local_rank)
+        if device.type == "cuda":
             torch.cuda.set_device(device)
-        else:
-            device = torch.device("cpu")
         logger.info("single process on %s", device)
         return DistributedContext(rank=0, world_size=1, local_rank=local_rank, device=device, is_main=True)
 
@@ -116,17 +109,16 @@ def init_distributed(no_cuda: bool = False, local_rank: int = -1) -> Distributed
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         if not os.environ.get(name):
             raise ValueError(f"WORLD_SIZE={world_size} but {name} is not set; launch with torchrun")
-    if use_cuda:
+    device = select_device(no_cuda, precision, index=max(local_rank, 0))
+    if device.type == "cuda":
         if local_rank < 0:
             raise ValueError("multi-process CUDA run without LOCAL_RANK or --local_rank: cannot choose a GPU")
-        device = torch.device("cuda", local_rank)
         # Set before init so NCCL binds this process to its own GPU, not all to GPU 0.
         torch.cuda.set_device(device)
         backend = "nccl"
     else:
         # Local rank only selects a GPU; on CPU any value will do, keep it meaningful for logs.
         local_rank = max(local_rank, 0)
-        device = torch.device("cpu")
         backend = "gloo"
 
     if not dist.is_initialized():
@@ -236,69 +228,6 @@ def global_biencoder_loss(q: Tensor, p: Tensor, positive_idx: Tensor, ctx: Distr
     scaled = loss * ctx.world_size  # ()
     # Value L exactly (x - x == 0 in floating point), gradient world_size * dL.
     return loss.detach() + (scaled - scaled.detach()), correct
-
-
-def _device_of(ctx_or_device: DistributedContext | torch.device | str) -> torch.device:
-    if isinstance(ctx_or_device, DistributedContext):
-        return ctx_or_device.device
-    return torch.device(ctx_or_device)
-
-
-@functools.lru_cache(maxsize=1)
-def _warn_cpu_bf16() -> None:
-    # Cached so a context built per step does not repeat the warning every step.
-    logger.warning(
-        "bf16 autocast on CPU was requested: on CPUs without native bf16 it is far slower than "
-        "fp32 (about 200x measured on the development machine); use fp32 unless you know better"
-    )
-
-
-def autocast(
-    ctx_or_device: DistributedContext | torch.device | str, precision: str
-) -> contextlib.AbstractContextManager[None]:
-    """The autocast context for ``precision`` on this device; build it once, enter it per step.
-
-    Args:
-        ctx_or_device: the context, or a device.
-        precision: "fp32" (no autocast), "fp16" (CUDA only; pair it with
-            :func:`make_grad_scaler`) or "bf16" (CUDA; on CPU only on explicit request, slow).
-
-    Returns:
-        A reusable context manager: ``nullcontext`` for fp32, ``torch.autocast`` otherwise.
-
-    Raises:
-        ValueError: unknown precision, or "fp16" on a non-CUDA device.
-    """
-    device = _device_of(ctx_or_device)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}; found {precision!r}")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if device.type == "cuda":
-        if precision == "bf16" and not torch.cuda.is_bf16_supported():
-            raise ValueError(f"bf16 was requested but {device} does not support it; use fp16 or fp32")
-        dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-        return torch.autocast(device_type="cuda", dtype=dtype)
-    if precision == "fp16":
-        raise ValueError(
-            f"fp16 mixed precision needs a CUDA device; this run is on {device}. "
-            "Use precision fp32 on CPU (or bf16, which is much slower on most CPUs)"
-        )
-    _warn_cpu_bf16()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def make_grad_scaler(precision: str, device: DistributedContext | torch.device | str) -> torch.amp.GradScaler:
-    """A loss scaler, enabled only for fp16 on CUDA (bf16 and fp32 need none).
-
-    A disabled scaler is a pass-through (``scale(loss)`` returns ``loss``, ``step`` just steps),
-    so the trainer calls it unconditionally.
-    """
-    dev = _device_of(device)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}; found {precision!r}")
-    enabled = precision == "fp16" and dev.type == "cuda"
-    return torch.amp.GradScaler(dev.type, enabled=enabled)
 
 
 def wrap_ddp(model: nn.Module, ctx: DistributedContext, find_unused_parameters: bool = False) -> nn.Module:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from dpr.data.readers import BiEncoderSample, Passage
 from dpr.embeddings_io import EmbeddingsError, check_encoder_match, find_shards, passage_identity
 from dpr.encoding import encode_texts
 from dpr.models.biencoder import BiEncoder
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ class PassageVectorCache:
     def encode(
         cls,
         model: BiEncoder,
-        tokenizer: Any,
+        tokenizer: PreTrainedTokenizerBase,
         samples: Iterable[BiEncoderSample],
         *,
         batch_size: int,

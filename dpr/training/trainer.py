@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from collections import deque
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,16 +26,15 @@ from tqdm import tqdm
 from dpr.data.batching import build_biencoder_batch
 from dpr.data.iterator import ShardedDataIterator
 from dpr.data.readers import BiEncoderSample
+from dpr.device import MixedPrecision
 from dpr.errors import UserError
 from dpr.models.biencoder import BiEncoder
 from dpr.options import TrainConfig
 from dpr.training.checkpoint import TrainingPosition, checkpoint_name, save_checkpoint
 from dpr.training.distributed import (
     DistributedContext,
-    autocast,
     barrier,
     global_biencoder_loss,
-    make_grad_scaler,
     unwrap,
     wrap_ddp,
 )
@@ -51,6 +50,9 @@ from dpr.training.run_dir import (
     update_best,
 )
 from dpr.training.validation import ValidationResult, validate_average_rank, validate_nll
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ class BiEncoderTrainer:
         self,
         cfg: TrainConfig,
         model: BiEncoder,
-        tokenizer: Any,
+        tokenizer: PreTrainedTokenizerBase,
         train: Sequence[BiEncoderSample],
         dev: Sequence[BiEncoderSample],
         ctx: DistributedContext,
@@ -139,7 +141,7 @@ class BiEncoderTrainer:
         )
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = linear_schedule(self.optimizer, cfg.warmup_for(self.total_steps), self.total_steps)
-        self.scaler = make_grad_scaler(cfg.precision, ctx.device)
+        self.amp = MixedPrecision(ctx.device, cfg.precision)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.position = start
         self.pending = 0  # micro-batches accumulated since the last optimizer step
@@ -166,8 +168,7 @@ class BiEncoderTrainer:
         settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        self.amp.load_state_dict(state.get("scaler"))
         self.losses.extend(state.get("rolling_losses", ()))
         self.scheduler.base_lrs = [self.cfg.learning_rate] * len(settings)
         step = self.scheduler.last_epoch
@@ -269,7 +270,7 @@ class BiEncoderTrainer:
         )
         torch.manual_seed(step_seed(cfg.seed, epoch, iteration, ctx.rank))  # dropout, reproducible on resume
         device = ctx.device
-        with autocast(device, cfg.precision):
+        with self.amp.autocast:
             if self.cache is not None:  # question-side tuning: passages are looked up, not encoded
                 q, _ = self.ddp_model(
                     batch.question_ids.to(device), batch.question_mask.to(device), batch.question_segments.to(device)
@@ -286,7 +287,7 @@ class BiEncoderTrainer:
                 )
         # Scaling the questions scales every score: the inverse temperature of the softmax.
         loss, _ = global_biencoder_loss(q.float() * self.scale, c.float(), batch.positive_idx.to(device), ctx)
-        self.scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
+        self.amp.backward(loss / cfg.gradient_accumulation_steps)
         self.pending += 1
         return float(loss.detach())
 
@@ -299,11 +300,8 @@ class BiEncoderTrainer:
             for param in self.model.parameters():
                 if param.grad is not None:
                     param.grad.mul_(scale)
-        self.scaler.unscale_(self.optimizer)
-        if self.cfg.max_grad_norm > 0:  # clipped once per optimizer step, not per micro-batch
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        # Clipped once per optimizer step (not per micro-batch), after unscaling.
+        self.amp.step(self.optimizer, self.trainable, self.cfg.max_grad_norm)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.pending = 0
@@ -395,7 +393,7 @@ class BiEncoderTrainer:
                 position=pos,
                 training=self.cfg.to_dict(),
                 validation=record,
-                extra_state={"scaler": self.scaler.state_dict(), "rolling_losses": list(self.losses)},
+                extra_state={"scaler": self.amp.state_dict(), "rolling_losses": list(self.losses)},
             )
             if record is not None:
                 append_history(self.cfg.output_dir, record)

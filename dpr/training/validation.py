@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from dpr.data.batching import build_biencoder_batch
 from dpr.data.iterator import ShardedDataIterator, batch_rng
 from dpr.data.readers import BiEncoderSample, Passage
+from dpr.device import autocast
 from dpr.encoding import encode_texts
 from dpr.models.biencoder import BiEncoder
-from dpr.training.distributed import DistributedContext, all_reduce_sum, autocast, gather_with_grad
+from dpr.training.distributed import DistributedContext, all_reduce_sum, gather_with_grad
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +39,7 @@ class ValidationResult:
 def validate_nll(
     model: BiEncoder,
     samples: Sequence[BiEncoderSample],
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     *,
     batch_size: int,
     max_length: int,
@@ -100,7 +104,7 @@ def validate_nll(
 def validate_average_rank(
     model: BiEncoder,
     samples: Sequence[BiEncoderSample],
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     *,
     hard_negatives: int,
     other_negatives: int,
