@@ -26,10 +26,10 @@ from dpr.cli import run_cli, setup_logging
 from dpr.embedding import EmbedConfig, embed_corpus
 from dpr.evaluation.evaluate import evaluate_beir, load_beir_queries
 from dpr.evaluation.metrics import write_trec_run
+from dpr.models.checkpoint_format import load_biencoder, resolve_checkpoint
 from dpr.models.encoder import parameter_counts
 from dpr.retrieval import InferenceModelConfig, load_inference_model
 from dpr.search import RetrieveConfig, metrics_record, open_shards, retrieve
-from dpr.training.checkpoint import load_biencoder, resolve_checkpoint
 
 logger = logging.getLogger("quickstart")
 

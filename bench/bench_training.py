@@ -100,7 +100,7 @@ def make_batch(args: argparse.Namespace) -> BiEncoderBatch:
         for i, q in enumerate(questions)
     ]
     # The model's own title format ("title text" for sentence-transformers folders), as the trainer uses.
-    title_mode = resolve_config(build_config(args, "prefix")).title_mode
+    title_mode = resolve_config(build_config(args, "prefix")).passages.title_mode
     return build_biencoder_batch(
         samples,
         load_tokenizer(args.model),
@@ -130,7 +130,7 @@ class Stepper:
         self.model: BiEncoder = build_biencoder(build_config(args, mode)).train()
         cfg = TrainConfig(train_file=("bench",), learning_rate=LEARNING_RATES[mode], max_grad_norm=2.0)
         self.optimizer = build_optimizer(self.model, cfg)
-        self.scale = cfg.scale_for(bool(self.model.config.normalize))
+        self.scale = cfg.scale_for(bool(self.model.config.head.normalize))
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.max_grad_norm = cfg.max_grad_norm
 

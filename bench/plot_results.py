@@ -91,7 +91,8 @@ def run_mode(folder: str) -> str:
             with open(path, encoding="utf-8") as handle:
                 config = json.load(handle)
             try:
-                return str(config["encoder"]["tuning"])
+                tuning = config["encoder"]["tuning"]
+                return str(tuning["method"] if isinstance(tuning, dict) else tuning)  # format 2 nests it
             except (KeyError, TypeError) as err:
                 raise InputError(
                     f"{path}: expected a checkpoint config with key encoder.tuning, missing {err}"

@@ -1,41 +1,44 @@
-"""ColBERT checkpoint folders, mirroring ``dpr.training.checkpoint``.
+"""ColBERT checkpoint folders, mirroring ``dpr.models.checkpoint_format`` and ``dpr.training.checkpoint``.
 
 Layout of ``<output_dir>/colbert-<step>/`` (written atomically)::
 
-    config.json          format, the full ColBERT config (encoder, query_maxlen, doc_maxlen, dim,
-                         similarity, mask_punctuation), backbone shape, tuned parameter names, step,
-                         training config
+    config.json          format, version, the full ColBERT config (backbone, tuning, query_maxlen,
+                         doc_maxlen, dim, similarity, mask_punctuation), backbone shape, tuned parameter
+                         names, step, training config
     model.safetensors    the tuned weights only (prefix + linear layer in prefix mode)
     training_state.pt    optimizer, scheduler and loss-scaler state (read with weights_only=True)
 
-Loading rebuilds the model from ``config.json`` alone; a flag that contradicts it is an error naming both
-values, and weights that do not fit exactly are refused (never loaded non-strictly).
+Version 2 stores the config nested (backbone and tuning objects); version 1 stored a flat DPR encoder
+config under "encoder": both are read. Loading rebuilds the model from ``config.json`` alone; a flag that
+contradicts it is an error naming both values, and weights that do not fit exactly are refused (never
+loaded non-strictly).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from colbert.model import ColBERT, build_colbert
-from colbert.options import ColBERTConfig, colbert_config_from_args
+from colbert.options import ColBERTConfig, apply_colbert_overrides
 from dpr.atomic import atomic_directory
+from dpr.configs import ConfigError
+from dpr.data.files import read_versioned_json
+from dpr.models.checkpoint_format import CheckpointError, load_training_state
 from dpr.models.serialization import backbone_fingerprint, check_backbone, load_tuned_weights, save_tuned_weights
-from dpr.options import ConfigError
-from dpr.training.checkpoint import CheckpointError, load_training_state
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "colbert-ptv2-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the config nested (backbone, tuning); 1: a flat DPR encoder config under "encoder"
 PREFIX = "colbert"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -100,20 +103,14 @@ def read_checkpoint_info(path: str) -> CheckpointInfo:
     config_path = os.path.join(path, CONFIG_FILE)
     if not os.path.isfile(config_path):
         raise CheckpointError(f"{path} is not a checkpoint folder (no {CONFIG_FILE})")
-    try:
-        with open(config_path, encoding="utf-8") as handle:
-            config = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{config_path}: not valid JSON ({err})") from err
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        found = config.get("format") if isinstance(config, dict) else None
-        hint = " (a DPR checkpoint: use dense_retriever.py)" if found == "dpr-ptv2-checkpoint" else ""
-        raise CheckpointError(f"{config_path}: format {found!r}, expected {FORMAT!r}{hint}")
-    if config.get("version", 0) > VERSION:
-        raise CheckpointError(f"{config_path}: version {config['version']} is newer than this code ({VERSION})")
-    for key in ("colbert", "backbone", "step"):
-        if key not in config:
-            raise CheckpointError(f"{config_path}: missing key {key!r}")
+    config = read_versioned_json(
+        config_path,
+        max_version=VERSION,
+        format=FORMAT,
+        required=("colbert", "backbone", "step"),
+        error=CheckpointError,
+        format_hints={"dpr-ptv2-checkpoint": " (a DPR checkpoint: use dense_retriever.py)"},
+    )
     return CheckpointInfo(
         path=path,
         config=ColBERTConfig.from_dict(config["colbert"], config_path),
@@ -123,18 +120,20 @@ def read_checkpoint_info(path: str) -> CheckpointInfo:
     )
 
 
-def load_colbert(path: str, args: argparse.Namespace | None = None) -> tuple[ColBERT, CheckpointInfo]:
+def load_colbert(
+    path: str, overrides: Mapping[str, Any] | None = None, prompt_init_ids: list[int] | None = None
+) -> tuple[ColBERT, CheckpointInfo]:
     """Rebuild the ColBERT stored at ``path`` and load its weights.
 
-    ``args`` may set what does not change the network (dropout); any other typed flag must agree
-    with the stored config, else ConfigError names both values.
+    ``overrides`` (flag-named settings) may set what does not change the network (dropout); any other
+    must agree with the stored config, else ConfigError names both values.
     """
     info = read_checkpoint_info(path)
-    config = info.config if args is None else colbert_config_from_args(args, info.config, source=path)
-    model = build_colbert(config)
+    config = apply_colbert_overrides(info.config, overrides, source=path) if overrides else info.config
+    model = build_colbert(config, prompt_init_ids)
     check_backbone(info.backbone, model.backbone, path)
     load_tuned_weights(model, os.path.join(path, WEIGHTS_FILE))
-    logger.info("loaded %s ColBERT %s (step %d)", config.encoder.tuning, path, info.step)
+    logger.info("loaded %s ColBERT %s (step %d)", config.tuning.method, path, info.step)
     return model, info
 
 

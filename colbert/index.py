@@ -21,7 +21,7 @@ from colbert.data import iter_collection
 from colbert.encoding import select_device
 from colbert.faiss_index import FaissSettings
 from colbert.indexing import build_index
-from colbert.options import add_colbert_model_params
+from colbert.options import add_colbert_model_params, colbert_overrides_from_args
 from colbert.tokenization import ColBERTTokenizer
 from dpr.cli import run_cli, setup_logging
 from dpr.models.encoder import trainable_report
@@ -67,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--bsize must be >= 1, got {args.bsize}")
     settings = FaissSettings(partitions=args.partitions, sample=args.sample, pq_m=args.pq_m, nbits=args.pq_nbits)
     device = select_device(args.no_cuda, args.precision)
-    model, _ = load_colbert(args.checkpoint, args)
+    model, _ = load_colbert(args.checkpoint, colbert_overrides_from_args(args))
     model.to(device)
     logger.info("%s", trainable_report(model))
-    encoder = model.config.encoder
+    backbone = model.config.backbone
     tokenizer = ColBERTTokenizer.from_config(
-        load_tokenizer(encoder.pretrained_model_cfg, encoder.do_lower_case), model.config
+        load_tokenizer(backbone.pretrained_model_cfg, backbone.do_lower_case), model.config
     )
     index_dir = os.path.join(args.index_root, args.index_name)
     provenance = {"checkpoint": os.path.abspath(args.checkpoint), "collection": os.path.abspath(args.collection)}

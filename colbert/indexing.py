@@ -9,8 +9,9 @@ Layout of ``<index_root>/<index_name>/`` (the whole folder is written atomically
     meta.json                 format, the full ColBERT config, backbone shape, model digest, checkpoint,
                               collection, counts, shards, FAISS settings
 
-No pickle anywhere. ``check_model`` refuses to search an index with a model whose config or weights
-differ from the ones that built it, naming what differs.
+No pickle anywhere. ``check_model`` refuses to search an index with a model whose identity
+(``ColBERT.identity``: config, backbone shape, weights) differs from the one that built it, naming what
+differs. Version 2 stores the config nested; version 1 indexes (a flat DPR encoder config) still load.
 """
 
 from __future__ import annotations
@@ -28,29 +29,32 @@ from safetensors.numpy import load_file, save_file
 
 from colbert.encoding import encode_documents
 from colbert.faiss_index import FaissSettings, TokenIndex, sample_rows
-from colbert.model import ColBERT
+from colbert.model import ColBERT, colbert_identity
+from colbert.options import ColBERTConfig
 from colbert.tokenization import ColBERTTokenizer
 from dpr.atomic import atomic_directory
+from dpr.configs import ConfigError
+from dpr.data.files import read_versioned_json
 from dpr.data.readers import DataFormatError, Passage
-from dpr.embeddings_io import encoder_digest
-from dpr.models.serialization import backbone_fingerprint
-from dpr.options import ConfigError
+from dpr.identity import EncoderIdentity
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "colbert-ptv2-index"
-VERSION = 1
+VERSION = 2
 META_FILE = "meta.json"
 FAISS_FILE = "faiss.index"
 
 
-def model_identity(model: ColBERT) -> dict[str, Any]:
+def model_record(model: ColBERT) -> dict[str, Any]:
     """What an index records about the model that built it: full config, backbone shape, weights digest."""
-    return {
-        "colbert": model.config.to_dict(),
-        "backbone": backbone_fingerprint(model.backbone),
-        "model_digest": encoder_digest(model),
-    }
+    identity = model.identity()
+    return {"colbert": model.config.to_dict(), "backbone": dict(identity.backbone), "model_digest": identity.digest}
+
+
+def index_identity(meta: dict[str, Any], source: str = META_FILE) -> EncoderIdentity:
+    """The identity of the model that built an index, from its meta (format 1 or 2)."""
+    return colbert_identity(ColBERTConfig.from_dict(meta["colbert"], source), meta["backbone"], meta["model_digest"])
 
 
 def _shard_name(shard_id: int) -> str:
@@ -125,7 +129,7 @@ def build_index(
         meta = {
             "format": FORMAT,
             "version": VERSION,
-            **model_identity(model),
+            **model_record(model),
             **(provenance or {}),
             "num_docs": sum(s["docs"] for s in shards),
             "num_embeddings": sum(s["embeddings"] for s in shards),
@@ -143,46 +147,28 @@ def read_meta(index_dir: str) -> dict[str, Any]:
     path = os.path.join(index_dir, META_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{index_dir} is not a ColBERT index (no {META_FILE})")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            meta = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataFormatError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version", 0) > VERSION:
-        found = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else (None, None)
-        raise DataFormatError(
-            f"{path}: format {found[0]!r} version {found[1]}, expected {FORMAT!r} version <= {VERSION}"
-        )
-    missing = sorted({"colbert", "backbone", "model_digest", "shards", "num_embeddings", "dim"} - set(meta))
-    if missing:
-        raise DataFormatError(f"{path}: missing keys {missing}")
-    return meta
-
-
-def _diff(stored: Any, found: Any, prefix: str = "") -> list[str]:
-    if isinstance(stored, dict) and isinstance(found, dict):
-        return [
-            d
-            for key in sorted(set(stored) | set(found))
-            for d in _diff(stored.get(key), found.get(key), f"{prefix}{key}.")
-        ]
-    return [] if stored == found else [f"{prefix.rstrip('.')}: index {stored!r}, model {found!r}"]
+    return read_versioned_json(
+        path,
+        max_version=VERSION,
+        format=FORMAT,
+        required=("colbert", "backbone", "model_digest", "shards", "num_embeddings", "dim"),
+        error=DataFormatError,
+    )
 
 
 def check_model(meta: dict[str, Any], model: ColBERT, index_dir: str) -> None:
     """Refuse a model other than the one that built the index (config, backbone or weights)."""
-    found = model_identity(model)
-    diffs = _diff(meta["colbert"], found["colbert"], "") + _diff(meta["backbone"], found["backbone"], "backbone.")
-    diffs = [d for d in diffs if not d.startswith(("encoder.dropout", "encoder.prefix_dropout"))]
-    if diffs:
-        raise ConfigError(
-            f"index {index_dir} was built by another ColBERT config: {'; '.join(diffs)}; "
-            f"use the checkpoint it was built with ({meta.get('checkpoint')}) or re-index"
-        )
-    if meta["model_digest"] != found["model_digest"]:
+    stored, found = index_identity(meta, os.path.join(index_dir, META_FILE)), model.identity()
+    diffs = stored.diff(found)
+    if diffs and diffs[0].startswith("passage-encoder weights differ"):
         raise ConfigError(
             f"index {index_dir} was built with other weights (checkpoint {meta.get('checkpoint')}) "
             f"than the model given; use that checkpoint or re-index"
+        )
+    if diffs:
+        raise ConfigError(
+            f"index {index_dir} was built by another ColBERT config (index -> model): {'; '.join(diffs)}; "
+            f"use the checkpoint it was built with ({meta.get('checkpoint')}) or re-index"
         )
 
 

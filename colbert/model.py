@@ -13,20 +13,29 @@ The model encodes only: tokenizing, scoring and losses live in ``colbert.tokeniz
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import BertModel
 
-from colbert.options import ColBERTConfig
+from colbert.options import COLBERT_FIELDS, ColBERTConfig
 from colbert.scoring import maxsim_all
-from dpr.models.biencoder import check_positions, set_trainable
-from dpr.models.encoder import TunedEncoder
+from dpr.identity import EncoderIdentity, encoder_digest
+from dpr.models.encoder import TunedEncoder, build_tuned_encoder
 from dpr.models.hub import load_backbone
-from dpr.models.prefix import prompt_init_embeddings
+from dpr.models.serialization import backbone_fingerprint
 
 logger = logging.getLogger(__name__)
+
+
+def colbert_identity(config: ColBERTConfig, backbone: dict[str, Any], digest: str) -> EncoderIdentity:
+    """The identity of a ColBERT model with ``config``, backbone fingerprint and weights digest."""
+    flat = config.to_flat()
+    names = ("pretrained_model_cfg", "do_lower_case", "sequence_length", "tuning", *config.tuning.ARCHITECTURE)
+    settings = {name: flat[name] for name in (*names, *COLBERT_FIELDS)}
+    return EncoderIdentity(settings, backbone, digest)
 
 
 class ColBERT(nn.Module):
@@ -63,6 +72,11 @@ class ColBERT(nn.Module):
         """``(B, Ld)`` document tokens -> ``(B, Ld, dim)``; the caller's ``score_mask`` says which to score."""
         return self._vectors(input_ids, attention_mask, token_type_ids)
 
+    def identity(self) -> EncoderIdentity:
+        """What an index built with this model records: every setting that shapes a token vector (the
+        backbone, tuning and ColBERT settings; not dropout), the backbone's shape and the weights."""
+        return colbert_identity(self.config, backbone_fingerprint(self.backbone), encoder_digest(self))
+
     def compute_similarity(self, q: torch.Tensor, d: torch.Tensor, d_mask: torch.Tensor) -> torch.Tensor:
         """MaxSim of every query with every document, ``(Nq, Lq, dim), (Nd, Ld, dim) -> (Nq, Nd)``."""
         return maxsim_all(q, d, d_mask, self.config.similarity)
@@ -78,18 +92,10 @@ def build_colbert_from_backbone(
     config: ColBERTConfig, backbone: BertModel, prompt_init_ids: list[int] | None = None
 ) -> ColBERT:
     """Wrap a loaded backbone. ``prompt_init_ids``: tokens of ``--prompt_init_text`` (the caller tokenizes)."""
-    encoder_cfg = config.encoder
-    check_positions(encoder_cfg, backbone.config.max_position_embeddings)
-    set_trainable(backbone, encoder_cfg.tuning)
-    prompt_init = None
-    if encoder_cfg.tuning == "prompt":
-        prompt_init = prompt_init_embeddings(
-            backbone.embeddings.word_embeddings.weight, prompt_init_ids, encoder_cfg.pre_seq_len
-        )
-    return ColBERT(TunedEncoder(backbone, encoder_cfg, prompt_init), config)
+    return ColBERT(build_tuned_encoder(backbone, config.backbone, config.tuning, None, prompt_init_ids), config)
 
 
 def build_colbert(config: ColBERTConfig, prompt_init_ids: list[int] | None = None) -> ColBERT:
     """Load the backbone named by the config and build ColBERT in the config's tuning mode."""
-    backbone = load_backbone(config.encoder.pretrained_model_cfg, dropout=config.encoder.dropout)
+    backbone = load_backbone(config.backbone.pretrained_model_cfg, dropout=config.backbone.dropout)
     return build_colbert_from_backbone(config, backbone, prompt_init_ids)

@@ -29,7 +29,7 @@ from colbert.data import read_collection, read_queries
 from colbert.encoding import encode_documents, encode_queries, select_device
 from colbert.indexing import DocStore, check_model, load_index, read_meta
 from colbert.model import ColBERT
-from colbert.options import add_colbert_model_params
+from colbert.options import add_colbert_model_params, colbert_overrides_from_args
 from colbert.retrieval import Ranking, brute_force, end_to_end, rerank
 from colbert.runs import read_qrels, read_topk, write_ranking_tsv
 from colbert.tokenization import ColBERTTokenizer
@@ -111,7 +111,7 @@ def _model(args: argparse.Namespace, meta: dict[str, Any] | None, index_dir: str
     checkpoint = args.checkpoint or (meta or {}).get("checkpoint")
     if not checkpoint:
         raise ConfigError("--checkpoint is required")
-    model, _ = load_colbert(checkpoint, args)
+    model, _ = load_colbert(checkpoint, colbert_overrides_from_args(args))
     if meta is not None:
         check_model(meta, model, index_dir or "")
     return model.to(select_device(args.no_cuda, args.precision))
@@ -145,9 +145,9 @@ def _store_for_rerank(
 def _search(args: argparse.Namespace, index_dir: str | None, queries: dict[str, str]) -> Ranking:
     meta = read_meta(index_dir) if index_dir else None
     model = _model(args, meta, index_dir)
-    encoder = model.config.encoder
+    backbone = model.config.backbone
     tokenizer = ColBERTTokenizer.from_config(
-        load_tokenizer(encoder.pretrained_model_cfg, encoder.do_lower_case), model.config
+        load_tokenizer(backbone.pretrained_model_cfg, backbone.do_lower_case), model.config
     )
     device, similarity = next(model.parameters()).device, model.config.similarity
     # fp16 halves the memory on a GPU; on a CPU fp16 arithmetic is slow, so documents are held as fp32.

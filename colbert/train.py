@@ -30,6 +30,7 @@ from colbert.options import (
     add_colbert_model_params,
     add_colbert_training_params,
     colbert_config_from_args,
+    colbert_overrides_from_args,
     train_config_from_args,
 )
 from colbert.tokenization import ColBERTTokenizer
@@ -80,11 +81,12 @@ def load_model(args: argparse.Namespace, cfg: ColBERTTrainConfig) -> tuple[ColBE
     if source is None:
         config = colbert_config_from_args(args)
         init_ids = None
-        if config.encoder.prompt_init_text:
-            tokenizer = load_tokenizer(config.encoder.pretrained_model_cfg, config.encoder.do_lower_case)
-            init_ids = tokenizer(config.encoder.prompt_init_text, add_special_tokens=False)["input_ids"]
+        init_text = getattr(config.tuning, "prompt_init_text", None)  # only a --prompt has one
+        if init_text:
+            tokenizer = load_tokenizer(config.backbone.pretrained_model_cfg, config.backbone.do_lower_case)
+            init_ids = tokenizer(init_text, add_special_tokens=False)["input_ids"]
         return build_colbert(config, init_ids), 0, None
-    model, info = load_colbert(source, args)
+    model, info = load_colbert(source, colbert_overrides_from_args(args))
     if not args.resume:
         return model, 0, None
     state = load_training_state(source)
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("ColBERT config: %s", json.dumps(model.config.to_dict(), sort_keys=True))
     logger.info("training config: %s", json.dumps(cfg.to_dict(), sort_keys=True))
     logger.info("%s", trainable_report(model))
-    base = load_tokenizer(model.config.encoder.pretrained_model_cfg, model.config.encoder.do_lower_case)
+    base = load_tokenizer(model.config.backbone.pretrained_model_cfg, model.config.backbone.do_lower_case)
     tokenizer = ColBERTTokenizer.from_config(base, model.config)
     triples = load_triples(cfg)  # the whole file is checked here, before the first step
     trainer = ColBERTTrainer(cfg, model, tokenizer, triples, device, start, state)

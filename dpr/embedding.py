@@ -19,14 +19,12 @@ from dpr.data.readers import DataFormatError, Passage
 from dpr.embeddings_io import (
     RowDigest,
     ShardHeader,
-    encoder_digest,
     passages_digest,
     shard_path,
     shard_range,
     write_shard,
 )
 from dpr.encoding import encode_texts
-from dpr.models.serialization import backbone_fingerprint
 from dpr.options import ConfigError
 from dpr.retrieval import InferenceModel
 
@@ -40,7 +38,6 @@ class EmbedConfig:
     batch_size: int = 128  # passages per forward pass
     max_passages: int | None = None  # only the first N passages of the file (quick runs)
     fp16_storage: bool = False  # store vectors as float16 (half the disk)
-    insert_title: bool | None = None  # None: as the checkpoint was trained (True for the base model)
     progress: bool = False  # tqdm bar while encoding
 
     def __post_init__(self) -> None:
@@ -99,16 +96,17 @@ def _shard_header(
     dim: int,
     ctx_file: str,
     cfg: EmbedConfig,
-    insert_title: bool,
     shard_id: int,
     num_shards: int,
 ) -> ShardHeader:
     model = loaded.model
     # The passage side's own config: with --tune_side question it is the base model's, so indexes match.
+    identity = model.passage_identity()
+    passage_config = model.config.passage_config()
     return ShardHeader(
-        encoder=model.config.passage_config().to_dict(),
-        backbone=backbone_fingerprint(model.backbone),
-        encoder_digest=encoder_digest(model.ctx_encoder),
+        encoder=passage_config.to_dict(),
+        backbone=dict(identity.backbone),
+        encoder_digest=identity.digest,
         checkpoint=loaded.checkpoint,
         dim=dim,
         count=len(rows.ids),
@@ -119,7 +117,7 @@ def _shard_header(
         end=rows.end,
         total_passages=rows.total,
         ctx_file=os.path.abspath(ctx_file),
-        insert_title=insert_title,
+        insert_title=passage_config.passages.insert_title,
         corpus_digest=rows.corpus_digest,
         passages_digest=rows.passages_digest,
     )
@@ -144,7 +142,6 @@ def _encode_shard(
     num_shards: int,
 ) -> EmbeddedShard:
     model = loaded.model
-    insert_title = cfg.insert_title if cfg.insert_title is not None else loaded.training.get("insert_title", True)
     logger.info(
         "shard %d of %d: passages %d..%d of %d from %s",
         shard_id,
@@ -160,15 +157,15 @@ def _encode_shard(
         loaded.tokenizer,
         rows.passages,
         "passage",
-        max_length=model.config.sequence_length,
+        max_length=model.config.backbone.sequence_length,
         batch_size=cfg.batch_size,
         device=loaded.device,
         precision=loaded.precision,
-        insert_title=insert_title,
+        insert_title=model.config.passages.insert_title,
         progress=cfg.progress,
     )  # (n, D)
     seconds = time.perf_counter() - began
-    header = _shard_header(loaded, rows, int(vectors.shape[1]), ctx_file, cfg, insert_title, shard_id, num_shards)
+    header = _shard_header(loaded, rows, int(vectors.shape[1]), ctx_file, cfg, shard_id, num_shards)
     path = write_shard(shard_path(out_file, shard_id), vectors, rows.ids, header)
     return EmbeddedShard(path, header, seconds)
 

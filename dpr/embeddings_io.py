@@ -5,9 +5,10 @@ One shard is a folder ``<out_file>_<shard_id>/`` (DPR's naming, so ``--encoded_c
 
     vectors.npy    (count, dim) float32, or float16 with --fp16_storage; read with allow_pickle=False
     ids.json       JSON list of ``count`` passage ids (strings), row i is the vector of ids[i]
-    meta.json      the header: format, version, encoder config, backbone fingerprint, checkpoint path,
-                   passage-encoder digest, dim, count, dtype, shard_id / num_shards, passage range, and
-                   (version 2) digests of the shard's passages and of the whole corpus they came from
+    meta.json      the header: format, version, passage-encoder config (with its passage format),
+                   backbone fingerprint, checkpoint path, passage-encoder digest, dim, count, dtype,
+                   shard_id / num_shards, passage range, and (version 2) digests of the shard's passages
+                   and of the whole corpus they came from; (version 3) the encoder config nested
 
 The folder is written with :func:`dpr.atomic.atomic_directory`, so the three files appear together or
 not at all (a crash can never pair new vectors with old ids). Every reader check names the file.
@@ -26,12 +27,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from dpr.atomic import atomic_directory
+from dpr.configs import BiEncoderConfig, ConfigError
+from dpr.data.files import read_versioned_json
 from dpr.errors import UserError
-from dpr.options import ARCHITECTURE_FIELDS, EncoderConfig
+from dpr.identity import EncoderIdentity, encoder_digest
 
 if TYPE_CHECKING:
     from dpr.data.readers import Passage
@@ -40,16 +41,31 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "dpr-ptv2-embeddings"
 # 2: corpus_digest / passages_digest. Version-1 shards still load; their corpus is "unknown".
-VERSION = 2
+# 3: the encoder config nested (dpr.configs, format 2), its passage format included.
+VERSION = 3
 VECTORS_FILE = "vectors.npy"
 IDS_FILE = "ids.json"
 META_FILE = "meta.json"
 # Beside a saved FAISS index (dense_retriever --save_or_load_index): a glob over shards may match it.
 INDEX_SOURCE_FILE = "embeddings.json"
 STORAGE_DTYPES = ("float32", "float16")
-# Encoder settings that change a passage's vector (besides the weights, which the digest covers).
-IDENTITY_FIELDS = tuple(f for f in ARCHITECTURE_FIELDS if f != "share_encoder") + ("do_lower_case",)
-_DEFAULTS = EncoderConfig().to_dict()
+
+__all__ = [  # encoder_digest lives in dpr.identity; shard code and its tests have always found it here
+    "EmbeddingShard",
+    "EmbeddingsError",
+    "RowDigest",
+    "ShardHeader",
+    "check_encoder_match",
+    "check_identity",
+    "encoder_digest",
+    "find_shards",
+    "passage_identity",
+    "passages_digest",
+    "read_shard",
+    "shard_path",
+    "shard_range",
+    "write_shard",
+]
 
 
 class EmbeddingsError(UserError, ValueError):
@@ -86,6 +102,16 @@ class ShardHeader:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def identity(self, source: str = META_FILE) -> EncoderIdentity:
+        """The passage encoder that made the shard (versions 1 and 2 kept --no_title beside the config)."""
+        try:
+            config = BiEncoderConfig.from_dict(self.encoder, source)
+        except ConfigError as err:
+            raise EmbeddingsError(str(err)) from None
+        if self.version < 3:
+            config = config.with_settings(insert_title=self.insert_title)
+        return EncoderIdentity.of_config(config, self.backbone, self.encoder_digest)
+
 
 def shard_range(total: int, shard_id: int, num_shards: int) -> tuple[int, int]:
     """Rows ``[start, end)`` of shard ``shard_id``: contiguous, sizes differ by at most one, none dropped.
@@ -97,20 +123,6 @@ def shard_range(total: int, shard_id: int, num_shards: int) -> tuple[int, int]:
     base, extra = divmod(total, num_shards)
     start = shard_id * base + min(shard_id, extra)
     return start, start + base + (1 if shard_id < extra else 0)
-
-
-def encoder_digest(encoder: nn.Module) -> str:
-    """SHA-256 over every parameter of ``encoder`` (names, shapes, dtypes, bytes).
-
-    Identifies the passage encoder that made a set of embeddings independently of where its
-    checkpoint lives: a copied checkpoint matches, a re-initialised random prefix does not.
-    """
-    digest = hashlib.sha256()
-    for name, param in sorted(encoder.named_parameters(), key=lambda item: item[0]):
-        tensor = param.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 class RowDigest:
@@ -141,19 +153,10 @@ def passages_digest(ids: Sequence[str], passages: Sequence[Passage]) -> str:
 
 
 def passage_identity(model: Any) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """What a shard records about the passage encoder of a BiEncoder, for ``check_encoder_match``:
-    (the passage side's own config, backbone fingerprint, passage-encoder digest).
-
-    The passage side's config (``EncoderConfig.passage_config``) is the base model's for a
-    question-side checkpoint, so an index built before training matches it.
-    """
-    from dpr.models.serialization import backbone_fingerprint  # models import nothing from here
-
-    return (
-        model.config.passage_config().to_dict(),
-        backbone_fingerprint(model.backbone),
-        encoder_digest(model.ctx_encoder),
-    )
+    """(passage-side config dict, backbone fingerprint, passage-encoder digest) of a BiEncoder: the parts
+    of ``model.passage_identity()`` that :func:`check_encoder_match` takes (format 1's interface)."""
+    identity = model.passage_identity()
+    return model.config.passage_config().to_dict(), dict(identity.backbone), identity.digest
 
 
 def shard_path(out_file: str, shard_id: int) -> str:
@@ -231,16 +234,7 @@ def _read_header(path: str) -> ShardHeader:
             else ""
         )
         raise EmbeddingsError(f"{path} is not an embeddings shard folder: no {META_FILE}{hint}")
-    try:
-        with open(meta_path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except json.JSONDecodeError as err:
-        raise EmbeddingsError(f"{meta_path}:{err.lineno}: invalid JSON: {err.msg}") from err
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise EmbeddingsError(f"{meta_path}: format {found!r}, expected {FORMAT!r}")
-    if data.get("version", 0) > VERSION:
-        raise EmbeddingsError(f"{meta_path}: version {data['version']} is newer than this code ({VERSION})")
+    data = read_versioned_json(meta_path, max_version=VERSION, format=FORMAT, error=EmbeddingsError)
     names = {f.name for f in dataclasses.fields(ShardHeader)}
     required = {f.name for f in dataclasses.fields(ShardHeader) if f.default is dataclasses.MISSING}
     missing, unknown = sorted(required - set(data)), sorted(set(data) - names)
@@ -249,6 +243,7 @@ def _read_header(path: str) -> ShardHeader:
     header = ShardHeader(**data)
     if header.dtype not in STORAGE_DTYPES:
         raise EmbeddingsError(f"{meta_path}: dtype {header.dtype!r}, expected one of {STORAGE_DTYPES}")
+    header.identity(meta_path)  # a readable encoder config, or the error names the file
     return header
 
 
@@ -400,7 +395,7 @@ def _check_same_corpus(a: EmbeddingShard, b: EmbeddingShard) -> None:
     ha, hb = a.header, b.header
     if ha.dim != hb.dim:
         raise EmbeddingsError(f"{b.meta_path}: dimension {hb.dim} does not match {a.meta_path}: {ha.dim}")
-    diffs = _identity_diffs(ha, hb.encoder, hb.backbone, hb.encoder_digest)
+    diffs = ha.identity(a.meta_path).diff(hb.identity(b.meta_path))
     if diffs:
         raise EmbeddingsError(f"{b.meta_path} and {a.meta_path} were made by different encoders: {'; '.join(diffs)}")
     if ha.num_shards != hb.num_shards or ha.total_passages != hb.total_passages:
@@ -418,39 +413,31 @@ def _check_same_corpus(a: EmbeddingShard, b: EmbeddingShard) -> None:
         )
 
 
-def _identity_diffs(header: ShardHeader, encoder: dict[str, Any], backbone: dict[str, Any], digest: str) -> list[str]:
-    """Human-readable differences between a header's encoder and another one (empty when equal)."""
-    # A field missing from an older header (or config) holds its default value.
-    ours, theirs = {**_DEFAULTS, **header.encoder}, {**_DEFAULTS, **encoder}
-    diffs = [
-        f"{name}: {ours.get(name)!r} vs {theirs.get(name)!r}"
-        for name in IDENTITY_FIELDS
-        if ours.get(name) != theirs.get(name)
-    ]
-    diffs += [
-        f"backbone {key}: {header.backbone.get(key)!r} vs {backbone.get(key)!r}"
-        for key in sorted(set(header.backbone) | set(backbone))
-        if header.backbone.get(key) != backbone.get(key)
-    ]
-    if not diffs and header.encoder_digest != digest:
-        diffs.append(f"passage-encoder weights differ (digest {header.encoder_digest[:12]} vs {digest[:12]})")
-    return diffs
+def check_identity(shard: EmbeddingShard, identity: EncoderIdentity, checkpoint: str | None) -> None:
+    """Refuse embeddings made by another passage encoder than the query encoder's (config, format, weights).
 
-
-def check_encoder_match(
-    shard: EmbeddingShard, encoder: dict[str, Any], backbone: dict[str, Any], digest: str, checkpoint: str | None
-) -> None:
-    """Refuse embeddings made by another passage encoder than the query encoder's (config or weights).
-
-    ``encoder`` / ``backbone`` / ``digest`` describe the query-side model; the error names the shard's
-    header file, the embeddings' checkpoint and the query encoder's, and each differing value.
+    ``identity`` is the query-side model's passage identity; the error names the shard's header file,
+    the embeddings' checkpoint and the query encoder's, and each differing value (embeddings -> query).
     """
-    diffs = _identity_diffs(shard.header, encoder, backbone, digest)
+    stored = shard.header.identity(shard.meta_path)
+    diffs = stored.diff(identity)
     if diffs:
-        made_by = shard.header.checkpoint or f"base model {shard.header.encoder.get('pretrained_model_cfg')}"
-        query_by = checkpoint or f"base model {encoder.get('pretrained_model_cfg')}"
+        made_by = shard.header.checkpoint or f"base model {stored.settings.get('pretrained_model_cfg')}"
+        query_by = checkpoint or f"base model {identity.settings.get('pretrained_model_cfg')}"
         raise EmbeddingsError(
             f"{shard.meta_path}: these embeddings were made by another encoder than the query encoder "
             f"(embeddings: {made_by}; query encoder: {query_by}): {'; '.join(diffs)}. Regenerate the "
             f"embeddings with this encoder or pass the --model_file they were made with"
         )
+
+
+def check_encoder_match(
+    shard: EmbeddingShard, encoder: dict[str, Any], backbone: dict[str, Any], digest: str, checkpoint: str | None
+) -> None:
+    """:func:`check_identity` with the identity given as its parts (format 1's interface): ``encoder`` is
+    a passage config dict (nested or flat), as :func:`passage_identity` returns."""
+    try:
+        config = BiEncoderConfig.from_dict(encoder, "query encoder")
+    except ConfigError as err:
+        raise EmbeddingsError(str(err)) from None
+    check_identity(shard, EncoderIdentity.of_config(config, backbone, digest), checkpoint)

@@ -114,7 +114,8 @@ def side_functions(
         return model.encode_query, lambda texts: tokenize_questions(tokenizer, texts, max_length)
     if side == "passage":
         # The model's own title format, so passages are encoded as the model was trained / evaluated.
-        title_mode = getattr(getattr(model, "config", None), "title_mode", "pair")
+        passages = getattr(getattr(model, "config", None), "passages", None)  # a BiEncoderConfig's PassageFormat
+        title_mode = passages.title_mode if passages is not None else "pair"
         return model.encode_passage, lambda passages: tokenize_passages(
             tokenizer, passages, max_length, insert_title=insert_title, title_mode=title_mode
         )

@@ -7,20 +7,11 @@ argparse namespace. (It belongs in :mod:`dpr.options` beside the encoder flags i
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from typing import Any
 
-from dpr.options import EncoderConfig
+from dpr.options import encoder_overrides_from_args
 from dpr.retrieval import InferenceModelConfig
 
-
-def encoder_overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The encoder settings the user typed: every ``EncoderConfig`` flag whose value is not None (unset)."""
-    return {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(EncoderConfig)
-        if getattr(args, f.name, None) is not None
-    }
+__all__ = ["encoder_overrides_from_args", "inference_config_from_args"]
 
 
 def inference_config_from_args(args: argparse.Namespace) -> InferenceModelConfig:

@@ -15,151 +15,26 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any
 
+from dpr.configs import (
+    DEFAULT_MODEL,
+    FLAT_FIELDS,
+    POOLING_MODES,
+    PROMPT_ENCODERS,
+    TITLE_MODES,
+    TUNE_SIDES,
+    BiEncoderConfig,
+    ConfigError,
+    apply_overrides,
+)
 from dpr.device import add_hardware_params
-from dpr.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-TUNING_MODES = ("finetune", "prefix", "prompt", "bitfit", "adapter")
-# Modes whose backbone stays frozen: question and passage encoders then share ONE backbone in memory.
-FROZEN_BACKBONE_MODES = ("prefix", "prompt", "adapter")
-POOLING_MODES = ("auto", "cls", "mean")
-PROMPT_ENCODERS = ("none", "lstm", "mlp")
-TUNE_SIDES = ("both", "question")
-TITLE_MODES = ("auto", "pair", "concat")
-DEFAULT_MODEL = "minilm-l6"
-
-Tuning = Literal["finetune", "prefix", "prompt", "bitfit", "adapter"]
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration that cannot work; the message names the flag(s) and values involved."""
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    """Everything needed to rebuild an encoder; stored in every checkpoint as JSON."""
-
-    pretrained_model_cfg: str = DEFAULT_MODEL
-    tuning: Tuning = "finetune"
-    pre_seq_len: int = 8
-    prefix_mlp: bool = False
-    prefix_hidden_size: int = 512
-    prefix_dropout: float = 0.1
-    prompt_encoder: str = "none"
-    prompt_init_text: str | None = None
-    adapter_size: int = 64
-    pooling: str = "auto"
-    projection_dim: int = 0
-    share_encoder: bool = False
-    sequence_length: int = 512
-    do_lower_case: bool = False
-    dropout: float = 0.1
-    gradient_checkpointing: bool = False
-    tune_side: str = "both"
-    normalize: bool | None = None  # L2-normalise the output; None = auto (sentence-transformers)
-    title_mode: str = "auto"  # passages as a title/text pair (DPR) or "title text" (concat)
-
-    def __post_init__(self) -> None:
-        if self.tuning not in TUNING_MODES:
-            raise ConfigError(f"tuning mode {self.tuning!r} is not one of {', '.join(TUNING_MODES)}")
-        if self.tuning in ("prefix", "prompt") and self.pre_seq_len < 1:
-            raise ConfigError(f"--pre_seq_len must be >= 1 for --{self.tuning}, got {self.pre_seq_len}")
-        if self.prefix_hidden_size < 1:
-            raise ConfigError(f"--prefix_hidden_size must be >= 1, got {self.prefix_hidden_size}")
-        if self.adapter_size < 1:
-            raise ConfigError(f"--adapter_size must be >= 1, got {self.adapter_size}")
-        if self.pooling not in POOLING_MODES:
-            raise ConfigError(f"--pooling {self.pooling!r} is not one of {', '.join(POOLING_MODES)}")
-        if self.prompt_encoder not in PROMPT_ENCODERS:
-            raise ConfigError(f"--prompt_encoder {self.prompt_encoder!r} is not one of {', '.join(PROMPT_ENCODERS)}")
-        if self.projection_dim < 0:
-            raise ConfigError(f"--projection_dim must be >= 0 (0 = no projection), got {self.projection_dim}")
-        if self.sequence_length < 3:
-            raise ConfigError(f"--sequence_length must be >= 3 ([CLS] x [SEP]), got {self.sequence_length}")
-        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.prefix_dropout < 1.0:
-            raise ConfigError(
-                f"dropout must be in [0, 1): --dropout {self.dropout}, --prefix_dropout {self.prefix_dropout}"
-            )
-        if self.share_encoder and self.tuning in FROZEN_BACKBONE_MODES:
-            # Frozen modes always share the backbone; sharing the tuned parameters too would make the
-            # question and passage sides identical, which is never what a user of these modes wants.
-            raise ConfigError(
-                f"--share_encoder applies to fine-tuning and --bitfit, not --{self.tuning} "
-                f"(its backbone is always shared)"
-            )
-        if self.title_mode not in TITLE_MODES:
-            raise ConfigError(f"--title_mode {self.title_mode!r} is not one of {', '.join(TITLE_MODES)}")
-        if self.tune_side not in TUNE_SIDES:
-            raise ConfigError(f"--tune_side {self.tune_side!r} is not one of {', '.join(TUNE_SIDES)}")
-        if self.tune_side == "question" and (self.projection_dim or self.share_encoder):
-            # The passage side is the fixed base encoder: it has no projection and is never shared.
-            raise ConfigError(
-                "--tune_side question keeps the passage encoder fixed; it cannot be combined "
-                f"with --projection_dim {self.projection_dim} or --share_encoder"
-            )
-        if self.gradient_checkpointing and self.tuning in ("prefix", "adapter"):
-            # BERT's checkpointed layers drop past_key_values, and adapter hooks would not run on the
-            # recomputation: either would silently train the wrong model, so refuse.
-            raise ConfigError(
-                f"--gradient_checkpointing cannot be combined with --{self.tuning}: the "
-                f"recomputed layers would run without the {self.tuning}"
-            )
-
-    @property
-    def frozen_backbone(self) -> bool:
-        return self.tuning in FROZEN_BACKBONE_MODES
-
-    def passage_config(self) -> "EncoderConfig":
-        """The config of the passage side alone: what a passage index made with this model records.
-
-        With ``tune_side='question'`` the passage side is the untouched base model, so it equals the
-        config of a zero-shot base encoder and an index built before training stays valid.
-        """
-        if self.tune_side == "both":
-            return self
-        return EncoderConfig(
-            pretrained_model_cfg=self.pretrained_model_cfg,
-            pooling=self.pooling,
-            normalize=self.normalize,
-            title_mode=self.title_mode,
-            sequence_length=self.sequence_length,
-            do_lower_case=self.do_lower_case,
-            dropout=self.dropout,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "EncoderConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown encoder config keys {unknown}")
-        return cls(**dict(data))
-
-
-# Fields that define the network: a flag that contradicts the checkpoint here is an error. The rest
-# (sequence length, dropout, ...) may be changed when a checkpoint is reused.
-ARCHITECTURE_FIELDS = (
-    "pretrained_model_cfg",
-    "tuning",
-    "pre_seq_len",
-    "prefix_mlp",
-    "prefix_hidden_size",
-    "prompt_encoder",
-    "adapter_size",
-    "pooling",
-    "projection_dim",
-    "share_encoder",
-    "tune_side",
-    "normalize",
-    "title_mode",
-)
-_FLAG_NAMES = {"tuning": "the tuning mode (--prefix/--prompt/--bitfit/--adapter, none = fine-tuning)"}
+# The encoder configs live in dpr.configs, one per concern. Format 1's flat constructor, kept for scripts
+# (bench/) that build a config from flag-named settings: EncoderConfig(tuning="prefix", pre_seq_len=8).
+EncoderConfig = BiEncoderConfig.from_flat
 
 
 def add_encoder_params(parser: argparse.ArgumentParser) -> None:
@@ -226,6 +101,14 @@ def add_encoder_params(parser: argparse.ArgumentParser) -> None:
         help="both (default) or question: tune only the question encoder; passages keep the "
         "base model's vectors, so an existing passage index stays valid",
     )
+    group.add_argument(
+        "--no_title",
+        dest="insert_title",
+        action="store_const",
+        const=False,
+        default=None,
+        help="encode passages without titles (default: with titles, or as the checkpoint was trained)",
+    )
 
 
 def add_tuning_params(parser: argparse.ArgumentParser) -> None:
@@ -280,32 +163,30 @@ def add_tuning_params(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--adapter_size", type=int, default=None, help="adapter bottleneck size (64)")
 
 
+def encoder_overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The encoder settings the user typed (flag name -> value): every encoder flag that is not None.
+
+    ``--fix_ctx_encoder`` (DPR's name) is ``--tune_side question``: the passage side stays the base model.
+    """
+    given = {name: getattr(args, name) for name in FLAT_FIELDS if getattr(args, name, None) is not None}
+    if getattr(args, "fix_ctx_encoder", False):
+        if given.get("tune_side", "question") != "question":
+            raise ConfigError(
+                f"--fix_ctx_encoder means --tune_side question; it contradicts --tune_side {given['tune_side']}"
+            )
+        given["tune_side"] = "question"
+    return given
+
+
 def encoder_config_from_args(
-    args: argparse.Namespace, stored: EncoderConfig | None = None, source: str = "checkpoint"
-) -> EncoderConfig:
+    args: argparse.Namespace, stored: BiEncoderConfig | None = None, source: str = "checkpoint"
+) -> BiEncoderConfig:
     """Build the encoder config from parsed flags, filling unset flags from ``stored`` or the defaults.
 
     Raises ConfigError when an explicitly given architecture flag contradicts ``stored``; the message
     names the flag, its value and the checkpoint's value.
     """
-    base = stored if stored is not None else EncoderConfig()
-    given = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(EncoderConfig)
-        if getattr(args, f.name, None) is not None
-    }
-    if stored is not None:
-        for name in ARCHITECTURE_FIELDS:
-            if name in given and given[name] != getattr(stored, name):
-                flag = _FLAG_NAMES.get(name, f"--{name}")
-                raise ConfigError(
-                    f"{flag} is {given[name]!r} but {source} was trained with "
-                    f"{name}={getattr(stored, name)!r}; drop the flag or use another checkpoint"
-                )
-        for name, value in given.items():
-            if name not in ARCHITECTURE_FIELDS and value != getattr(stored, name):
-                logger.info("overriding %s from %s: %r -> %r", name, source, getattr(stored, name), value)
-    return dataclasses.replace(base, **given)
+    return apply_overrides(stored, encoder_overrides_from_args(args), source)
 
 
 def parse_upsample_rates(value: str) -> tuple[int, ...]:
@@ -366,7 +247,6 @@ class TrainConfig:
     hard_negatives: int = 1
     other_negatives: int = 0
     shuffle_positive_ctx: bool = False
-    insert_title: bool = True
     ctx_field: str = "text"
     log_batch_step: int = 100
     train_rolling_loss_step: int = 100
@@ -378,7 +258,6 @@ class TrainConfig:
     val_av_rank_max_qs: int = 10_000
     keep_checkpoints: int = 2
     loss_scale: float | None = None  # scores x scale in the loss; None: 20 for normalised vectors, else 1
-    fix_ctx_encoder: bool = False
     ctx_embeddings: tuple[str, ...] = ()
     precision: str = "fp32"
     no_cuda: bool = False
@@ -462,7 +341,6 @@ def add_training_params(parser: argparse.ArgumentParser) -> None:
         default=d.ctx_field,
         help="passage field used as the passage text",
     )
-    g.add_argument("--no_title", dest="insert_title", action="store_false", help="encode passages without titles")
     t = parser.add_argument_group("training")
     t.add_argument("--output_dir", default=d.output_dir)
     t.add_argument("--checkpoint_file_name", default=d.checkpoint_file_name)
@@ -501,7 +379,11 @@ def add_training_params(parser: argparse.ArgumentParser) -> None:
         help="warmup as a share of all steps (overrides --warmup_steps)",
     )
     t.add_argument("--dropout", type=float, default=None, help="backbone dropout (0.1)")
-    t.add_argument("--fix_ctx_encoder", action="store_true", help="train the question side only")
+    t.add_argument(
+        "--fix_ctx_encoder",
+        action="store_true",
+        help="DPR's name for --tune_side question: train the question side only (passages keep the base model)",
+    )
     t.add_argument(
         "--ctx_embeddings",
         nargs="+",

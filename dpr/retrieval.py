@@ -21,37 +21,41 @@ import os
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from dpr.atomic import atomic_directory
+from dpr.configs import ARCHITECTURE_FIELDS, FLAT_FIELDS, BiEncoderConfig, ConfigError, apply_overrides
 from dpr.data.corpus import iter_corpus, resolve_corpus_path
 from dpr.data.readers import DataFormatError, Passage
-from dpr.embeddings_io import INDEX_SOURCE_FILE, EmbeddingsError, EmbeddingShard, RowDigest, passage_identity
+from dpr.device import PRECISIONS, select_device
+from dpr.embeddings_io import INDEX_SOURCE_FILE, EmbeddingsError, EmbeddingShard, RowDigest
 from dpr.encoding import Side, encode_texts
+from dpr.identity import EncoderIdentity
 from dpr.indexer.faiss_index import DenseIndex, IndexParams, merge_topk
 from dpr.models.biencoder import BiEncoder, build_biencoder
+from dpr.models.checkpoint_format import WEIGHTS_FILE, CheckpointInfo, load_biencoder, read_checkpoint_info
 from dpr.models.hub import load_backbone, load_tokenizer
 from dpr.models.tasks import TaskLibrary
-from dpr.options import ARCHITECTURE_FIELDS, ConfigError, EncoderConfig, encoder_config_from_args
-from dpr.training.checkpoint import WEIGHTS_FILE, CheckpointInfo, load_biencoder, read_checkpoint_info
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
 SOURCE_FILE = INDEX_SOURCE_FILE  # beside a saved index: which shards and encoder it was built from
 
-PRECISIONS = ("fp32", "fp16", "bf16")
-_ENCODER_FIELDS = frozenset(f.name for f in dataclasses.fields(EncoderConfig))
+_ENCODER_FIELDS = frozenset(FLAT_FIELDS)
 
 
 @dataclass(frozen=True)
 class InferenceModelConfig:
     """Which encoder(s) to load for inference, and on what hardware.
 
-    ``encoder_overrides`` holds the encoder settings given explicitly (``EncoderConfig`` field -> value);
+    ``encoder_overrides`` holds the encoder settings given explicitly (flag name -> value, the keys of
+    ``BiEncoderConfig.to_flat``);
     a checkpoint fills in the rest, and an architecture field that contradicts it is an error. Without
     ``model_file`` (and ``tasks``) they describe the base model. ``tasks`` is ``((name, checkpoint), ...)``:
     several task checkpoints on one backbone (:func:`load_task_encoder`) instead of ``model_file``.
@@ -88,40 +92,26 @@ class InferenceModel:
     """A bi-encoder ready to encode, its tokenizer, where its weights came from, and how it runs."""
 
     model: BiEncoder
-    tokenizer: Any
+    tokenizer: PreTrainedTokenizerBase
     checkpoint: str | None  # absolute checkpoint path, None for the base model
     training: dict[str, Any]  # the checkpoint's training config ({} for the base model)
     device: torch.device = torch.device("cpu")
     precision: str = "fp32"  # autocast for encoding: fp32, fp16 or bf16
 
-    def identity(self) -> tuple[dict[str, Any], dict[str, Any], str]:
-        """(encoder config dict, backbone fingerprint, passage-encoder digest): what embeddings record."""
-        return passage_identity(self.model)
+    def identity(self) -> EncoderIdentity:
+        """The passage encoder's identity: what embeddings made with this model record."""
+        return self.model.passage_identity()
 
     def describe(self) -> str:
         """The checkpoint path, or ``base model <name>``: how results name their encoder."""
-        return self.checkpoint or f"base model {self.model.config.pretrained_model_cfg}"
-
-
-def select_device(no_cuda: bool, precision: str) -> torch.device:
-    """CUDA unless ``no_cuda`` or none is present; fp16 autocast on CPU is refused up front."""
-    device = torch.device("cuda" if torch.cuda.is_available() and not no_cuda else "cpu")
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError(f"--fp16 needs a CUDA device; this run is on {device} (drop --fp16)")
-    return device
-
-
-def _as_flags(overrides: Mapping[str, Any]) -> SimpleNamespace:
-    # encoder_config_from_args / load_biencoder read the given settings as attributes (unset = absent);
-    # this adapter goes once they take a mapping of overrides (see dpr.options).
-    return SimpleNamespace(**overrides)
+        return self.checkpoint or f"base model {self.model.config.backbone.pretrained_model_cfg}"
 
 
 def resolve_encoder_config(
-    overrides: Mapping[str, Any], stored: EncoderConfig | None = None, source: str = "checkpoint"
-) -> EncoderConfig:
+    overrides: Mapping[str, Any], stored: BiEncoderConfig | None = None, source: str = "checkpoint"
+) -> BiEncoderConfig:
     """``stored`` (default: the defaults) with ``overrides`` applied; contradicted architecture fields raise."""
-    return encoder_config_from_args(_as_flags(overrides), stored, source=source)
+    return apply_overrides(stored, overrides, source=source)
 
 
 def load_inference_model(cfg: InferenceModelConfig, device: torch.device | None = None) -> InferenceModel:
@@ -135,20 +125,20 @@ def load_inference_model(cfg: InferenceModelConfig, device: torch.device | None 
         raise ConfigError("this config names --task checkpoints: load them with load_task_encoder")
     device = cfg.device() if device is None else device
     if cfg.model_file:
-        model, info = load_biencoder(cfg.model_file, _as_flags(cfg.encoder_overrides))
+        model, info = load_biencoder(cfg.model_file, cfg.encoder_overrides)
         checkpoint, training = os.path.abspath(info.path), info.training
     else:
         config = resolve_encoder_config(cfg.encoder_overrides)
-        if config.tuning in ("finetune", "bitfit") and "share_encoder" not in cfg.encoder_overrides:
-            config = dataclasses.replace(config, share_encoder=True)
+        if config.tuning.method in ("finetune", "bitfit") and "share_encoder" not in cfg.encoder_overrides:
+            config = config.with_settings(share_encoder=True)
         elif config.frozen_backbone:
             logger.warning(
                 "no --model_file: the %s parameters are randomly initialised, so these vectors "
                 "are not a trained retriever's",
-                config.tuning,
+                config.tuning.method,
             )
         model, checkpoint, training = build_biencoder(config), None, {}
-    tokenizer = load_tokenizer(model.config.pretrained_model_cfg, model.config.do_lower_case)
+    tokenizer = load_tokenizer(model.config.backbone.pretrained_model_cfg, model.config.backbone.do_lower_case)
     model.to(device).eval()
     return InferenceModel(model, tokenizer, checkpoint, training, device, cfg.precision)
 
@@ -165,7 +155,7 @@ def load_task_encoder(cfg: InferenceModelConfig, device: torch.device | None = N
         for name, path in cfg.tasks
     }
     encoder = TaskEncoder(
-        configs[cfg.tasks[0][0]].pretrained_model_cfg,
+        configs[cfg.tasks[0][0]].backbone.pretrained_model_cfg,
         cfg.device() if device is None else device,
         precision=cfg.precision,
     )
@@ -189,7 +179,7 @@ class TaskEncoder:
         self.library = TaskLibrary(load_backbone(pretrained_model_cfg), pretrained_model_cfg).to(device)
         self.precision = precision  # the default autocast of encode()
         self._checkpoints: dict[str, str] = {}
-        self._tokenizers: dict[bool, Any] = {}  # by do_lower_case: tasks may differ only in that
+        self._tokenizers: dict[bool, PreTrainedTokenizerBase] = {}  # by do_lower_case: tasks may differ only in that
 
     @classmethod
     def from_checkpoints(cls, checkpoints: Mapping[str, str], device: torch.device | str = "cpu") -> "TaskEncoder":
@@ -197,7 +187,7 @@ class TaskEncoder:
         if not checkpoints:
             raise ConfigError("a task encoder needs at least one task checkpoint")
         first = read_checkpoint_info(next(iter(checkpoints.values())))
-        encoder = cls(first.encoder.pretrained_model_cfg, device)
+        encoder = cls(first.encoder.backbone.pretrained_model_cfg, device)
         for name, path in checkpoints.items():
             encoder.register(name, path)
         return encoder
@@ -207,7 +197,7 @@ class TaskEncoder:
         """Registered task names, in registration order."""
         return self.library.tasks
 
-    def register(self, name: str, checkpoint_path: str, config: EncoderConfig | None = None) -> CheckpointInfo:
+    def register(self, name: str, checkpoint_path: str, config: BiEncoderConfig | None = None) -> CheckpointInfo:
         """Register the checkpoint folder ``checkpoint_path`` as task ``name``.
 
         ``config`` (default: the checkpoint's) may change settings that do not alter the network, such
@@ -216,11 +206,8 @@ class TaskEncoder:
         info = read_checkpoint_info(checkpoint_path)
         if config is None:
             config = info.encoder
-        diffs = [
-            f"{f}: {getattr(config, f)!r} vs checkpoint {getattr(info.encoder, f)!r}"
-            for f in ARCHITECTURE_FIELDS
-            if getattr(config, f) != getattr(info.encoder, f)
-        ]
+        ours, stored = config.to_flat(), info.encoder.to_flat()
+        diffs = [f"{f}: {ours[f]!r} vs checkpoint {stored[f]!r}" for f in ARCHITECTURE_FIELDS if ours[f] != stored[f]]
         if diffs:
             raise ConfigError(f"task {name!r}: config contradicts {checkpoint_path} ({'; '.join(diffs)})")
         self.library.add(name, config, info.backbone, os.path.join(checkpoint_path, WEIGHTS_FILE), checkpoint_path)
@@ -239,11 +226,11 @@ class TaskEncoder:
         self.library.model(task)  # unknown names get the error listing registered tasks
         return self._checkpoints[task]
 
-    def identity(self, task: str) -> tuple[dict[str, Any], dict[str, Any], str]:
-        """The passage-encoder identity of ``task``, to check against an index (``check_encoder_match``)."""
-        return passage_identity(self.library.model(task))
+    def identity(self, task: str) -> EncoderIdentity:
+        """The passage-encoder identity of ``task``, to check against an index (``check_identity``)."""
+        return self.library.model(task).passage_identity()
 
-    def tokenizer(self, do_lower_case: bool) -> Any:
+    def tokenizer(self, do_lower_case: bool) -> PreTrainedTokenizerBase:
         if do_lower_case not in self._tokenizers:
             self._tokenizers[do_lower_case] = load_tokenizer(self.library.model_name, do_lower_case)
         return self._tokenizers[do_lower_case]
@@ -261,19 +248,21 @@ class TaskEncoder:
     ) -> np.ndarray:
         """Encode questions (strings) or passages with task ``task``; returns (N, D) float32 in input order.
 
-        ``max_length`` defaults to the task's ``sequence_length``, ``precision`` to the encoder's.
+        ``max_length`` defaults to the task's ``sequence_length``, ``precision`` to the encoder's; passages
+        are formatted as the task's checkpoint says (title mode, --no_title).
         """
         model = self.library.model(task)
         config = model.config
         return encode_texts(
             model,
-            self.tokenizer(config.do_lower_case),
+            self.tokenizer(config.backbone.do_lower_case),
             texts,
             side,
-            max_length=max_length or config.sequence_length,
+            max_length=max_length or config.backbone.sequence_length,
             batch_size=batch_size,
             device=self.library.device,
             precision=precision or self.precision,
+            insert_title=config.passages.insert_title,
             progress=progress,
         )
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from dpr import retrieval
 from dpr.data.readers import Passage
-from dpr.embeddings_io import EmbeddingsError, EmbeddingShard, check_encoder_match, find_shards
+from dpr.embeddings_io import EmbeddingsError, EmbeddingShard, check_identity, find_shards
 from dpr.encoding import encode_texts
 from dpr.evaluation.evaluate import QuerySet
 from dpr.indexer.faiss_index import IndexParams
@@ -165,14 +165,14 @@ def retrieve(
     cfg: RetrieveConfig = RetrieveConfig(),
 ) -> Retrieval:
     """Encode ``questions`` with ``loaded`` and search ``shards``; refuses shards of another passage encoder."""
-    check_encoder_match(shards[0], *loaded.identity(), loaded.checkpoint)
+    check_identity(shards[0], loaded.identity(), loaded.checkpoint)
     config = loaded.model.config
     vectors = encode_texts(
         loaded.model,
         loaded.tokenizer,
         list(questions),
         "question",
-        max_length=config.sequence_length,
+        max_length=config.backbone.sequence_length,
         batch_size=cfg.batch_size,
         device=loaded.device,
         precision=loaded.precision,
@@ -195,7 +195,7 @@ def retrieve_tasks(
     The tasks' results share one :class:`SearchStats` (its ``queries`` counts all tasks' questions).
     """
     for task in encoder.tasks:  # all before any search: one wrong task must not cost a long run
-        check_encoder_match(shards[0], *encoder.identity(task), encoder.checkpoint(task))
+        check_identity(shards[0], encoder.identity(task), encoder.checkpoint(task))
     per_task = []
     for task in encoder.tasks:
         vectors = encoder.encode(

@@ -12,17 +12,12 @@ from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertModel
 
 from dpr.atomic import atomic_directory
+from dpr.configs import BiEncoderConfig
 from dpr.models.biencoder import build_biencoder
+from dpr.models.checkpoint_format import CheckpointError, TrainingPosition, load_biencoder, read_checkpoint_info
 from dpr.models.serialization import CheckpointMismatchError
-from dpr.options import ConfigError, EncoderConfig, add_encoder_params, add_tuning_params
-from dpr.training.checkpoint import (
-    CheckpointError,
-    TrainingPosition,
-    load_biencoder,
-    load_training_state,
-    read_checkpoint_info,
-    save_checkpoint,
-)
+from dpr.options import ConfigError, add_encoder_params, add_tuning_params, encoder_overrides_from_args
+from dpr.training.checkpoint import load_training_state, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +43,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def overrides(argv: list[str]) -> dict:
+    """The flag-named settings the command line ``argv`` types (what load_biencoder takes)."""
+    return encoder_overrides_from_args(parse(argv))
+
+
 def tokens():
     ids = torch.tensor([[2, 17, 33, 41, 3], [2, 8, 3, 0, 0]])
     return ids, (ids > 0).long(), torch.zeros_like(ids)
@@ -61,7 +61,7 @@ def perturb(model):
 
 @pytest.mark.parametrize("tuning", ["prefix", "prompt", "adapter", "bitfit", "finetune"])
 def test_save_load_reproduces_embeddings_exactly(tmp_path, tiny_model_dir, tuning):
-    cfg = EncoderConfig(
+    cfg = BiEncoderConfig.from_flat(
         pretrained_model_cfg=tiny_model_dir,
         tuning=tuning,
         pre_seq_len=4,
@@ -80,7 +80,7 @@ def test_save_load_reproduces_embeddings_exactly(tmp_path, tiny_model_dir, tunin
         assert torch.equal(model.encode_query(ids, mask, seg), loaded.encode_query(ids, mask, seg))
         assert torch.equal(model.encode_passage(ids, mask, seg), loaded.encode_passage(ids, mask, seg))
     assert info.position == TrainingPosition(2, 5, 40)
-    assert info.encoder == model.config and info.encoder.pooling == "cls"  # 'auto' stored resolved
+    assert info.encoder == model.config and info.encoder.head.pooling == "cls"  # 'auto' stored resolved
     stored = load_file(os.path.join(path, "model.safetensors"))
     assert set(stored) == set(model.tuned_names)
     if tuning != "finetune" and tuning != "bitfit":
@@ -91,7 +91,7 @@ def test_prefix_checkpoint_of_bert_base_size_is_a_few_megabytes(tmp_path):
     torch.manual_seed(0)
     path = str(tmp_path / "bert-base-shaped")
     BertModel(BertConfig(), add_pooling_layer=False).save_pretrained(path)  # 12 layers, hidden 768
-    model = build_biencoder(EncoderConfig(pretrained_model_cfg=path, tuning="prefix", pre_seq_len=64))
+    model = build_biencoder(BiEncoderConfig.from_flat(pretrained_model_cfg=path, tuning="prefix", pre_seq_len=64))
     ckpt = save_checkpoint(str(tmp_path / "ckpt"), model)
     size = os.path.getsize(os.path.join(ckpt, "model.safetensors"))
     # 2 sides x 64 positions x 12 layers x 2 (key, value) x 768 floats x 4 bytes = 9.4 MB
@@ -100,7 +100,9 @@ def test_prefix_checkpoint_of_bert_base_size_is_a_few_megabytes(tmp_path):
 
 def test_optimizer_and_scheduler_state_round_trip_without_pickle(tmp_path, tiny_model_dir):
     model = build_biencoder(
-        EncoderConfig(pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4, sequence_length=32)
+        BiEncoderConfig.from_flat(
+            pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4, sequence_length=32
+        )
     )
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=1e-3)
@@ -120,18 +122,20 @@ def test_optimizer_and_scheduler_state_round_trip_without_pickle(tmp_path, tiny_
 
 def test_flags_that_contradict_the_checkpoint_raise_naming_both_values(tmp_path, tiny_model_dir):
     prefix = build_biencoder(
-        EncoderConfig(pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4, sequence_length=32)
+        BiEncoderConfig.from_flat(
+            pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4, sequence_length=32
+        )
     )
     prefix_path = save_checkpoint(str(tmp_path / "prefix"), prefix)
     with pytest.raises(ConfigError, match=r"--pre_seq_len is 16 but .* pre_seq_len=4"):
-        load_biencoder(prefix_path, parse(["--pre_seq_len", "16"]))
-    finetune = build_biencoder(EncoderConfig(pretrained_model_cfg=tiny_model_dir, sequence_length=32))
+        load_biencoder(prefix_path, overrides(["--pre_seq_len", "16"]))
+    finetune = build_biencoder(BiEncoderConfig.from_flat(pretrained_model_cfg=tiny_model_dir, sequence_length=32))
     finetune_path = save_checkpoint(str(tmp_path / "finetune"), finetune)
     with pytest.raises(ConfigError, match=r"tuning mode .* is 'prefix' but .* tuning='finetune'"):
-        load_biencoder(finetune_path, parse(["--prefix"]))
+        load_biencoder(finetune_path, overrides(["--prefix"]))
     # Repeating the stored values, or changing what does not alter the network, is fine.
-    model, _ = load_biencoder(prefix_path, parse(["--prefix", "--pre_seq_len", "4", "--sequence_length", "16"]))
-    assert model.config.sequence_length == 16 and model.config.pre_seq_len == 4
+    model, _ = load_biencoder(prefix_path, overrides(["--prefix", "--pre_seq_len", "4", "--sequence_length", "16"]))
+    assert model.config.backbone.sequence_length == 16 and model.config.tuning.pre_seq_len == 4
 
 
 def test_two_modes_at_once_is_an_argparse_error(capsys):
@@ -144,7 +148,9 @@ def test_not_a_checkpoint_and_tampered_files_are_refused(tmp_path, tiny_model_di
     with pytest.raises(CheckpointError, match="no config.json"):
         read_checkpoint_info(str(tmp_path))
     model = build_biencoder(
-        EncoderConfig(pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4, sequence_length=32)
+        BiEncoderConfig.from_flat(
+            pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4, sequence_length=32
+        )
     )
     path = save_checkpoint(str(tmp_path / "ckpt"), model)
     weights = os.path.join(path, "model.safetensors")
@@ -176,7 +182,9 @@ def test_a_crash_while_writing_keeps_the_previous_folder(tmp_path):
 
 def test_a_training_output_folder_means_its_best_checkpoint(tmp_path, tiny_model_dir):
     model = build_biencoder(
-        EncoderConfig(pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4, sequence_length=32)
+        BiEncoderConfig.from_flat(
+            pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4, sequence_length=32
+        )
     )
     best = save_checkpoint(str(tmp_path / "run" / "dpr_biencoder.1.5"), model)
     save_checkpoint(str(tmp_path / "run" / "dpr_biencoder.2.5"), build_biencoder(model.config))
@@ -193,7 +201,9 @@ def test_a_training_output_folder_means_its_best_checkpoint(tmp_path, tiny_model
 
 def test_damaged_weights_and_training_state_are_clear_errors_naming_the_file(tmp_path, tiny_model_dir):
     model = build_biencoder(
-        EncoderConfig(pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4, sequence_length=32)
+        BiEncoderConfig.from_flat(
+            pretrained_model_cfg=tiny_model_dir, tuning="prefix", pre_seq_len=4, sequence_length=32
+        )
     )
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     path = save_checkpoint(str(tmp_path / "ckpt"), model, optimizer=optim)

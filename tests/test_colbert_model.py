@@ -16,10 +16,11 @@ from colbert.options import ColBERTConfig, ColBERTTrainConfig, colbert_config_fr
 from colbert.scoring import maxsim
 from colbert.tokenization import ColBERTTokenizer
 from colbert.training import ColBERTTrainer, batch_indices, batch_loss
+from dpr.configs import BackboneConfig, PrefixConfig, tuning_from_flat
 from dpr.data.readers import Passage
 from dpr.models.hub import load_tokenizer
 from dpr.models.serialization import CheckpointMismatchError
-from dpr.options import ConfigError, EncoderConfig
+from dpr.options import ConfigError
 
 TOPICS = [
     "paris is the capital of france",
@@ -44,16 +45,15 @@ def one_thread():
 
 
 def config(model_dir: str, tuning: str = "prefix", **kw) -> ColBERTConfig:
-    encoder = EncoderConfig(
-        pretrained_model_cfg=model_dir,
-        tuning=tuning,
-        pre_seq_len=4,
-        pooling="cls",
-        sequence_length=32,
-        dropout=0.0,
-        prefix_dropout=0.0,
+    flat = dict(pretrained_model_cfg=model_dir, tuning=tuning, pre_seq_len=4, dropout=0.0, prefix_dropout=0.0)
+    return ColBERTConfig(
+        backbone=BackboneConfig(model_dir, dropout=0.0),
+        tuning=tuning_from_flat(flat),
+        query_maxlen=12,
+        doc_maxlen=32,
+        dim=16,
+        **kw,
     )
-    return ColBERTConfig(encoder=encoder, query_maxlen=12, doc_maxlen=32, dim=16, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,11 @@ def test_checkpoint_round_trip_reproduces_vectors_and_config(tiny_bert_dir, tok,
     model = make(tiny_bert_dir, seed=5, similarity="l2", mask_punctuation=True).eval()
     path = save_colbert(str(tmp_path / "colbert-7"), model, step=7)
     stored = json.loads((tmp_path / "colbert-7" / "config.json").read_text())
-    assert stored["colbert"]["encoder"]["pre_seq_len"] == 4 and stored["colbert"]["dim"] == 16
+    assert (
+        stored["colbert"]["tuning"]["method"] == "prefix"
+        and stored["colbert"]["tuning"]["pre_seq_len"] == 4
+        and stored["colbert"]["dim"] == 16
+    )
     loaded, info = load_colbert(path)
     loaded.eval()
     assert info.step == 7 and loaded.config == model.config
@@ -214,14 +218,14 @@ def test_flags_that_contradict_a_checkpoint_name_both_values(tiny_bert_dir, tmp_
     model = make(tiny_bert_dir)
     path = save_colbert(str(tmp_path / "colbert-0"), model)
     with pytest.raises(ConfigError, match=r"--pre_seq_len is 8 .*pre_seq_len=4"):
-        load_colbert(path, _flags(pre_seq_len=8))
+        load_colbert(path, {"pre_seq_len": 8})
     with pytest.raises(ConfigError, match=r"--doc_maxlen is 180 .*doc_maxlen=32"):
-        load_colbert(path, _flags(doc_maxlen=180))
+        load_colbert(path, {"doc_maxlen": 180})
     with pytest.raises(ConfigError, match=r"tuning mode .*'finetune'.*'prefix'"):
-        load_colbert(path, _flags(tuning="finetune"))
-    loaded, _ = load_colbert(path, _flags(dim=16, pre_seq_len=4))  # agreeing flags are fine
+        load_colbert(path, {"tuning": "finetune"})
+    loaded, _ = load_colbert(path, {"dim": 16, "pre_seq_len": 4})  # agreeing flags are fine
     assert loaded.config == model.config
-    assert read_checkpoint_info(path).config.encoder.sequence_length == 32
+    assert read_checkpoint_info(path).config.backbone.sequence_length == 32
 
 
 def test_weights_that_do_not_fit_are_refused(tiny_bert_dir, tmp_path):
@@ -237,7 +241,7 @@ def test_weights_that_do_not_fit_are_refused(tiny_bert_dir, tmp_path):
 def test_config_defaults_and_validation(tiny_bert_dir):
     cfg = colbert_config_from_args(_flags(pretrained_model_cfg=tiny_bert_dir, tuning="prefix", doc_maxlen=64))
     assert (cfg.query_maxlen, cfg.doc_maxlen, cfg.dim, cfg.similarity) == (32, 64, 128, "cosine")
-    assert cfg.encoder.sequence_length == 64 and cfg.encoder.projection_dim == 0
+    assert cfg.backbone.sequence_length == 64 and cfg.tuning == PrefixConfig()
     assert ColBERTConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="--similarity"):
         dataclasses.replace(cfg, similarity="dot")

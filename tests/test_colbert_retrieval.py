@@ -23,9 +23,10 @@ from colbert.retrieval import brute_force, end_to_end, rerank
 from colbert.runs import read_qrels, read_topk
 from colbert.tokenization import ColBERTTokenizer
 from dpr.cli import run_cli
+from dpr.configs import BackboneConfig, PrefixConfig
 from dpr.data.readers import DataFormatError, read_dpr_files
 from dpr.models.hub import load_tokenizer
-from dpr.options import ConfigError, EncoderConfig
+from dpr.options import ConfigError
 
 DOCS = [
     "paris is the capital of france",
@@ -76,10 +77,10 @@ def files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_and_tok(tiny_bert_dir):
     torch.manual_seed(0)
-    encoder = EncoderConfig(
-        pretrained_model_cfg=tiny_bert_dir, tuning="prefix", pre_seq_len=4, pooling="cls", sequence_length=32
-    )
-    model = build_colbert(ColBERTConfig(encoder=encoder, query_maxlen=12, doc_maxlen=32, dim=16)).eval()
+    backbone = BackboneConfig(tiny_bert_dir)
+    model = build_colbert(
+        ColBERTConfig(backbone=backbone, tuning=PrefixConfig(pre_seq_len=4), query_maxlen=12, doc_maxlen=32, dim=16)
+    ).eval()
     return model, ColBERTTokenizer.from_config(load_tokenizer(tiny_bert_dir), model.config)
 
 
@@ -309,9 +310,8 @@ def test_cli_refuses_an_index_built_by_another_config_and_conflicting_flags(file
     torch.manual_seed(1)
     model = build_colbert(
         ColBERTConfig(
-            encoder=EncoderConfig(
-                pretrained_model_cfg=tiny_bert_dir, tuning="prefix", pre_seq_len=4, pooling="cls", sequence_length=32
-            ),
+            backbone=BackboneConfig(tiny_bert_dir),
+            tuning=PrefixConfig(pre_seq_len=4),
             query_maxlen=12,
             doc_maxlen=32,
             dim=8,
@@ -331,7 +331,7 @@ def test_cli_refuses_an_index_built_by_another_config_and_conflicting_flags(file
     ]
     assert run_cli(colbert_retrieve.main, ["--checkpoint", other, *query_args]) == 2
     err = capsys.readouterr().err
-    assert "built by another ColBERT config" in err and "dim: index 16, model 8" in err
+    assert "built by another ColBERT config" in err and "dim: 16 -> 8" in err
     assert run_cli(colbert_retrieve.main, [*query_args, "--doc_maxlen", "64"]) == 2
     assert "--doc_maxlen is 64" in capsys.readouterr().err
     assert run_cli(colbert_train.main, [*_train_args_again(files, tiny_bert_dir, tmp_path / "a")]) == 2

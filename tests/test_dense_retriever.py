@@ -12,13 +12,14 @@ from reference import brute_force_topk
 import generate_embeddings
 from dense_retriever import main
 from dpr.cli import run_cli
+from dpr.configs import BiEncoderConfig
 from dpr.embeddings_io import find_shards
 from dpr.evaluation.evaluate import evaluate_beir, evaluate_qa, load_beir_queries, load_qa_queries, write_qa_results
 from dpr.evaluation.metrics import evaluate_run, write_trec_run
 from dpr.evaluation.retrieval_eval import calibration_inputs
 from dpr.indexer.faiss_index import IndexParams
 from dpr.models.biencoder import build_biencoder
-from dpr.options import ConfigError, EncoderConfig
+from dpr.options import ConfigError
 from dpr.retrieval import InferenceModelConfig, group_shards, load_inference_model, search_groups
 from dpr.search import RetrieveConfig, metrics_record, open_shards, retrieve, retrieved_passages
 from dpr.training.checkpoint import save_checkpoint
@@ -49,7 +50,9 @@ def setup(tmp_path_factory):
     """A prefix checkpoint, an 11-passage corpus embedded in 3 shards, a QA file and a BEIR folder."""
     root = tmp_path_factory.mktemp("retrieval")
     torch.manual_seed(0)
-    model = build_biencoder(EncoderConfig(pretrained_model_cfg="bert-tiny", tuning="prefix", sequence_length=64))
+    model = build_biencoder(
+        BiEncoderConfig.from_flat(pretrained_model_cfg="bert-tiny", tuning="prefix", sequence_length=64)
+    )
     ckpt = save_checkpoint(str(root / "dpr_biencoder.0.1"), model)
     corpus = root / "psgs.tsv"
     corpus.write_text("id\ttext\ttitle\n" + "".join(f"{i}\t{t}.\tdoc {i}\n" for i, t in enumerate(TOPICS)))
@@ -234,7 +237,7 @@ def test_embeddings_from_another_model_config_are_refused(setup, tmp_path, capsy
         ],
     )
     err = capsys.readouterr().err
-    assert code == 2 and "base_0/meta.json" in err and "tuning: 'finetune' vs 'prefix'" in err
+    assert code == 2 and "base_0/meta.json" in err and "tuning: finetune -> prefix" in err
     assert "base model bert-tiny" in err and setup["ckpt"] in err
 
 
@@ -550,4 +553,4 @@ def test_inference_and_retrieve_configs_are_checked(setup):
     loaded = load_inference_model(
         InferenceModelConfig(model_file=setup["ckpt"], no_cuda=True, encoder_overrides={"sequence_length": 32})
     )
-    assert loaded.model.config.sequence_length == 32 and loaded.model.config.tuning == "prefix"
+    assert loaded.model.config.backbone.sequence_length == 32 and loaded.model.config.tuning.method == "prefix"

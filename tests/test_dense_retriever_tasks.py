@@ -12,9 +12,9 @@ import dpr.retrieval
 import generate_embeddings
 from dense_retriever import main
 from dpr.cli import run_cli
+from dpr.configs import BiEncoderConfig
 from dpr.evaluation.evaluate import load_beir_queries
 from dpr.models.biencoder import build_biencoder
-from dpr.options import EncoderConfig
 from dpr.retrieval import InferenceModelConfig, load_inference_model, load_task_encoder
 from dpr.search import RetrieveConfig, open_shards, retrieve, retrieve_tasks
 from dpr.training.checkpoint import save_checkpoint
@@ -33,7 +33,7 @@ QUESTIONS = [("what is the capital of france?", "0"), ("who wrote hamlet?", "4")
 def _model(tiny_bert_dir: str, seed: int, tuning: str = "prefix"):
     torch.manual_seed(seed)
     model = build_biencoder(
-        EncoderConfig(pretrained_model_cfg=tiny_bert_dir, tuning=tuning, pre_seq_len=4, sequence_length=32)
+        BiEncoderConfig.from_flat(pretrained_model_cfg=tiny_bert_dir, tuning=tuning, pre_seq_len=4, sequence_length=32)
     )
     with torch.no_grad():
         for name in model.tuned_names:

@@ -138,7 +138,7 @@ def test_shards_from_another_model_config_are_refused(tmp_path):
     with pytest.raises(
         EmbeddingsError,
         match=r"emb_1/meta\.json and .*emb_0/meta\.json were made by different "
-        r"encoders: pre_seq_len: 8 vs 16",
+        r"encoders: pre_seq_len: 8 -> 16",
     ):
         find_shards(str(tmp_path / "emb_*"))
 
@@ -165,7 +165,7 @@ def test_query_encoder_mismatch_names_both(tmp_path):
     with pytest.raises(
         EmbeddingsError,
         match=r"meta\.json: .*embeddings: /ckpt; query encoder: base model "
-        r"bert-tiny\): tuning: 'prefix' vs 'finetune'",
+        r"bert-tiny\): tuning: prefix -> finetune\. Regenerate",
     ):
         check_encoder_match(shard, {**ENCODER, "tuning": "finetune"}, BACKBONE, "d" * 64, None)
     with pytest.raises(EmbeddingsError, match="passage-encoder weights differ"):

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from dpr.configs import BiEncoderConfig
 from dpr.data.readers import Passage
 from dpr.encoding import encode_sorted, encode_texts
 from dpr.models.biencoder import build_biencoder
 from dpr.models.hub import load_tokenizer
-from dpr.options import EncoderConfig
 
 WORDS = "retrieval dense passage prefix tuning encoder question answer corpus index vector".split()
 
@@ -16,7 +16,9 @@ WORDS = "retrieval dense passage prefix tuning encoder question answer corpus in
 @pytest.fixture(scope="module")
 def model_and_tokenizer():
     torch.manual_seed(0)
-    model = build_biencoder(EncoderConfig(pretrained_model_cfg="bert-tiny", tuning="prefix", sequence_length=64))
+    model = build_biencoder(
+        BiEncoderConfig.from_flat(pretrained_model_cfg="bert-tiny", tuning="prefix", sequence_length=64)
+    )
     return model, load_tokenizer("bert-tiny")
 
 

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from dpr.cli import run_cli
+from dpr.configs import BiEncoderConfig
 from dpr.embedding import EmbedConfig, embed_corpus
 from dpr.embeddings_io import EmbeddingsError, find_shards, read_shard
 from dpr.models.biencoder import build_biencoder
-from dpr.options import ConfigError, EncoderConfig
+from dpr.options import ConfigError
 from dpr.retrieval import InferenceModelConfig, load_inference_model
 from dpr.training.checkpoint import save_checkpoint
 from generate_embeddings import main
@@ -25,7 +26,9 @@ N = 10  # not divisible by 3
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
-    model = build_biencoder(EncoderConfig(pretrained_model_cfg="bert-tiny", tuning="prefix", sequence_length=64))
+    model = build_biencoder(
+        BiEncoderConfig.from_flat(pretrained_model_cfg="bert-tiny", tuning="prefix", sequence_length=64)
+    )
     return save_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "dpr_biencoder.0.1"), model)
 
 
@@ -67,7 +70,7 @@ def test_three_shards_hold_every_passage_once(tmp_path, checkpoint, capsys):
     assert [s.header.count for s in shards] == [4, 3, 3]
     assert [(s.header.start, s.header.end) for s in shards] == [(0, 4), (4, 7), (7, 10)]
     header = shards[0].header
-    assert header.encoder["tuning"] == "prefix" and header.checkpoint == os.path.abspath(checkpoint)
+    assert header.encoder["tuning"]["method"] == "prefix" and header.checkpoint == os.path.abspath(checkpoint)
     assert header.dim == 128 and header.dtype == "float32" and header.total_passages == N
     printed = capsys.readouterr().out
     assert "shape (3, 128), dtype float32" in printed
@@ -113,7 +116,7 @@ def test_beir_folder_base_model_and_fp16_storage(tmp_path, capsys):
     )
     shard = read_shard(str(tmp_path / "beir_emb_0"))
     assert shard.ids() == ["d0", "d1", "d2", "d3"] and shard.vectors().dtype == np.float16
-    assert shard.header.checkpoint is None and shard.header.encoder["tuning"] == "finetune"
+    assert shard.header.checkpoint is None and shard.header.encoder["tuning"]["method"] == "finetune"
     # the base model's two sides share one backbone: counted once, all of it "trainable" (not frozen)
     assert re.search(r"trainable ([\d,]+) of \1 parameters \(100\.00%\)", capsys.readouterr().out)
 
@@ -249,7 +252,7 @@ def test_shards_record_one_corpus_digest_and_refuse_another_version(tmp_path, ch
     parts, whole = find_shards(str(tmp_path / "part_*")), read_shard(str(tmp_path / "all_0")).header
     # rows, not bytes: the gzipped copy is the same corpus version; one shard's passages are the corpus
     assert {s.header.corpus_digest for s in parts} == {whole.corpus_digest} == {whole.passages_digest}
-    assert len({s.header.passages_digest for s in parts}) == 3 and whole.version == 2
+    assert len({s.header.passages_digest for s in parts}) == 3 and whole.version == 3
     # the same ids with one other text: a new version of the corpus, whose shard 1 must not join the others
     edited = tmp_path / "psgs.tsv"
     edited.write_text(edited.read_text().replace("passage number 5 about", "passage number 5 (fixed) about"))

@@ -9,10 +9,11 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
+from dpr.configs import BiEncoderConfig
 from dpr.models.biencoder import build_biencoder, build_biencoder_from_backbone
 from dpr.models.encoder import cache_argument, parameter_counts, pool, prefixed_forward, trainable_report
 from dpr.models.hub import SHORT_NAMES, ModelNotFoundError, load_backbone, resolve_model_path
-from dpr.options import ConfigError, EncoderConfig
+from dpr.options import ConfigError
 
 MODES = ("finetune", "prefix", "prompt", "bitfit", "adapter")
 
@@ -33,7 +34,7 @@ def tiny_backbone(seed: int = 0) -> BertModel:
 
 
 def make(tuning: str, seed: int = 0, **kw) -> torch.nn.Module:
-    cfg = EncoderConfig(
+    cfg = BiEncoderConfig.from_flat(
         pretrained_model_cfg="tiny",
         tuning=tuning,
         pre_seq_len=4,
@@ -159,7 +160,7 @@ def test_finetune_keeps_two_encoders_unless_shared():
 
 
 def test_adapter_sets_are_separate_and_start_as_identity():
-    cfg = EncoderConfig(
+    cfg = BiEncoderConfig.from_flat(
         pretrained_model_cfg="tiny", tuning="adapter", pooling="cls", sequence_length=32, adapter_size=8
     )
     model = build_biencoder_from_backbone(cfg, tiny_backbone()).eval()
@@ -204,7 +205,7 @@ def test_pool_mean_ignores_padding():
 def test_gradient_checkpointing_is_refused_with_prefix_and_adapter():
     for tuning in ("prefix", "adapter"):
         with pytest.raises(ConfigError, match="gradient_checkpointing cannot be combined with --" + tuning):
-            EncoderConfig(tuning=tuning, gradient_checkpointing=True)
+            BiEncoderConfig.from_flat(tuning=tuning, gradient_checkpointing=True)
 
 
 def test_gradient_checkpointing_with_prompt_gives_the_same_gradients():
@@ -234,14 +235,14 @@ def test_trainable_report_format():
 
 def test_bad_config_values_raise_one_line_errors():
     with pytest.raises(ConfigError, match="--pre_seq_len must be >= 1"):
-        EncoderConfig(tuning="prefix", pre_seq_len=0)
+        BiEncoderConfig.from_flat(tuning="prefix", pre_seq_len=0)
     with pytest.raises(ConfigError, match="needs 36 positions but the model has 32"):
-        cfg = EncoderConfig(tuning="prompt", pre_seq_len=4, sequence_length=32, pooling="cls")
+        cfg = BiEncoderConfig.from_flat(tuning="prompt", pre_seq_len=4, sequence_length=32, pooling="cls")
         backbone = tiny_backbone()
         backbone.config.max_position_embeddings = 32
         build_biencoder_from_backbone(cfg, backbone)
     with pytest.raises(ConfigError, match="share_encoder"):
-        EncoderConfig(tuning="prefix", share_encoder=True)
+        BiEncoderConfig.from_flat(tuning="prefix", share_encoder=True)
 
 
 def test_unknown_model_name_is_one_clear_line():
@@ -268,12 +269,12 @@ def test_short_names_resolve_to_package_folders_without_network():
 
 def test_real_bert_tiny_in_every_mode():
     for tuning in MODES:
-        cfg = EncoderConfig(pretrained_model_cfg="bert-tiny", tuning=tuning, sequence_length=64)
+        cfg = BiEncoderConfig.from_flat(pretrained_model_cfg="bert-tiny", tuning=tuning, sequence_length=64)
         model = build_biencoder(cfg).eval()
         ids, mask, seg = batch(vocab=30522)
         with torch.no_grad():
             assert model.encode_passage(ids, mask, seg).shape == (2, 128)
-        assert model.config.pooling == "cls"
+        assert model.config.head.pooling == "cls"
         frozen = dataclasses.replace(cfg).frozen_backbone
         assert (model.question_encoder.backbone is model.ctx_encoder.backbone) == frozen
 
@@ -281,9 +282,14 @@ def test_real_bert_tiny_in_every_mode():
 def test_normalize_auto_follows_the_sentence_transformers_modules():
     from dpr.models.biencoder import resolve_config
 
-    assert resolve_config(EncoderConfig(pretrained_model_cfg="minilm-l6")).normalize is True  # has 2_Normalize
-    assert resolve_config(EncoderConfig(pretrained_model_cfg="bert-tiny")).normalize is False
-    assert resolve_config(EncoderConfig(pretrained_model_cfg="minilm-l6", normalize=False)).normalize is False
+    assert (
+        resolve_config(BiEncoderConfig.from_flat(pretrained_model_cfg="minilm-l6")).head.normalize is True
+    )  # has 2_Normalize
+    assert resolve_config(BiEncoderConfig.from_flat(pretrained_model_cfg="bert-tiny")).head.normalize is False
+    assert (
+        resolve_config(BiEncoderConfig.from_flat(pretrained_model_cfg="minilm-l6", normalize=False)).head.normalize
+        is False
+    )
     model = make("prefix", normalize=True).eval()
     ids, mask, seg = batch()
     with torch.no_grad():
@@ -302,6 +308,6 @@ def test_loss_scale_defaults_to_20_for_normalised_vectors():
 def test_title_mode_auto_is_concat_for_sentence_transformers_models():
     from dpr.models.biencoder import resolve_config
 
-    assert resolve_config(EncoderConfig(pretrained_model_cfg="minilm-l6")).title_mode == "concat"
-    assert resolve_config(EncoderConfig(pretrained_model_cfg="bert-tiny")).title_mode == "pair"
-    assert make("prefix").config.title_mode == "pair"
+    assert resolve_config(BiEncoderConfig.from_flat(pretrained_model_cfg="minilm-l6")).passages.title_mode == "concat"
+    assert resolve_config(BiEncoderConfig.from_flat(pretrained_model_cfg="bert-tiny")).passages.title_mode == "pair"
+    assert make("prefix").config.passages.title_mode == "pair"

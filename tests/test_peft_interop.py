@@ -15,13 +15,12 @@ from dpr.cli import run_cli
 from dpr.commands.export_peft import main
 from dpr.data.batching import tokenize_questions
 from dpr.encoding import encode_texts
+from dpr.models.checkpoint_format import load_biencoder
 from dpr.models.encoder import cache_argument
 from dpr.models.hub import load_backbone, load_tokenizer
 from dpr.models.peft_interop import PeftAdapterError, peft_position_ids
 from dpr.models.prefix import prefix_cache
 from dpr.models.serialization import CheckpointMismatchError
-from dpr.retrieval import passage_identity
-from dpr.training.checkpoint import load_biencoder
 from dpr.training.peft_export import export_checkpoint, import_adapters
 
 
@@ -127,9 +126,9 @@ def test_round_trip_ours_peft_ours(exported, tiny_bert_dir, tmp_path, kind):
     if kind == "plain":  # the prefix weights themselves come back bit for bit, with the same config
         assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
         assert restored_info.encoder == info.encoder
-        assert passage_identity(restored) == passage_identity(original)  # so its old index stays valid
+        assert restored.passage_identity() == original.passage_identity()  # so its old index stays valid
     else:  # the MLP's output comes back as a plain prefix
-        assert not restored_info.encoder.prefix_mlp
+        assert not restored_info.encoder.tuning.prefix_mlp
         assert torch.equal(
             after["question_encoder.prefix.embedding.weight"],
             original.question_encoder.prefix.trans(original.question_encoder.prefix.embedding.weight),
@@ -169,7 +168,7 @@ def test_adapter_saved_by_peft_imports(peft, tiny_bert_dir, tmp_path, projection
     )
     model, info = load_biencoder(str(tmp_path / "ckpt"))
     model.eval()
-    assert info.encoder.pre_seq_len == P and info.encoder.pooling == "cls"
+    assert info.encoder.tuning.pre_seq_len == P and info.encoder.head.pooling == "cls"
     batch = _questions(tiny_bert_dir)
     ids, mask = batch["input_ids"], batch["attention_mask"]
     peft_model = _peft_model(peft, tiny_bert_dir, str(tmp_path / "adapter"))

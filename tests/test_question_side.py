@@ -12,12 +12,13 @@ from safetensors.torch import load_file
 
 import generate_embeddings
 import train_dense_encoder
+from dpr.configs import BiEncoderConfig
 from dpr.embeddings_io import EmbeddingsError, check_encoder_match, encoder_digest, find_shards
+from dpr.models.checkpoint_format import load_biencoder
 from dpr.models.encoder import TunedEncoder
 from dpr.models.serialization import backbone_fingerprint
-from dpr.options import ConfigError, EncoderConfig
+from dpr.options import ConfigError
 from dpr.training import trainer as trainer_module
-from dpr.training.checkpoint import load_biencoder
 from dpr.training.run_dir import list_checkpoints
 
 
@@ -179,6 +180,6 @@ def test_an_index_of_another_passage_encoder_is_refused_for_the_cache(
 
 def test_question_side_config_errors():
     with pytest.raises(ConfigError, match="--tune_side question keeps the passage encoder fixed"):
-        EncoderConfig(tuning="prefix", tune_side="question", projection_dim=16)
-    cfg = EncoderConfig(tuning="prefix", tune_side="question", pre_seq_len=32, pooling="mean")
-    assert cfg.passage_config() == EncoderConfig(pooling="mean")
+        BiEncoderConfig.from_flat(tuning="prefix", tune_side="question", projection_dim=16)
+    cfg = BiEncoderConfig.from_flat(tuning="prefix", tune_side="question", pre_seq_len=32, pooling="mean")
+    assert cfg.passage_config() == BiEncoderConfig.from_flat(pooling="mean")

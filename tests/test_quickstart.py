@@ -10,8 +10,8 @@ import torch
 import dense_retriever
 import generate_embeddings
 import quickstart
+from dpr.configs import BiEncoderConfig
 from dpr.models.biencoder import build_biencoder
-from dpr.options import EncoderConfig
 from dpr.training.checkpoint import save_checkpoint
 
 TOPICS = [
@@ -117,7 +117,7 @@ def test_main_names_the_dataset_it_ran_on(data, tmp_path, monkeypatch, capsys):
     def train(argv):
         torch.manual_seed(0)
         model = build_biencoder(
-            EncoderConfig(
+            BiEncoderConfig.from_flat(
                 pretrained_model_cfg="bert-tiny",
                 tuning="prefix",
                 pre_seq_len=4,

@@ -9,8 +9,8 @@ import os
 
 import pytest
 
+from dpr.models.checkpoint_format import FORMAT, read_checkpoint_info, resolve_checkpoint
 from dpr.options import TrainConfig
-from dpr.training.checkpoint import FORMAT, read_checkpoint_info, resolve_checkpoint
 from dpr.training.resume import changed_settings
 from dpr.training.run_dir import (
     HISTORY_FILE,

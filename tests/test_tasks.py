@@ -7,15 +7,16 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
+from dpr.configs import BiEncoderConfig
 from dpr.data.readers import Passage
 from dpr.encoding import encode_texts
 from dpr.models.biencoder import build_biencoder
+from dpr.models.checkpoint_format import load_biencoder
 from dpr.models.hub import load_backbone, load_tokenizer
 from dpr.models.serialization import CheckpointMismatchError, backbone_fingerprint
 from dpr.models.tasks import TaskError, TaskLibrary, UnknownTaskError
-from dpr.options import EncoderConfig
 from dpr.retrieval import TaskEncoder
-from dpr.training.checkpoint import load_biencoder, save_checkpoint
+from dpr.training.checkpoint import save_checkpoint
 
 QUESTIONS = ["what is the capital of france?", "who wrote a much longer question about hamlet and denmark?", "x"]
 PASSAGES = [
@@ -28,7 +29,7 @@ PASSAGES = [
 def make_checkpoint(path: str, model_name: str, tuning: str, seed: int, **kw) -> str:
     """A checkpoint whose tuned parameters are random (not zero-initialised), so every task differs."""
     torch.manual_seed(seed)
-    config = EncoderConfig(
+    config = BiEncoderConfig.from_flat(
         pretrained_model_cfg=model_name, tuning=tuning, pre_seq_len=4, sequence_length=32, adapter_size=8, **kw
     )
     model = build_biencoder(config)
@@ -162,7 +163,7 @@ def test_checkpoint_for_another_model_of_the_same_shape_is_refused(tiny_bert_dir
     with pytest.raises(CheckpointMismatchError, match=f"trained on '{twin}', but the task library's backbone is"):
         library.add(
             "twin",
-            EncoderConfig(pretrained_model_cfg=twin, tuning="prefix", pre_seq_len=4),
+            BiEncoderConfig.from_flat(pretrained_model_cfg=twin, tuning="prefix", pre_seq_len=4),
             backbone_fingerprint(library.backbone),
             f"{ckpt}/model.safetensors",
             ckpt,

@@ -80,7 +80,7 @@ def test_prefix_training_lowers_the_dev_loss_and_changes_only_prefix_weights(tmp
             "question_encoder.prefix.embedding.weight",
             "ctx_encoder.prefix.embedding.weight",
         }
-        assert config["encoder"]["tuning"] == "prefix"
+        assert config["version"] == 2 and config["encoder"]["tuning"]["method"] == "prefix"
     best = read_best(out)
     assert best is not None and best.metric == "nll"
     history = [json.loads(line) for line in open(os.path.join(out, "validation_log.jsonl"))]
@@ -216,10 +216,14 @@ def test_fix_ctx_encoder_trains_the_question_side_only(tmp_path, tiny_bert_dir, 
         )
         == 0
     )
+    # DPR's --fix_ctx_encoder is --tune_side question: the passage side is the untouched base model, so
+    # the checkpoints hold the question prefix only (no frozen random passage prefix).
     (_, first), (_, last) = list_checkpoints(out, "dpr_biencoder")
     a, b = prefix_weights(first), prefix_weights(last)
-    assert torch.equal(a["ctx_encoder.prefix.embedding.weight"], b["ctx_encoder.prefix.embedding.weight"])
+    assert set(a) == set(b) == {"question_encoder.prefix.embedding.weight"}
     assert not torch.equal(a["question_encoder.prefix.embedding.weight"], b["question_encoder.prefix.embedding.weight"])
+    config = json.load(open(os.path.join(last, "config.json")))
+    assert config["encoder"]["sides"]["tune_side"] == "question"
 
 
 def test_gradients_are_clipped_once_per_optimizer_step(tmp_path, tiny_bert_dir, tiny_dpr_files, monkeypatch):

@@ -44,13 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_passages", type=int, default=None, help="encode only the first N passages of the file (quick runs)"
     )
     g.add_argument("--fp16_storage", action="store_true", help="store vectors as float16 (half the disk)")
-    g.add_argument(
-        "--no_title",
-        dest="insert_title",
-        action="store_false",
-        default=None,
-        help="encode passages without titles (default: as the checkpoint was trained)",
-    )
     h = add_hardware_params(parser, training=False)
     h.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bar")
     return parser
@@ -61,7 +54,6 @@ def embed_config_from_args(args: argparse.Namespace) -> EmbedConfig:
         batch_size=args.batch_size,
         max_passages=args.max_passages,
         fp16_storage=args.fp16_storage,
-        insert_title=args.insert_title,
         progress=args.progress,
     )
 
@@ -85,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{header.count / max(shard.seconds, 1e-9):.1f} passages/s"
     )
     print(f"embeddings: shape ({header.count}, {header.dim}), dtype {header.dtype} -> {shard.path}/")
-    print(f"encoder: {loaded.describe()} ({model.config.tuning}, {model.config.pooling} pooling); {report}")
+    print(f"encoder: {loaded.describe()} ({model.config.tuning.method}, {model.config.head.pooling} pooling); {report}")
     return 0
 
 

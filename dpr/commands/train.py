@@ -28,6 +28,7 @@ from dpr.options import (
     add_training_params,
     add_tuning_params,
     encoder_config_from_args,
+    encoder_overrides_from_args,
     train_config_from_args,
 )
 from dpr.training.checkpoint import TrainingPosition, load_biencoder, load_training_state
@@ -74,20 +75,17 @@ def build_model(
     source, own_run = choose_start(cfg, args.model_file)
     if source is None:
         enc_cfg = encoder_config_from_args(args)
-        tokenizer = load_tokenizer(enc_cfg.pretrained_model_cfg, enc_cfg.do_lower_case)
-        init_ids = (
-            tokenizer(enc_cfg.prompt_init_text, add_special_tokens=False)["input_ids"]
-            if enc_cfg.prompt_init_text
-            else None
-        )
+        tokenizer = load_tokenizer(enc_cfg.backbone.pretrained_model_cfg, enc_cfg.backbone.do_lower_case)
+        init_text = getattr(enc_cfg.tuning, "prompt_init_text", None)  # only a --prompt has one
+        init_ids = tokenizer(init_text, add_special_tokens=False)["input_ids"] if init_text else None
         return build_biencoder(enc_cfg, init_ids), tokenizer, cfg, TrainingPosition(), None
-    model, info = load_biencoder(source, args)
+    model, info = load_biencoder(source, encoder_overrides_from_args(args))
     state = load_training_state(info.path)
-    cfg, resume = plan_resume(cfg, info, state, own_run, allow_changed)
+    cfg, resume = plan_resume(cfg, info, state, own_run, allow_changed, encoder=model.config)
     start = info.position if resume else TrainingPosition()
     if resume:
         logger.info("resuming from %s at epoch %d, iteration %d", info.path, start.epoch, start.iteration)
-    tokenizer = load_tokenizer(model.config.pretrained_model_cfg, model.config.do_lower_case)
+    tokenizer = load_tokenizer(model.config.backbone.pretrained_model_cfg, model.config.backbone.do_lower_case)
     return model, tokenizer, cfg, start, state if resume else None
 
 

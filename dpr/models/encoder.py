@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from transformers import BertModel
 
+from dpr.configs import AdapterConfig, BackboneConfig, ConfigError, HeadConfig, PrefixConfig, PromptConfig, TuningConfig
 from dpr.models.adapters import AdapterSet, adapter_router
-from dpr.models.prefix import PrefixEncoder, PromptEncoder, prefix_cache
-from dpr.options import EncoderConfig
+from dpr.models.prefix import PrefixEncoder, PromptEncoder, prefix_cache, prompt_init_embeddings
 
 
 def pool(states: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -72,38 +72,45 @@ def prefixed_forward(
 
 
 class TunedEncoder(nn.Module):
-    """A BERT encoder in one tuning mode.
+    """A BERT encoder in one tuning mode, with an optional head (pooling, projection, normalisation).
 
     ``backbone`` may be shared with other encoders (frozen modes); only this encoder's prefix, prompt,
-    adapters and projection are its own. ``config.pooling`` must already be resolved (cls or mean).
+    adapters and projection are its own. ``head.pooling`` must already be resolved (cls or mean); without
+    a head (ColBERT) the encoder gives token states only.
     """
 
-    def __init__(self, backbone: BertModel, config: EncoderConfig, prompt_init: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        backbone: BertModel,
+        tuning: TuningConfig,
+        head: HeadConfig | None = None,
+        prompt_init: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
-        if config.pooling not in ("cls", "mean"):
-            raise ValueError(f"pooling must be resolved to cls or mean, got {config.pooling!r}")
-        self.config = config
+        if head is not None and head.pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be resolved to cls or mean, got {head.pooling!r}")
+        self.tuning = tuning
+        self.head = head
         self.backbone = backbone
         bert_config = backbone.config
         self.prefix: PrefixEncoder | None = None
         self.prompt: PromptEncoder | None = None
         self.adapters: AdapterSet | None = None
-        if config.tuning == "prefix":
+        if isinstance(tuning, PrefixConfig):
             self.prefix = PrefixEncoder(
-                bert_config, config.pre_seq_len, config.prefix_mlp, config.prefix_hidden_size, config.prefix_dropout
+                bert_config, tuning.pre_seq_len, tuning.prefix_mlp, tuning.prefix_hidden_size, tuning.prefix_dropout
             )
-        elif config.tuning == "prompt":
-            self.prompt = PromptEncoder(bert_config.hidden_size, config.pre_seq_len, config.prompt_encoder, prompt_init)
-        elif config.tuning == "adapter":
-            self.adapters = AdapterSet(bert_config.hidden_size, bert_config.num_hidden_layers, config.adapter_size)
+        elif isinstance(tuning, PromptConfig):
+            self.prompt = PromptEncoder(bert_config.hidden_size, tuning.pre_seq_len, tuning.prompt_encoder, prompt_init)
+        elif isinstance(tuning, AdapterConfig):
+            self.adapters = AdapterSet(bert_config.hidden_size, bert_config.num_hidden_layers, tuning.adapter_size)
             adapter_router(backbone)
-        self.projection = (
-            nn.Linear(bert_config.hidden_size, config.projection_dim) if config.projection_dim > 0 else None
-        )
+        projection_dim = head.projection_dim if head is not None else 0
+        self.projection = nn.Linear(bert_config.hidden_size, projection_dim) if projection_dim > 0 else None
 
     @property
     def output_dim(self) -> int:
-        return self.config.projection_dim or self.backbone.config.hidden_size
+        return (self.head.projection_dim if self.head is not None else 0) or self.backbone.config.hidden_size
 
     def token_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
@@ -155,13 +162,68 @@ class TunedEncoder(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Encode ``(B, T)`` token tensors into ``(B, D)`` vectors."""
+        if self.head is None:
+            raise TypeError("this encoder has no head (pooling): use token_states")
         states = self.token_states(input_ids, attention_mask, token_type_ids)  # (B, T, H)
-        vectors = pool(states, attention_mask, self.config.pooling)  # (B, H)
+        vectors = pool(states, attention_mask, self.head.pooling)  # (B, H)
         if self.projection is not None:
             vectors = self.projection(vectors)  # (B, D)
-        if self.config.normalize:
+        if self.head.normalize:
             vectors = torch.nn.functional.normalize(vectors, dim=-1)  # cosine models
         return vectors
+
+
+def check_positions(backbone: BackboneConfig, tuning: TuningConfig, max_positions: int) -> None:
+    """Refuse sequence lengths the backbone has no position embeddings for."""
+    extra = tuning.virtual_tokens
+    needed = backbone.sequence_length + extra
+    if needed > max_positions:
+        prompt = f" plus --pre_seq_len {extra} prompt tokens" if extra else ""
+        raise ConfigError(
+            f"--sequence_length {backbone.sequence_length}{prompt} needs {needed} positions but "
+            f"the model has {max_positions}; pass --sequence_length {max_positions - extra} or less"
+        )
+
+
+def set_trainable(backbone: BertModel, method: str) -> None:
+    """Backbone trainability per tuning mode: all (finetune), biases (bitfit), nothing (frozen modes)."""
+    if method == "finetune":
+        backbone.requires_grad_(True)
+    elif method == "bitfit":
+        for name, param in backbone.named_parameters():
+            param.requires_grad_(name.endswith(".bias"))
+    else:
+        backbone.requires_grad_(False)
+
+
+def build_tuned_encoder(
+    backbone: BertModel,
+    backbone_cfg: BackboneConfig,
+    tuning: TuningConfig,
+    head: HeadConfig | None = None,
+    prompt_init_ids: list[int] | None = None,
+) -> TunedEncoder:
+    """The one encoder builder: check positions, set up checkpointing and trainability, init the prompt.
+
+    ``backbone`` is used as loaded (its dropout settings stay); calling this again on the same backbone
+    (a second side in a frozen mode) gives the same prompt start. ``prompt_init_ids``: token ids of
+    ``--prompt_init_text`` (the caller tokenizes; models never do).
+    """
+    check_positions(backbone_cfg, tuning, backbone.config.max_position_embeddings)
+    if backbone_cfg.gradient_checkpointing:
+        # Non-reentrant checkpointing lets gradients reach a soft prompt fed through inputs_embeds.
+        kwargs = {"use_reentrant": False}
+        if hasattr(backbone, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    set_trainable(backbone, tuning.method)
+    prompt_init = None
+    if isinstance(tuning, PromptConfig):
+        prompt_init = prompt_init_embeddings(
+            backbone.embeddings.word_embeddings.weight, prompt_init_ids, tuning.pre_seq_len
+        )
+    return TunedEncoder(backbone, tuning, head, prompt_init)
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:

@@ -127,11 +127,11 @@ def write_peft_adapter(
     if encoder.prefix is None:
         raise PeftAdapterError(
             f"PEFT prefix-tuning export needs a --prefix encoder; this one is "
-            f"{encoder.config.tuning} (prompt and adapter tuning have no PEFT prefix form)"
+            f"{encoder.tuning.method} (prompt and adapter tuning have no PEFT prefix form)"
         )
     if encoder.projection is not None:
         raise PeftAdapterError(
-            f"the encoder has a --projection_dim {encoder.config.projection_dim} layer after "
+            f"the encoder has a --projection_dim {encoder.head.projection_dim} layer after "
             f"pooling; a PEFT prefix adapter holds only the prefix, so its vectors would "
             f"differ: export is refused"
         )
@@ -244,7 +244,7 @@ def load_peft_prefix(encoder: TunedEncoder, adapter: PeftPrefix) -> None:
     prefix length, or when the encoder's prefix uses an MLP (a flat prefix has no MLP parameters).
     """
     if encoder.prefix is None or encoder.prefix.trans is not None:
-        found = "a --prefix_mlp prefix" if encoder.prefix is not None else f"a {encoder.config.tuning} encoder"
+        found = "a --prefix_mlp prefix" if encoder.prefix is not None else f"a {encoder.tuning.method} encoder"
         raise PeftAdapterError(
             f"{adapter.path}: a PEFT prefix loads into a plain --prefix encoder (no --prefix_mlp), found {found}"
         )

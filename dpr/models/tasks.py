@@ -17,7 +17,6 @@ checkpoint folders and encodes texts with it.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import re
@@ -27,11 +26,11 @@ import torch
 from torch import nn
 from transformers import BertModel
 
+from dpr.configs import FROZEN_BACKBONE_MODES, BiEncoderConfig, ConfigError
 from dpr.models.biencoder import BiEncoder, build_biencoder_from_backbone, resolve_config
 from dpr.models.encoder import TunedEncoder, parameter_counts
 from dpr.models.hub import resolve_model_path
 from dpr.models.serialization import CheckpointMismatchError, check_backbone, load_tuned_weights
-from dpr.options import FROZEN_BACKBONE_MODES, ConfigError, EncoderConfig
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +81,12 @@ class TaskLibrary:
         return len(self._tasks)
 
     def add(
-        self, name: str, config: EncoderConfig, backbone_fingerprint: dict[str, object], weights_path: str, source: str
+        self,
+        name: str,
+        config: BiEncoderConfig,
+        backbone_fingerprint: dict[str, object],
+        weights_path: str,
+        source: str,
     ) -> BiEncoder:
         """Register task ``name`` from a checkpoint's encoder config, backbone fingerprint and weights file.
 
@@ -91,9 +95,9 @@ class TaskLibrary:
         checkpoint of another model, hidden size or layer count, or for weights that do not fit.
         """
         self._check_new_name(name)
-        if config.tuning not in FROZEN_BACKBONE_MODES:
+        if not config.frozen_backbone:
             raise TaskError(
-                f"{source} is a {config.tuning} checkpoint: it changes the backbone's own weights, "
+                f"{source} is a {config.tuning.method} checkpoint: it changes the backbone's own weights, "
                 f"so it cannot share one frozen backbone with other tasks (task library modes: "
                 f"{', '.join(FROZEN_BACKBONE_MODES)}); load it alone with --model_file"
             )
@@ -101,22 +105,23 @@ class TaskLibrary:
             check_backbone(backbone_fingerprint, self.backbone, source)
         except CheckpointMismatchError as err:
             raise CheckpointMismatchError(
-                f"{err}; checkpoint model {config.pretrained_model_cfg!r}, task library backbone {self.model_name!r}"
+                f"{err}; checkpoint model {config.backbone.pretrained_model_cfg!r}, "
+                f"task library backbone {self.model_name!r}"
             ) from None
         # Same shapes are not enough: a prefix trained on one BERT means nothing on another of that size.
-        if not same_model_name(config.pretrained_model_cfg, self.model_name):
+        if not same_model_name(config.backbone.pretrained_model_cfg, self.model_name):
             raise CheckpointMismatchError(
-                f"{source} was trained on {config.pretrained_model_cfg!r}, but the task "
+                f"{source} was trained on {config.backbone.pretrained_model_cfg!r}, but the task "
                 f"library's backbone is {self.model_name!r}"
             )
         # Inference only: checkpointing would switch the SHARED backbone into recompute mode for every task.
-        config = resolve_config(dataclasses.replace(config, gradient_checkpointing=False))
+        config = resolve_config(config.with_settings(gradient_checkpointing=False))
         model = build_biencoder_from_backbone(config, self.backbone)
         load_tuned_weights(model, weights_path)
         model.to(self.device).eval()
         assert model.question_encoder.backbone is self.backbone and model.ctx_encoder.backbone is self.backbone
         self._tasks[name] = model
-        logger.info("registered task %r (%s, %s) from %s", name, config.tuning, _describe(config), source)
+        logger.info("registered task %r (%s, %s) from %s", name, config.tuning.method, _describe(config), source)
         return model
 
     def remove(self, name: str) -> None:
@@ -184,7 +189,5 @@ class TaskLibrary:
             raise TaskError(f"task {name!r} is already registered; unregister it first or pick another name")
 
 
-def _describe(config: EncoderConfig) -> str:
-    if config.tuning in ("prefix", "prompt"):
-        return f"pre_seq_len {config.pre_seq_len}"
-    return f"adapter_size {config.adapter_size}"
+def _describe(config: BiEncoderConfig) -> str:
+    return ", ".join(f"{name} {getattr(config.tuning, name)}" for name in config.tuning.ARCHITECTURE[:1])

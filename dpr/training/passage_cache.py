@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from dpr.data.readers import BiEncoderSample, Passage
-from dpr.embeddings_io import EmbeddingsError, check_encoder_match, find_shards, passage_identity
+from dpr.embeddings_io import EmbeddingsError, check_identity, find_shards
 from dpr.encoding import encode_texts
 from dpr.models.biencoder import BiEncoder
 
@@ -77,7 +77,7 @@ class PassageVectorCache:
             tokenizer,
             list(passages.values()),
             "passage",
-            max_length=model.config.sequence_length,
+            max_length=model.config.backbone.sequence_length,
             batch_size=batch_size,
             device=device,
             precision=precision,
@@ -93,9 +93,9 @@ class PassageVectorCache:
     ) -> "PassageVectorCache":
         """Read the vectors of the training passages from embedding shards of the same passage encoder."""
         shards = find_shards(list(patterns))
-        identity = passage_identity(model)
+        identity = model.passage_identity()
         for shard in shards:
-            check_encoder_match(shard, *identity, None)
+            check_identity(shard, identity, None)
         wanted = _all_passages(samples)
         without_id = [k for k, p in wanted.items() if p.passage_id is None]
         if without_id:

@@ -8,12 +8,13 @@ the checkpoint files of :mod:`dpr.training.checkpoint`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from typing import Any
 
+from dpr.configs import BiEncoderConfig, ConfigError
 from dpr.models.biencoder import build_biencoder
+from dpr.models.checkpoint_format import load_biencoder
 from dpr.models.peft_interop import (
     PeftAdapterError,
     PeftPrefix,
@@ -22,8 +23,7 @@ from dpr.models.peft_interop import (
     write_peft_adapter,
 )
 from dpr.models.serialization import check_backbone
-from dpr.options import ConfigError, EncoderConfig
-from dpr.training.checkpoint import load_biencoder, save_checkpoint
+from dpr.training.checkpoint import save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +42,18 @@ def export_checkpoint(model_file: str, out_dir: str, side: str = "question") -> 
         "backbone": info.backbone,
         "checkpoint": os.path.abspath(model_file),
     }
-    return write_peft_adapter(encoder, out_dir, base_model_name=model.config.pretrained_model_cfg, sidecar=sidecar)
+    return write_peft_adapter(
+        encoder, out_dir, base_model_name=model.config.backbone.pretrained_model_cfg, sidecar=sidecar
+    )
 
 
 def _imported_config(
     adapter: PeftPrefix, pretrained_model_cfg: str | None, pooling: str | None, sequence_length: int | None
-) -> EncoderConfig:
+) -> BiEncoderConfig:
     """Our encoder config for an adapter: its dpr_encoder.json if we exported it, else the flags."""
     stored = adapter.sidecar.get("encoder") if adapter.sidecar else None
-    base = EncoderConfig.from_dict(stored, f"{adapter.path}/dpr_encoder.json") if stored else EncoderConfig()
-    name = pretrained_model_cfg or (base.pretrained_model_cfg if stored else adapter.base_model_name_or_path)
+    base = BiEncoderConfig.from_dict(stored, f"{adapter.path}/dpr_encoder.json") if stored else BiEncoderConfig()
+    name = pretrained_model_cfg or (base.backbone.pretrained_model_cfg if stored else adapter.base_model_name_or_path)
     if not name:
         raise ConfigError(
             f"{adapter.path}: adapter_config.json names no base_model_name_or_path; pass --pretrained_model_cfg"
@@ -69,7 +71,7 @@ def _imported_config(
         changes["pooling"] = pooling
     if sequence_length is not None:
         changes["sequence_length"] = sequence_length
-    return dataclasses.replace(base, **changes)
+    return base.with_settings(**changes)
 
 
 def import_adapters(

@@ -15,6 +15,7 @@ import logging
 import os
 from typing import Any, Mapping
 
+from dpr.configs import BiEncoderConfig
 from dpr.errors import UserError
 from dpr.options import PATH_SETTINGS, TrainConfig, absolute_pattern
 from dpr.training.checkpoint import BEST_FILE, STATE_FILE, CheckpointInfo, read_checkpoint_info
@@ -93,11 +94,18 @@ def _refuse_orphan_records(output_dir: str) -> None:
 
 
 def plan_resume(
-    cfg: TrainConfig, info: CheckpointInfo, state: dict[str, Any] | None, own_run: bool, allow_changed: bool
+    cfg: TrainConfig,
+    info: CheckpointInfo,
+    state: dict[str, Any] | None,
+    own_run: bool,
+    allow_changed: bool,
+    encoder: BiEncoderConfig | None = None,
 ) -> tuple[TrainConfig, bool]:
     """The config to train with and whether to continue from ``info``'s position and ``state``.
 
     ``own_run``: ``info`` is the output folder's latest checkpoint (a restart), else a --model_file.
+    ``encoder``: the encoder config the run would continue with; its passage format (--no_title) must
+    be the checkpoint's, as the training settings must.
     """
     if state is None:
         if own_run:
@@ -109,18 +117,32 @@ def plan_resume(
             )
         logger.info("%s has no %s: a new run starts from its weights", info.path, STATE_FILE)
         return cfg, False
-    check_settings(info.training, cfg, info.path, allow_changed)
+    passage_changes = passage_format_changes(info.encoder, encoder) if encoder is not None else []
+    check_settings(info.training, cfg, info.path, allow_changed, passage_changes)
     if own_run:  # a restart may leave --model_file out: the record of where the run started stays
         cfg = dataclasses.replace(cfg, init_checkpoint=info.training.get("init_checkpoint"))
     return cfg, True
 
 
-def check_settings(stored: Mapping[str, Any], cfg: TrainConfig, source: str, allow_changed: bool) -> None:
+def passage_format_changes(stored: BiEncoderConfig, new: BiEncoderConfig) -> list[str]:
+    """``"insert_title: True -> False"`` for each passage format setting that differs (it was a training
+    setting in format 1, and changes what the run computes)."""
+    old, now = stored.passages.to_dict(), new.passages.to_dict()
+    return [f"{name}: {_shown(old[name])} -> {_shown(now[name])}" for name in old if old[name] != now[name]]
+
+
+def check_settings(
+    stored: Mapping[str, Any],
+    cfg: TrainConfig,
+    source: str,
+    allow_changed: bool,
+    other_changes: list[str] | None = None,
+) -> None:
     """Refuse (or with ``allow_changed`` log) every setting that differs from the run being continued."""
-    if not stored:
+    if not stored and not other_changes:
         logger.warning("%s records no training settings: cannot check that this run continues with the same", source)
         return
-    changes = changed_settings(stored, cfg)
+    changes = (changed_settings(stored, cfg) if stored else []) + list(other_changes or [])
     if changes and not allow_changed:
         raise ResumeError(
             f"{source} was trained with other settings: {'; '.join(changes)}. Restart with the "

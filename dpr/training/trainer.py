@@ -124,13 +124,8 @@ class BiEncoderTrainer:
             raise ValueError("no training samples: nothing to train on")
         self.cfg, self.tokenizer, self.dev, self.ctx = cfg, tokenizer, dev, ctx
         self.model = model.to(ctx.device)
-        if cfg.fix_ctx_encoder:
-            if model.ctx_encoder is model.question_encoder:
-                raise ValueError("--fix_ctx_encoder cannot be used with --share_encoder (one encoder for both)")
-            for name, param in model.named_parameters():  # only the question side's tuned parameters train
-                param.requires_grad_(name in model.tuned_names and name.startswith("question_encoder."))
-        self.scale = cfg.scale_for(bool(model.config.normalize))
-        self.cache = self._passage_cache(train) if model.config.tune_side == "question" else None
+        self.scale = cfg.scale_for(bool(model.config.head.normalize))
+        self.cache = self._passage_cache(train) if model.config.sides.tune_side == "question" else None
         self.ddp_model = wrap_ddp(self.model, ctx)
         self.iterator = ShardedDataIterator(
             train, cfg.batch_size, shard_id=ctx.rank, num_shards=ctx.world_size, shuffle=True, seed=cfg.seed
@@ -192,7 +187,7 @@ class BiEncoderTrainer:
             self.tokenizer,
             train,
             batch_size=self.cfg.val_av_rank_bsz,
-            insert_title=self.cfg.insert_title,
+            insert_title=self.model.config.passages.insert_title,
             device=self.ctx.device,
             precision=self.cfg.precision,
         )
@@ -259,14 +254,14 @@ class BiEncoderTrainer:
             samples,
             self.tokenizer,
             rng,
-            max_length=self.model.config.sequence_length,
+            max_length=self.model.config.backbone.sequence_length,
             hard_negatives=cfg.hard_negatives,
             other_negatives=cfg.other_negatives,
             shuffle_positives=cfg.shuffle_positive_ctx,
             shuffle_negatives=True,
-            insert_title=cfg.insert_title,
+            insert_title=self.model.config.passages.insert_title,
             tokenize_contexts=self.cache is None,
-            title_mode=self.model.config.title_mode,
+            title_mode=self.model.config.passages.title_mode,
         )
         torch.manual_seed(step_seed(cfg.seed, epoch, iteration, ctx.rank))  # dropout, reproducible on resume
         device = ctx.device
@@ -332,8 +327,8 @@ class BiEncoderTrainer:
             return None
         cfg, model = self.cfg, unwrap(self.ddp_model)
         common = dict(
-            max_length=model.config.sequence_length,
-            insert_title=cfg.insert_title,
+            max_length=model.config.backbone.sequence_length,
+            insert_title=model.config.passages.insert_title,
             ctx=self.ctx,
             precision=cfg.precision,
         )

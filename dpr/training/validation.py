@@ -73,7 +73,7 @@ def validate_nll(
             other_negatives=other_negatives,
             shuffle_negatives=False,
             insert_title=insert_title,
-            title_mode=model.config.title_mode,
+            title_mode=model.config.passages.title_mode,
         )
         with autocast(ctx.device, precision):
             q = model.encode_query(
