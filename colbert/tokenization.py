@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from colbert.options import ColBERTConfig
+from dpr.data.batching import word_pieces
 from dpr.data.readers import Passage
 from dpr.options import ConfigError
 
@@ -80,15 +81,7 @@ class ColBERTTokenizer:
         return cls(tokenizer, config.query_maxlen, config.doc_maxlen, config.mask_punctuation)
 
     def _pieces(self, texts: list[str], max_pieces: int) -> list[list[int]]:
-        encoded = self.tokenizer(
-            texts,
-            add_special_tokens=False,
-            truncation=True,
-            max_length=max_pieces,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
-        return [list(ids) for ids in encoded["input_ids"]]
+        return word_pieces(self.tokenizer, texts, max_pieces)
 
     def queries(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """``input_ids``, ``attention_mask``, ``token_type_ids``: each ``(B, query_maxlen)`` long.

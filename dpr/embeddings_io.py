@@ -30,7 +30,7 @@ import numpy as np
 
 from dpr.atomic import atomic_directory
 from dpr.configs import BiEncoderConfig, ConfigError
-from dpr.data.files import read_versioned_json
+from dpr.data.files import read_json_file, read_versioned_json
 from dpr.errors import UserError
 from dpr.identity import EncoderIdentity, encoder_digest
 
@@ -268,11 +268,7 @@ def _load_ids(path: str, header: ShardHeader) -> list[str]:
     ids_path = os.path.join(path, IDS_FILE)
     if not os.path.isfile(ids_path):
         raise EmbeddingsError(f"{ids_path}: missing: the {header.count} vectors have no passage ids")
-    try:
-        with open(ids_path, encoding="utf-8") as handle:
-            ids = json.load(handle)
-    except json.JSONDecodeError as err:
-        raise EmbeddingsError(f"{ids_path}:{err.lineno}: invalid JSON: {err.msg}") from err
+    ids = read_json_file(ids_path, error=EmbeddingsError)
     if not isinstance(ids, list):
         raise EmbeddingsError(f"{ids_path}: expected a JSON list of passage ids, found {type(ids).__name__}")
     if len(ids) != header.count:

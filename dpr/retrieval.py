@@ -28,8 +28,8 @@ import torch
 
 from dpr.atomic import atomic_directory
 from dpr.configs import ARCHITECTURE_FIELDS, FLAT_FIELDS, BiEncoderConfig, ConfigError, apply_overrides
-from dpr.data.corpus import iter_corpus, resolve_corpus_path
-from dpr.data.readers import DataFormatError, Passage
+from dpr.data.corpus import lookup_passages, resolve_corpus_path
+from dpr.data.readers import Passage
 from dpr.device import PRECISIONS, select_device
 from dpr.embeddings_io import INDEX_SOURCE_FILE, EmbeddingsError, EmbeddingShard, RowDigest
 from dpr.encoding import Side, encode_texts
@@ -378,23 +378,10 @@ def lookup_corpus_passages(path: str, wanted: Collection[str], shard: EmbeddingS
     than the shard's ``corpus_digest`` is refused (answers would be matched against texts that were never
     encoded). Shards without a digest (format version 1) are not checked. DataFormatError names missing ids.
     """
-    header, wanted = shard.header, set(wanted)
+    header = shard.header
     check = header.corpus_digest is not None
-    digest, found = RowDigest(), {}
-    for passage_id, passage in iter_corpus(path):
-        if check and digest.count < header.total_passages:
-            digest.update(passage_id, passage)
-        if passage_id in wanted:
-            found[passage_id] = passage
-        if len(found) == len(wanted) and (not check or digest.count == header.total_passages):
-            break
-    missing = sorted(wanted - set(found))
-    if missing:
-        raise DataFormatError(
-            f"{resolve_corpus_path(path)}: {len(missing)} retrieved passage ids are not in "
-            f"this file (e.g. {missing[:5]}); is --ctx_file the corpus the embeddings "
-            f"were made from?"
-        )
+    digest = RowDigest()
+    found = lookup_passages(path, wanted, visit_rows=header.total_passages if check else 0, visit=digest.update)
     if check and digest.hexdigest() != header.corpus_digest:
         raise EmbeddingsError(
             f"{resolve_corpus_path(path)} is not the corpus version the embeddings were encoded from: its first "

@@ -60,7 +60,7 @@ def _special_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int, int]:
     return cls_id, sep_id, pad_id
 
 
-def _word_pieces(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> list[list[int]]:
+def word_pieces(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> list[list[int]]:
     """Token ids without special tokens, each cut to ``max_length`` pieces."""
     if not texts:
         return []
@@ -103,7 +103,7 @@ def tokenize_questions(
     if not questions:
         raise ValueError("tokenize_questions: no questions given")
     cls_id, sep_id, pad_id = _special_ids(tokenizer)
-    pieces = _word_pieces(tokenizer, list(questions), max_length - _SPECIALS_SINGLE)
+    pieces = word_pieces(tokenizer, list(questions), max_length - _SPECIALS_SINGLE)
     sequences = [([cls_id, *ids, sep_id], [0] * (len(ids) + 2)) for ids in pieces]
     return _pad(sequences, pad_id)
 
@@ -135,9 +135,9 @@ def tokenize_passages(
             for p in passages
         ]
     cls_id, sep_id, pad_id = _special_ids(tokenizer)
-    texts = _word_pieces(tokenizer, [p.text for p in passages], max_length - _SPECIALS_SINGLE)
+    texts = word_pieces(tokenizer, [p.text for p in passages], max_length - _SPECIALS_SINGLE)
     titled = [i for i, p in enumerate(passages) if insert_title and p.title]
-    titles = dict(zip(titled, _word_pieces(tokenizer, [passages[i].title for i in titled], max_length)))
+    titles = dict(zip(titled, word_pieces(tokenizer, [passages[i].title for i in titled], max_length)))
     sequences = []
     for i, text in enumerate(texts):
         if i not in titles:

@@ -12,7 +12,7 @@ import itertools
 import logging
 import os
 from array import array
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Literal
 
 import numpy as np
@@ -130,18 +130,31 @@ def read_corpus(path: str, limit: int | None = None) -> tuple[list[str], list[Pa
     return [pid for pid, _ in pairs], [passage for _, passage in pairs]
 
 
-def lookup_passages(path: str, wanted: Collection[str]) -> dict[str, Passage]:
+def lookup_passages(
+    path: str,
+    wanted: Collection[str],
+    *,
+    visit_rows: int = 0,
+    visit: Callable[[str, Passage], None] | None = None,
+) -> dict[str, Passage]:
     """The passages whose ids are in ``wanted``, read in one streaming pass (memory ~ len(wanted)).
+
+    ``visit`` (e.g. a digest's ``update``) sees each of the first ``visit_rows`` rows in file order; the pass
+    stops once every wanted id is found and those rows were visited.
 
     Raises DataFormatError naming the file and a few of the ids it does not hold.
     """
     wanted = set(wanted)
     found: dict[str, Passage] = {}
+    visited = 0
     for passage_id, passage in iter_corpus(path):
+        if visit is not None and visited < visit_rows:
+            visit(passage_id, passage)
+            visited += 1
         if passage_id in wanted:
             found[passage_id] = passage
-            if len(found) == len(wanted):
-                break
+        if len(found) == len(wanted) and (visit is None or visited >= visit_rows):
+            break
     missing = sorted(wanted - set(found))
     if missing:
         raise DataFormatError(

@@ -87,6 +87,23 @@ def parse_json(text: str, where: str, at_position: bool = False) -> Any:
         raise DataFormatError(f"{where}: JSON nested too deeply to read (a runaway '[' or '{{'?)") from err
 
 
+def read_json_file(path: str | os.PathLike[str], *, error: Callable[[str], Exception] = DataFormatError) -> Any:
+    """``json.load`` of a UTF-8 file the program wrote (a header, an id list, a config).
+
+    Raises:
+        ``error`` naming the file (and the line of a syntax error): not JSON, not UTF-8, nested too deeply.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as err:
+        raise error(f"{os.fspath(path)}:{err.lineno}: not valid JSON: {err.msg}") from err
+    except UnicodeDecodeError as err:
+        raise error(f"{os.fspath(path)}: not valid JSON: not UTF-8 text ({err.reason})") from err
+    except RecursionError as err:
+        raise error(f"{os.fspath(path)}: JSON nested too deeply to read") from err
+
+
 def read_versioned_json(
     path: str | os.PathLike[str],
     *,
@@ -116,15 +133,7 @@ def read_versioned_json(
         format, version out of range or not an integer, missing keys.
     """
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except json.JSONDecodeError as err:
-        raise error(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from err
-    except UnicodeDecodeError as err:
-        raise error(f"{path}: not valid JSON: not UTF-8 text ({err.reason})") from err
-    except RecursionError as err:
-        raise error(f"{path}: JSON nested too deeply to read") from err
+    data = read_json_file(path, error=error)
     if not isinstance(data, dict):
         raise error(f"{path}: expected a JSON object, found {type(data).__name__}")
     if format is not None and data.get("format") != format:

@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 
 from dpr.atomic import atomic_file
-from dpr.data.files import read_versioned_json
+from dpr.data.files import read_json_file, read_versioned_json
 
 logger = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ class DenseIndex:
             params = IndexParams(**meta["params"])
         except TypeError as err:
             raise ValueError(f"{folder / META_FILE}: bad params: {err}") from err
-        ids, id_set = _checked_ids(_read_json(folder / IDS_FILE), folder / IDS_FILE)
+        ids, id_set = _checked_ids(read_json_file(folder / IDS_FILE), folder / IDS_FILE)
         index = faiss.read_index(str(folder / INDEX_FILE))
         count, dim = meta["count"], meta["dim"]
         if not (len(ids) == index.ntotal == count) or index.d != dim:
@@ -300,14 +300,6 @@ def _checked_ids(ids: Any, path: Path) -> tuple[list[str], set[str]]:
     if len(id_set) != len(ids):
         raise ValueError(f"{path}: holds {len(ids) - len(id_set)} duplicate ids")
     return ids, id_set
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from err
 
 
 def merge_topk(

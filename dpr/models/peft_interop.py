@@ -47,6 +47,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dpr.atomic import atomic_directory
+from dpr.data.files import read_json_file
 from dpr.models.encoder import TunedEncoder
 from dpr.models.prefix import PrefixEncoder
 from dpr.models.serialization import CheckpointMismatchError
@@ -147,11 +148,7 @@ def write_peft_adapter(
 
 
 def _read_json(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except json.JSONDecodeError as err:
-        raise PeftAdapterError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from err
+    data = read_json_file(path, error=PeftAdapterError)
     if not isinstance(data, dict):
         raise PeftAdapterError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
