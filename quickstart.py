@@ -19,22 +19,24 @@ import logging
 import os
 import sys
 
-import prepare_data
-import train_dense_encoder
 from dpr.atomic import atomic_file
 from dpr.cli import run_cli, setup_logging
+from dpr.data.preparation import PreparedData, PrepareSettings, prepare_beir
+from dpr.data.prepare import NegativeConfig
 from dpr.embedding import EmbedConfig, embed_corpus
 from dpr.evaluation.evaluate import evaluate_beir, load_beir_queries
 from dpr.evaluation.metrics import write_trec_run
 from dpr.models.checkpoint_format import load_biencoder, resolve_checkpoint
 from dpr.models.encoder import parameter_counts
+from dpr.options import TrainConfig
 from dpr.retrieval import InferenceModelConfig, load_inference_model
 from dpr.search import RetrieveConfig, metrics_record, open_shards, retrieve
+from dpr.training.run import train
 
 logger = logging.getLogger("quickstart")
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data", "scifact")
-SPLIT = "test"  # prepare_data's --eval_split below: the split that is evaluated
+SPLIT = "test"  # the split that is evaluated (prepared with BM25 negatives from the train split)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,58 +108,31 @@ def _evaluate(
     return record
 
 
-def _check(code: int) -> None:
-    if code != 0:
-        raise SystemExit(code)
-
-
-def _train(args: argparse.Namespace, data: str, base_embeddings: str) -> str:
+def _train(args: argparse.Namespace, data: PreparedData, base_embeddings: str) -> str:
     out = os.path.join(args.out_dir, "prefix-both" if args.full else "prefix-question")
-    epochs = args.epochs or (8 if args.full else 3)
-    side = (
-        ["--tune_side", "both", "--pre_seq_len", "64"]
-        if args.full
-        else ["--tune_side", "question", "--pre_seq_len", "32", "--ctx_embeddings", base_embeddings + "_*"]
+    encoder = {"pretrained_model_cfg": args.model, "tuning": "prefix", "sequence_length": args.sequence_length}
+    if args.full:
+        encoder.update(tune_side="both", pre_seq_len=64)
+    else:
+        encoder.update(tune_side="question", pre_seq_len=32)
+    cfg = TrainConfig(
+        train_file=(data.train,),
+        dev_file=(data.dev,),
+        output_dir=out,
+        seed=12345,
+        batch_size=args.batch_size,
+        dev_batch_size=args.batch_size,
+        learning_rate=1e-2,
+        warmup_percentage=0.05,
+        max_grad_norm=2.0,
+        # Question-side training looks passage vectors up, so extra hard negatives cost almost nothing.
+        hard_negatives=1 if args.full else 3,
+        num_train_epochs=args.epochs or (8 if args.full else 3),
+        eval_per_epoch=1,
+        log_batch_step=10,
+        ctx_embeddings=() if args.full else (base_embeddings + "_*",),
     )
-    _check(
-        train_dense_encoder.main(
-            [
-                "--pretrained_model_cfg",
-                args.model,
-                "--prefix",
-                *side,
-                "--train_file",
-                os.path.join(data, "scifact-train.json"),
-                "--dev_file",
-                os.path.join(data, "scifact-dev.json"),
-                "--output_dir",
-                out,
-                "--seed",
-                "12345",
-                "--sequence_length",
-                str(args.sequence_length),
-                "--batch_size",
-                str(args.batch_size),
-                "--dev_batch_size",
-                str(args.batch_size),
-                "--learning_rate",
-                "1e-2",
-                # Question-side training looks passage vectors up, so extra hard negatives cost almost nothing.
-                "--warmup_percentage",
-                "0.05",
-                "--max_grad_norm",
-                "2.0",
-                "--hard_negatives",
-                "1" if args.full else "3",
-                "--num_train_epochs",
-                str(epochs),
-                "--eval_per_epoch",
-                "1",
-                "--log_batch_step",
-                "10",
-            ]
-        )
-    )
+    train(cfg, encoder)
     return out
 
 
@@ -173,39 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     os.makedirs(args.out_dir, exist_ok=True)
     dataset = os.path.basename(os.path.normpath(args.beir_dir))
-    data = os.path.join(args.out_dir, "data")
+    data_dir = os.path.join(args.out_dir, "data")
     logger.info("stage 1/5: prepare %s (BM25 hard negatives, dev held out)", dataset)
-    _check(
-        prepare_data.main(
-            [
-                "beir",
-                "--beir_dir",
-                args.beir_dir,
-                "--out_dir",
-                data,
-                "--name",
-                "scifact",
-                "--train_split",
-                "train",
-                "--eval_split",
-                "test",
-                "--dev_ratio",
-                "0.1",
-                "--hard_negatives",
-                "30",
-                "--other_negatives",
-                "30",
-                "--seed",
-                "0",
-            ]
-            + (["--no_progress"] if args.no_progress else [])
-        )
-    )
-    passages = os.path.join(data, "scifact-passages.tsv")
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs each index build at DEBUG
+    settings = PrepareSettings(dev_ratio=0.1, negatives=NegativeConfig(30, 30, seed=0), progress=not args.no_progress)
+    data = prepare_beir(args.beir_dir, data_dir, name=dataset, train_split="train", eval_split=SPLIT, settings=settings)
     base = _model(args)
     base_embeddings = os.path.join(args.out_dir, "embeddings", "zero-shot")
     logger.info("stage 2/5: encode the corpus with the frozen base model (the zero-shot index)")
-    _embed(args, base_embeddings, base, passages)
+    _embed(args, base_embeddings, base, data.passages)
     logger.info("stage 3/5: evaluate zero-shot")
     zero_shot = _evaluate(args, "zero-shot", base_embeddings, base)
     logger.info("stage 4/5: train a %s prefix", "both-sides" if args.full else "question-side")
@@ -214,12 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     trained_embeddings = base_embeddings
     if args.full:  # the passage side changed: its index must be rebuilt
         trained_embeddings = os.path.join(args.out_dir, "embeddings", os.path.basename(best))
-        _embed(args, trained_embeddings, _model(args, best), passages)
+        _embed(args, trained_embeddings, _model(args, best), data.passages)
     logger.info("stage 5/5: evaluate the trained prefix")
     trained = _evaluate(
         args, "trained", trained_embeddings, _model(args, best), newer_than=os.path.join(run, "best_checkpoint.json")
     )
-    bm25 = _metrics(os.path.join(data, "scifact-test-bm25.json"))["metrics"]
+    bm25 = _metrics(data.bm25_metrics)["metrics"]
     rows = [
         ("BM25 (bm25s)", bm25, "-"),
         (f"{args.model} zero-shot", zero_shot["metrics"], "0 (frozen)"),

@@ -11,6 +11,7 @@ import dense_retriever
 import generate_embeddings
 import quickstart
 from dpr.configs import BiEncoderConfig
+from dpr.data.preparation import PreparedData
 from dpr.models.biencoder import build_biencoder
 from dpr.training.checkpoint import save_checkpoint
 
@@ -106,30 +107,27 @@ def test_main_names_the_dataset_it_ran_on(data, tmp_path, monkeypatch, capsys):
     """The summary line names --beir_dir's dataset, split and counts (prepare and train are stubbed)."""
     corpus, beir = data
 
-    def prepare(argv):
-        out = argv[argv.index("--out_dir") + 1]
-        os.makedirs(out, exist_ok=True)
-        shutil.copy(corpus, os.path.join(out, "scifact-passages.tsv"))
-        with open(os.path.join(out, "scifact-test-bm25.json"), "w") as handle:
+    calls = {}
+
+    def prepare(beir_dir, out_dir, *, name, train_split, eval_split, settings):
+        calls["prepare"] = (beir_dir, name, train_split, eval_split)
+        os.makedirs(out_dir, exist_ok=True)
+        passages, bm25 = os.path.join(out_dir, f"{name}-passages.tsv"), os.path.join(out_dir, f"{name}-test-bm25.json")
+        shutil.copy(corpus, passages)
+        with open(bm25, "w") as handle:
             json.dump({"metrics": {"nDCG@10": 0.5, "R@100": 1.0}}, handle)
-        return 0
+        train, dev = os.path.join(out_dir, f"{name}-train.json"), os.path.join(out_dir, f"{name}-dev.json")
+        return PreparedData(out_dir, name, passages, train, dev, eval_split, None, None, None, None, bm25, ())
 
-    def train(argv):
+    def train(cfg, encoder):
+        calls["train"] = (cfg.train_file, cfg.ctx_embeddings, encoder)
         torch.manual_seed(0)
-        model = build_biencoder(
-            BiEncoderConfig.from_flat(
-                pretrained_model_cfg="bert-tiny",
-                tuning="prefix",
-                pre_seq_len=4,
-                tune_side="question",
-                sequence_length=64,
-            )
-        )
-        save_checkpoint(argv[argv.index("--output_dir") + 1], model)
-        return 0
+        model = build_biencoder(BiEncoderConfig.from_flat({**encoder, "pre_seq_len": 4}))
+        save_checkpoint(cfg.output_dir, model)
+        return None
 
-    monkeypatch.setattr(quickstart.prepare_data, "main", prepare)
-    monkeypatch.setattr(quickstart.train_dense_encoder, "main", train)
+    monkeypatch.setattr(quickstart, "prepare_beir", prepare)
+    monkeypatch.setattr(quickstart, "train", train)
     assert (
         quickstart.main(
             [
@@ -149,3 +147,14 @@ def test_main_names_the_dataset_it_ran_on(data, tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert f"\nmini test (3 queries, {len(TOPICS)} passages); best checkpoint " in printed
     assert "SciFact" not in printed and "bert-tiny + question-side prefix" in printed
+    assert calls["prepare"] == (beir, "mini", "train", "test")
+    train_files, ctx_embeddings, encoder = calls["train"]
+    assert train_files == (os.path.join(str(tmp_path / "qs"), "data", "mini-train.json"),)
+    assert ctx_embeddings == (os.path.join(str(tmp_path / "qs"), "embeddings", "zero-shot_*"),)
+    assert encoder == {
+        "pretrained_model_cfg": "bert-tiny",
+        "tuning": "prefix",
+        "sequence_length": 64,
+        "tune_side": "question",
+        "pre_seq_len": 32,
+    }
