@@ -33,12 +33,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import itertools
-import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
@@ -50,7 +47,8 @@ import transformers
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from dpr.atomic import atomic_file  # noqa: E402
+from common import header, write_results  # noqa: E402
+
 from dpr.data.readers import Passage, iter_beir_corpus  # noqa: E402
 from dpr.encoding import encode_texts  # noqa: E402
 from dpr.models.biencoder import BiEncoder, build_biencoder  # noqa: E402
@@ -60,16 +58,6 @@ from dpr.options import EncoderConfig  # noqa: E402
 logger = logging.getLogger(__name__)
 
 DEFAULT_CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "scifact", "corpus.jsonl")
-
-
-def header(threads: int) -> str:
-    """One line naming the machine, the library versions and the date, printed before any number."""
-    cpu = platform.processor() or platform.machine()
-    return (
-        f"# {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} threads), "
-        f"transformers {transformers.__version__}, python {platform.python_version()}, "
-        f"{datetime.datetime.now().isoformat(timespec='seconds')}"
-    )
 
 
 def load_passages(path: str, count: int) -> list[Passage]:
@@ -355,9 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     results = summarise(args, len(passages), real_tokens, shapes, times, matmul_rate, bert_config)
     results.update(max_abs_diff_vs_sentence_transformers=max_diff, pre_seq_len=args.pre_seq_len)
     report(results)
-    if args.json:
-        with atomic_file(args.json) as handle:
-            json.dump(results, handle, indent=2)
+    write_results(args.json, results)
     return 0
 
 

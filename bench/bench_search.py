@@ -14,7 +14,6 @@ from the corpus vectors with a little noise), or random unit vectors (``--num_ve
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -25,7 +24,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from dpr.atomic import atomic_file  # noqa: E402
+from common import write_results  # noqa: E402
+
 from dpr.embeddings_io import find_shards  # noqa: E402
 from dpr.indexer.faiss_index import DenseIndex, IndexParams  # noqa: E402
 
@@ -128,9 +128,7 @@ def main() -> int:
         f"hnsw  DenseIndex (M={args.hnsw_m}, efSearch={args.ef_search}): {result['qps_hnsw']:10.1f} queries/s, "
         f"recall@{args.k} vs flat {recall:.4f}, build {build_s:.1f} s"
     )
-    if args.json:
-        with atomic_file(args.json) as handle:
-            json.dump(result, handle, indent=2)
+    write_results(args.json, result)
     return 0
 
 

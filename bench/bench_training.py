@@ -31,11 +31,9 @@ two encoders see B questions and 2B passages), texts cut to ``--sequence_length`
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -48,7 +46,8 @@ import transformers
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from dpr.atomic import atomic_file  # noqa: E402
+from common import header, write_results  # noqa: E402
+
 from dpr.data.batching import BiEncoderBatch, build_biencoder_batch  # noqa: E402
 from dpr.data.readers import BiEncoderSample, iter_beir_corpus  # noqa: E402
 from dpr.losses import biencoder_nll, dot_scores  # noqa: E402
@@ -62,16 +61,6 @@ DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "sc
 MODES = ("prefix", "finetune")
 # The learning rates of the README's recipes; they do not change the time of a step.
 LEARNING_RATES = {"prefix": 1e-2, "finetune": 2e-5}
-
-
-def header(threads: int) -> str:
-    """One line naming the machine, the library versions and the date, printed before any number."""
-    cpu = platform.processor() or platform.machine()
-    return (
-        f"# {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} threads), "
-        f"transformers {transformers.__version__}, python {platform.python_version()}, "
-        f"{datetime.datetime.now().isoformat(timespec='seconds')}"
-    )
 
 
 def make_batch(args: argparse.Namespace) -> BiEncoderBatch:
@@ -361,9 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     report(results)
-    if args.json:
-        with atomic_file(args.json) as handle:
-            json.dump(results, handle, indent=2)
+    write_results(args.json, results)
     return 0
 
 

@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from helpers import tiny_bert
 from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertModel
 
@@ -22,17 +23,8 @@ from dpr.training.checkpoint import load_training_state, save_checkpoint
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=99,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
     path = str(tmp_path_factory.mktemp("tiny-bert"))
-    BertModel(config, add_pooling_layer=False).save_pretrained(path)
+    tiny_bert(seed=0).save_pretrained(path)
     return path
 
 

@@ -6,6 +6,7 @@ import gzip
 import json
 
 import pytest
+from helpers import colbert_train_argv
 
 from colbert import train as colbert_train
 from colbert.data import read_queries, read_triples, triples_format
@@ -62,28 +63,7 @@ def test_the_cli_refuses_bad_triples_before_training(tmp_path, tiny_bert_dir, ca
     path = tmp_path / "triples.tsv"
     path.write_bytes(GOOD.encode() + LATIN1)
     out = tmp_path / "run"
-    argv = [
-        "--pretrained_model_cfg",
-        tiny_bert_dir,
-        "--prefix",
-        "--pre_seq_len",
-        "4",
-        "--triples",
-        str(path),
-        "--query_maxlen",
-        "12",
-        "--doc_maxlen",
-        "32",
-        "--dim",
-        "16",
-        "--bsize",
-        "1",
-        "--maxsteps",
-        "20",
-        "--output_dir",
-        str(out),
-        "--no_progress",
-    ]
+    argv = colbert_train_argv(tiny_bert_dir, str(path), str(out), "--bsize", "1", "--maxsteps", "20")
     assert run_cli(colbert_train.main, argv) == 2
     assert "triples.tsv:12: expected UTF-8 text" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())  # no step ran, no checkpoint written

@@ -34,14 +34,7 @@ TOPICS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run these tiny models on one thread: on a shared 2-core machine, OpenMP synchronisation between two
-    threads made a training step ~100x slower (1.8 s instead of 0.012 s) than the work itself."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: these tiny models run on one thread
 
 
 def config(model_dir: str, tuning: str = "prefix", **kw) -> ColBERTConfig:

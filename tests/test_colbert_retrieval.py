@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import colbert_train_argv
 
 from colbert import index as colbert_index
 from colbert import retrieve as colbert_retrieve
@@ -51,14 +52,7 @@ QUERIES = {
 QRELS = {"q1": "d0", "q2": "d6", "q3": "d4", "q4": "d10"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run these tiny models on one thread: on a shared 2-core machine, OpenMP synchronisation between two
-    threads made a training step ~100x slower (1.8 s instead of 0.012 s) than the work itself."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: these tiny models run on one thread
 
 
 @pytest.fixture(scope="module")
@@ -195,73 +189,50 @@ def test_runs_and_qrels_formats(tmp_path):
 
 def _train(files, tiny_bert_dir, out, *extra):
     return colbert_train.main(
-        [
-            "--pretrained_model_cfg",
+        colbert_train_argv(
             tiny_bert_dir,
-            "--prefix",
-            "--pre_seq_len",
-            "4",
-            "--triples",
             str(files / "triples.jsonl"),
-            "--queries",
-            str(files / "queries.tsv"),
-            "--collection",
-            str(files / "collection.tsv"),
-            "--query_maxlen",
-            "12",
-            "--doc_maxlen",
-            "32",
-            "--dim",
-            "16",
-            "--bsize",
-            "4",
-            "--accum",
-            "2",
-            "--lr",
-            "1e-2",
-            "--output_dir",
             str(out),
-            "--save_every",
-            "2",
-            "--no_progress",
+            *("--queries", str(files / "queries.tsv"), "--collection", str(files / "collection.tsv")),
+            *("--bsize", "4", "--accum", "2", "--lr", "1e-2", "--save_every", "2"),
             *extra,
-        ]
+        )
     )
+
+
+def _index_args(files, index_root):
+    """colbert/index.py's flags (but --checkpoint): the collection, indexed as "idx" under ``index_root``."""
+    return [
+        "--collection",
+        str(files / "collection.tsv"),
+        "--index_root",
+        str(index_root),
+        "--index_name",
+        "idx",
+        "--no_progress",
+    ]
+
+
+def _query_args(files, index_root, *extra):
+    """colbert/retrieve.py's flags for the "idx" index under ``index_root`` and the 4 queries, then ``extra``."""
+    return [
+        "--index_root",
+        str(index_root),
+        "--index_name",
+        "idx",
+        "--queries",
+        str(files / "queries.tsv"),
+        *extra,
+        "--no_progress",
+    ]
 
 
 def test_cli_train_index_retrieve_rerank(files, tiny_bert_dir, tmp_path, capsys):
     assert _train(files, tiny_bert_dir, tmp_path / "run", "--maxsteps", "3") == 0
     ckpt = str(tmp_path / "run" / "colbert-3")
     assert sorted(os.listdir(tmp_path / "run")) == ["colbert-2", "colbert-3"]
-    assert (
-        colbert_index.main(
-            [
-                "--checkpoint",
-                ckpt,
-                "--collection",
-                str(files / "collection.tsv"),
-                "--index_root",
-                str(tmp_path),
-                "--index_name",
-                "idx",
-                "--no_progress",
-            ]
-        )
-        == 0
-    )
-    common = [
-        "--index_root",
-        str(tmp_path),
-        "--index_name",
-        "idx",
-        "--queries",
-        str(files / "queries.tsv"),
-        "--qrels",
-        str(files / "qrels.tsv"),
-        "--depth",
-        "5",
-        "--no_progress",
-    ]
+    assert colbert_index.main(["--checkpoint", ckpt, *_index_args(files, tmp_path)]) == 0
+    common = _query_args(files, tmp_path, "--qrels", str(files / "qrels.tsv"), "--depth", "5")
     assert colbert_retrieve.main([*common, "--faiss_depth", "10000", "--output_dir", str(tmp_path / "e2e")]) == 0
     assert colbert_retrieve.main([*common, "--brute_force", "--output_dir", str(tmp_path / "bf")]) == 0
     e2e = (tmp_path / "e2e" / "ranking.tsv").read_text().splitlines()
@@ -297,16 +268,7 @@ def test_cli_train_index_retrieve_rerank(files, tiny_bert_dir, tmp_path, capsys)
 
 def test_cli_refuses_an_index_built_by_another_config_and_conflicting_flags(files, tiny_bert_dir, tmp_path, capsys):
     assert _train(files, tiny_bert_dir, tmp_path / "a", "--maxsteps", "0") == 0
-    index_args = [
-        "--collection",
-        str(files / "collection.tsv"),
-        "--index_root",
-        str(tmp_path),
-        "--index_name",
-        "idx",
-        "--no_progress",
-    ]
-    assert colbert_index.main(["--checkpoint", str(tmp_path / "a" / "colbert-0"), *index_args]) == 0
+    assert colbert_index.main(["--checkpoint", str(tmp_path / "a" / "colbert-0"), *_index_args(files, tmp_path)]) == 0
     torch.manual_seed(1)
     model = build_colbert(
         ColBERTConfig(
@@ -318,17 +280,7 @@ def test_cli_refuses_an_index_built_by_another_config_and_conflicting_flags(file
         )
     )
     other = save_colbert(str(tmp_path / "b" / "colbert-0"), model)
-    query_args = [
-        "--index_root",
-        str(tmp_path),
-        "--index_name",
-        "idx",
-        "--queries",
-        str(files / "queries.tsv"),
-        "--output_dir",
-        str(tmp_path / "out"),
-        "--no_progress",
-    ]
+    query_args = _query_args(files, tmp_path, "--output_dir", str(tmp_path / "out"))
     assert run_cli(colbert_retrieve.main, ["--checkpoint", other, *query_args]) == 2
     err = capsys.readouterr().err
     assert "built by another ColBERT config" in err and "dim: 16 -> 8" in err

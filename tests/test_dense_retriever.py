@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import embed_in_shards
 from reference import brute_force_topk
 
 import generate_embeddings
@@ -56,25 +57,7 @@ def setup(tmp_path_factory):
     ckpt = save_checkpoint(str(root / "dpr_biencoder.0.1"), model)
     corpus = root / "psgs.tsv"
     corpus.write_text("id\ttext\ttitle\n" + "".join(f"{i}\t{t}.\tdoc {i}\n" for i, t in enumerate(TOPICS)))
-    for shard_id in range(3):
-        assert (
-            generate_embeddings.main(
-                [
-                    "--model_file",
-                    ckpt,
-                    "--ctx_file",
-                    str(corpus),
-                    "--out_file",
-                    str(root / "emb"),
-                    "--shard_id",
-                    str(shard_id),
-                    "--num_shards",
-                    "3",
-                    "--no_progress",
-                ]
-            )
-            == 0
-        )
+    embed_in_shards(["--model_file", ckpt, "--ctx_file", str(corpus), "--no_progress"], str(root / "emb"))
     qa = root / "qa.tsv"
     qa.write_text("".join(f"{q}\t{a}\n" for q, a in QUESTIONS))
     beir = root / "beir"
@@ -93,22 +76,31 @@ def setup(tmp_path_factory):
     }
 
 
-def _qa_args(s, out, *extra):
+def _args(s, mode, source, out, *extra, emb=None):
+    """dense_retriever.py on the setup's checkpoint and shards (or ``emb``), queries from ``mode`` (--qa_file or
+    --beir_dir) ``source``, all 11 passages retrieved into ``out``; then ``extra``."""
     return [
         "--model_file",
         s["ckpt"],
         "--encoded_ctx_file",
-        s["emb"],
-        "--qa_file",
-        s["qa"],
+        emb or s["emb"],
+        mode,
+        source,
         "--out_file",
         str(out),
         "--n-docs",
         "11",
-        "--no_cuda",
         "--no_progress",
         *extra,
     ]
+
+
+def _qa_args(s, out, *extra):
+    return _args(s, "--qa_file", s["qa"], out, "--no_cuda", *extra)
+
+
+def _beir_args(s, out, *extra):
+    return _args(s, "--beir_dir", s["beir"], out, *extra)
 
 
 def test_qa_mode_writes_dpr_results_and_metrics(setup, tmp_path, capsys):
@@ -135,24 +127,7 @@ def test_qa_mode_writes_dpr_results_and_metrics(setup, tmp_path, capsys):
 
 def test_beir_mode_writes_trec_run_and_metrics(setup, tmp_path, capsys):
     run = tmp_path / "run.trec"
-    assert (
-        main(
-            [
-                "--model_file",
-                setup["ckpt"],
-                "--encoded_ctx_file",
-                setup["emb"],
-                "--beir_dir",
-                setup["beir"],
-                "--out_file",
-                str(run),
-                "--n-docs",
-                "11",
-                "--no_progress",
-            ]
-        )
-        == 0
-    )
+    assert main(_beir_args(setup, run)) == 0
     lines = run.read_text().splitlines()
     assert len(lines) == 3 * 11 and lines[0].split()[1] == "Q0" and lines[0].split()[3] == "1"
     assert {line.split()[0] for line in lines} == {"q0", "q1", "q2"}  # only judged queries are run
@@ -294,26 +269,7 @@ def test_regex_match_mode(setup, tmp_path):
     qa = tmp_path / "trec.tsv"
     qa.write_text('capital of france?\t["Par(is|ee)"]\nwho composed?\t["mo[sz]art"]\n')
     out = tmp_path / "r.json"
-    assert (
-        main(
-            [
-                "--model_file",
-                setup["ckpt"],
-                "--encoded_ctx_file",
-                setup["emb"],
-                "--qa_file",
-                str(qa),
-                "--match",
-                "regex",
-                "--out_file",
-                str(out),
-                "--n-docs",
-                "11",
-                "--no_progress",
-            ]
-        )
-        == 0
-    )
+    assert main(_args(setup, "--qa_file", str(qa), out, "--match", "regex")) == 0
     records = json.loads(out.read_text())
     assert [{c["id"] for c in r["ctxs"] if c["has_answer"]} for r in records] == [{"0"}, {"2"}]
 
@@ -348,25 +304,16 @@ def _copy_shards(setup, folder):
 def test_save_or_load_index_runs_twice_in_the_default_folder(setup, tmp_path, caplog, groups):
     # the default folder <prefix>_index_flat matches the shards' glob <prefix>_*: the 2nd run read it as a shard
     emb = _copy_shards(setup, tmp_path)
-    args = [
-        "--model_file",
-        setup["ckpt"],
-        "--encoded_ctx_file",
-        emb,
-        "--qa_file",
-        setup["qa"],
-        "--n-docs",
-        "11",
-        "--save_or_load_index",
-        "--num_index_shards",
-        groups,
-        "--no_progress",
-    ]
-    assert main(args + ["--out_file", str(tmp_path / "first.json")]) == 0
+    index_flags = ("--save_or_load_index", "--num_index_shards", groups)
+
+    def args(out):
+        return _args(setup, "--qa_file", setup["qa"], out, *index_flags, emb=emb)
+
+    assert main(args(tmp_path / "first.json")) == 0
     assert (tmp_path / "emb_index_flat").is_dir()
     caplog.clear()
     with caplog.at_level("INFO"):
-        assert main(args + ["--out_file", str(tmp_path / "second.json")]) == 0
+        assert main(args(tmp_path / "second.json")) == 0
     assert any(r.getMessage().startswith("loaded DenseIndex") for r in caplog.records)
     assert json.loads((tmp_path / "first.json").read_text()) == json.loads((tmp_path / "second.json").read_text())
 
@@ -390,19 +337,7 @@ def _beir_copy(setup, tmp_path, qrels):
     beir = tmp_path / "beir"
     shutil.copytree(setup["beir"], beir)
     (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrels)
-    return [
-        "--model_file",
-        setup["ckpt"],
-        "--encoded_ctx_file",
-        setup["emb"],
-        "--beir_dir",
-        str(beir),
-        "--out_file",
-        str(tmp_path / "run.trec"),
-        "--n-docs",
-        "11",
-        "--no_progress",
-    ]
+    return _args(setup, "--beir_dir", str(beir), tmp_path / "run.trec")
 
 
 def test_judged_docs_missing_from_the_corpus_are_counted(setup, tmp_path, caplog, capsys):
@@ -442,29 +377,8 @@ def umask_027():
 
 def test_outputs_get_the_users_umask(setup, tmp_path, umask_027):
     index = tmp_path / "index"
-    assert (
-        main(
-            [
-                "--model_file",
-                setup["ckpt"],
-                "--encoded_ctx_file",
-                setup["emb"],
-                "--beir_dir",
-                setup["beir"],
-                "--out_file",
-                str(tmp_path / "run.trec"),
-                "--n-docs",
-                "11",
-                "--reliability_plot",
-                str(tmp_path / "plot.png"),
-                "--save_or_load_index",
-                "--index_path",
-                str(index),
-                "--no_progress",
-            ]
-        )
-        == 0
-    )
+    extra = ("--reliability_plot", str(tmp_path / "plot.png"), "--save_or_load_index", "--index_path", str(index))
+    assert main(_beir_args(setup, tmp_path / "run.trec", *extra)) == 0
     assert main(_qa_args(setup, tmp_path / "results.json")) == 0
     files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
     assert {p.name for p in files} >= {
@@ -487,25 +401,7 @@ def _without_timing(record):
 def test_library_retrieve_and_evaluate_equal_the_cli(setup, tmp_path):
     """retrieve + evaluate_beir / evaluate_qa return what dense_retriever.py writes."""
     run_file, results_file = tmp_path / "run.trec", tmp_path / "results.json"
-    assert (
-        main(
-            [
-                "--model_file",
-                setup["ckpt"],
-                "--encoded_ctx_file",
-                setup["emb"],
-                "--beir_dir",
-                setup["beir"],
-                "--out_file",
-                str(run_file),
-                "--n-docs",
-                "11",
-                "--no_cuda",
-                "--no_progress",
-            ]
-        )
-        == 0
-    )
+    assert main(_beir_args(setup, run_file, "--no_cuda")) == 0
     assert main(_qa_args(setup, results_file)) == 0
     loaded = load_inference_model(InferenceModelConfig(model_file=setup["ckpt"], no_cuda=True))
     cfg = RetrieveConfig(n_docs=11)

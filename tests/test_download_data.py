@@ -48,6 +48,12 @@ def _errors(capsys) -> list[str]:
     return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
 
 
+def _mirror_argv(resource: str, tmp_path) -> list[str]:
+    """download_data.py fetching ``resource`` from the folder tmp_path/mirror into tmp_path/out."""
+    mirror, out = str(tmp_path / "mirror"), str(tmp_path / "out")
+    return ["--resource", resource, "--from", mirror, "--output_dir", out, "--no_progress"]
+
+
 def test_from_mirror_verifies_and_unpacks_a_beir_zip(monkeypatch, tmp_path, capsys):
     payload = _zip(TOY_FILES)
     (tmp_path / "mirror").mkdir()
@@ -64,15 +70,7 @@ def test_from_mirror_verifies_and_unpacks_a_beir_zip(monkeypatch, tmp_path, caps
             sha256=hashlib.sha256(payload).hexdigest(),
         ),
     )
-    argv = [
-        "--resource",
-        "beir.toyset",
-        "--from",
-        str(tmp_path / "mirror"),
-        "--output_dir",
-        str(tmp_path / "out"),
-        "--no_progress",
-    ]
+    argv = _mirror_argv("beir.toyset", tmp_path)
     assert download_main(argv) == 0
     folder = tmp_path / "out" / "downloads" / "beir" / "toyset"
     assert [doc_id for doc_id, _ in iter_beir_corpus(str(folder / "corpus.jsonl"))] == ["d1"]
@@ -88,17 +86,7 @@ def test_from_mirror_verifies_and_unpacks_a_beir_zip(monkeypatch, tmp_path, caps
 def test_corrupted_file_is_detected_and_deleted(tmp_path, capsys):
     (tmp_path / "mirror").mkdir()
     (tmp_path / "mirror" / "scifact.zip").write_bytes(_zip(TOY_FILES))  # not the published SciFact zip
-    code = download_main(
-        [
-            "--resource",
-            "beir.scifact",
-            "--from",
-            str(tmp_path / "mirror"),
-            "--output_dir",
-            str(tmp_path / "out"),
-            "--no_progress",
-        ]
-    )
+    code = download_main(_mirror_argv("beir.scifact", tmp_path))
     assert code == 2
     (line,) = _errors(capsys)
     assert line.startswith(
@@ -122,15 +110,7 @@ def test_recorded_checksum_catches_a_changed_file(monkeypatch, tmp_path, capsys)
             "toy",
         ),
     )
-    argv = [
-        "--resource",
-        "data.retriever.toy",
-        "--from",
-        str(tmp_path / "mirror"),
-        "--output_dir",
-        str(tmp_path / "out"),
-        "--no_progress",
-    ]
+    argv = _mirror_argv("data.retriever.toy", tmp_path)
     assert download_main(argv) == 0
     target = tmp_path / "out" / "downloads" / "data" / "retriever" / "toy-dev.json"
     assert target.read_bytes() == b'[{"question": "q"}]'

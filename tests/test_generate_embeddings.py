@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from helpers import embed_in_shards
 
 from dpr.cli import run_cli
 from dpr.configs import BiEncoderConfig
@@ -32,6 +33,10 @@ def checkpoint(tmp_path_factory):
     return save_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "dpr_biencoder.0.1"), model)
 
 
+def _cpu_flags(checkpoint, corpus):
+    return ["--model_file", checkpoint, "--ctx_file", corpus, "--batch_size", "4", "--no_cuda", "--no_progress"]
+
+
 def _write_tsv(path, n=N, compress=False):
     lines = ["id\ttext\ttitle"] + [f"p{i}\tpassage number {i} about topic {'word ' * i}\tTitle {i}" for i in range(n)]
     data = ("\n".join(lines) + "\n").encode()
@@ -42,28 +47,7 @@ def _write_tsv(path, n=N, compress=False):
 def test_three_shards_hold_every_passage_once(tmp_path, checkpoint, capsys):
     corpus = _write_tsv(tmp_path / "psgs.tsv.gz", compress=True)
     out = str(tmp_path / "emb" / "psgs")
-    for shard_id in range(3):
-        assert (
-            main(
-                [
-                    "--model_file",
-                    checkpoint,
-                    "--ctx_file",
-                    corpus,
-                    "--out_file",
-                    out,
-                    "--shard_id",
-                    str(shard_id),
-                    "--num_shards",
-                    "3",
-                    "--batch_size",
-                    "4",
-                    "--no_cuda",
-                    "--no_progress",
-                ]
-            )
-            == 0
-        )
+    embed_in_shards(_cpu_flags(checkpoint, corpus), out)
     shards = find_shards(out + "_*")
     ids = [pid for shard in shards for pid in shard.ids()]
     assert ids == [f"p{i}" for i in range(N)] and len(set(ids)) == N
@@ -231,23 +215,7 @@ def test_shard_id_out_of_range(tmp_path, capsys):
 def test_shards_record_one_corpus_digest_and_refuse_another_version(tmp_path, checkpoint):
     plain, packed = _write_tsv(tmp_path / "psgs.tsv"), _write_tsv(tmp_path / "psgs.tsv.gz", compress=True)
     common = ["--model_file", checkpoint, "--no_progress"]
-    for shard_id in range(3):
-        assert (
-            main(
-                common
-                + [
-                    "--ctx_file",
-                    plain,
-                    "--out_file",
-                    str(tmp_path / "part"),
-                    "--shard_id",
-                    str(shard_id),
-                    "--num_shards",
-                    "3",
-                ]
-            )
-            == 0
-        )
+    embed_in_shards(common + ["--ctx_file", plain], str(tmp_path / "part"))
     assert main(common + ["--ctx_file", packed, "--out_file", str(tmp_path / "all")]) == 0
     parts, whole = find_shards(str(tmp_path / "part_*")), read_shard(str(tmp_path / "all_0")).header
     # rows, not bytes: the gzipped copy is the same corpus version; one shard's passages are the corpus
@@ -290,28 +258,7 @@ def _shard_files(folder):
 def test_embed_corpus_writes_what_the_cli_writes(tmp_path, checkpoint):
     """The library call (all three shards at once) and three CLI runs give the same shard folders."""
     corpus = _write_tsv(tmp_path / "psgs.tsv")
-    for shard_id in range(3):
-        assert (
-            main(
-                [
-                    "--model_file",
-                    checkpoint,
-                    "--ctx_file",
-                    corpus,
-                    "--out_file",
-                    str(tmp_path / "cli"),
-                    "--shard_id",
-                    str(shard_id),
-                    "--num_shards",
-                    "3",
-                    "--batch_size",
-                    "4",
-                    "--no_cuda",
-                    "--no_progress",
-                ]
-            )
-            == 0
-        )
+    embed_in_shards(_cpu_flags(checkpoint, corpus), str(tmp_path / "cli"))
     loaded = load_inference_model(InferenceModelConfig(model_file=checkpoint, no_cuda=True))
     written = embed_corpus(loaded, corpus, str(tmp_path / "lib"), EmbedConfig(batch_size=4), num_shards=3)
     assert [s.path for s in written] == [str(tmp_path / f"lib_{i}") for i in range(3)]

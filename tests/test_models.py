@@ -7,7 +7,8 @@ import warnings
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel
+from helpers import tiny_bert
+from transformers import BertModel
 
 from dpr.configs import BiEncoderConfig
 from dpr.models.biencoder import build_biencoder, build_biencoder_from_backbone
@@ -19,18 +20,7 @@ MODES = ("finetune", "prefix", "prompt", "bitfit", "adapter")
 
 
 def tiny_backbone(seed: int = 0) -> BertModel:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=99,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1,
-    )
-    return BertModel(config, add_pooling_layer=False)
+    return tiny_bert(seed, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
 
 
 def make(tuning: str, seed: int = 0, **kw) -> torch.nn.Module:

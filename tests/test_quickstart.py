@@ -44,21 +44,14 @@ def data(tmp_path):
     return str(corpus), str(beir)
 
 
+def _quickstart_argv(beir, out_dir):
+    model = ["--model", "bert-tiny", "--sequence_length", "64"]
+    return ["--beir_dir", beir, "--out_dir", str(out_dir), *model, "--no_progress"]
+
+
 def test_zero_shot_stages_equal_the_clis_and_are_reused(data, tmp_path, capsys):
     corpus, beir = data
-    args = quickstart.build_parser().parse_args(
-        [
-            "--beir_dir",
-            beir,
-            "--out_dir",
-            str(tmp_path / "qs"),
-            "--model",
-            "bert-tiny",
-            "--sequence_length",
-            "64",
-            "--no_progress",
-        ]
-    )
+    args = quickstart.build_parser().parse_args(_quickstart_argv(beir, tmp_path / "qs"))
     os.makedirs(args.out_dir)
     embeddings = str(tmp_path / "qs" / "zero-shot")
     quickstart._embed(args, embeddings, quickstart._model(args), corpus)
@@ -128,22 +121,7 @@ def test_main_names_the_dataset_it_ran_on(data, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(quickstart, "prepare_beir", prepare)
     monkeypatch.setattr(quickstart, "train", train)
-    assert (
-        quickstart.main(
-            [
-                "--beir_dir",
-                beir,
-                "--out_dir",
-                str(tmp_path / "qs"),
-                "--model",
-                "bert-tiny",
-                "--sequence_length",
-                "64",
-                "--no_progress",
-            ]
-        )
-        == 0
-    )
+    assert quickstart.main(_quickstart_argv(beir, tmp_path / "qs")) == 0
     printed = capsys.readouterr().out
     assert f"\nmini test (3 queries, {len(TOPICS)} passages); best checkpoint " in printed
     assert "SciFact" not in printed and "bert-tiny + question-side prefix" in printed

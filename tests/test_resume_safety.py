@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from helpers import dpr_train_argv
 
 import train_dense_encoder
 from dpr.cli import run_cli
@@ -45,18 +46,7 @@ COMMON = (
 
 
 def argv(model_dir, train, dev, out, *extra):
-    return [
-        "--pretrained_model_cfg",
-        model_dir,
-        "--train_file",
-        train,
-        "--dev_file",
-        dev,
-        "--output_dir",
-        out,
-        *COMMON,
-        *extra,
-    ]
+    return dpr_train_argv(model_dir, train, dev, out, *COMMON, *extra)
 
 
 def names(out) -> list[str]:
@@ -230,39 +220,13 @@ def test_a_restart_of_a_run_started_from_model_file_resumes_it_exactly(
     ] == os.path.realpath(weights_only)
     # Another --model_file than the one this output folder's run started from: refused, not ignored.
     other = str(tmp_path / "a" / "dpr_biencoder.0.6")
-    assert (
-        run_cli(
-            train_dense_encoder.main,
-            argv(
-                tiny_bert_dir,
-                train,
-                dev,
-                crashed,
-                "--model_file",
-                other,
-                "--num_train_epochs",
-                "2",
-                "--eval_per_epoch",
-                "2",
-            ),
-        )
-        == 2
-    )
+    flags = ("--model_file", other, "--num_train_epochs", "2", "--eval_per_epoch", "2")
+    assert run_cli(train_dense_encoder.main, argv(tiny_bert_dir, train, dev, crashed, *flags)) == 2
     assert f"already holds a run started from {os.path.realpath(weights_only)}, not from" in capsys.readouterr().err
     # An older checkpoint of the output folder itself: refused too (the later ones would be pruned).
+    flags = ("--model_file", os.path.join(crashed, "dpr_biencoder.0.6"), "--num_train_epochs", "2")
     with pytest.raises(ResumeError, match="is an older checkpoint of --output_dir"):
-        train_dense_encoder.main(
-            argv(
-                tiny_bert_dir,
-                train,
-                dev,
-                crashed,
-                "--model_file",
-                os.path.join(crashed, "dpr_biencoder.0.6"),
-                "--num_train_epochs",
-                "2",
-            )
-        )
+        train_dense_encoder.main(argv(tiny_bert_dir, train, dev, crashed, *flags))
 
 
 def test_resuming_with_other_settings_is_refused_unless_allowed_and_then_honoured(

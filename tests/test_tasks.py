@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertModel
+from helpers import tiny_bert_with_bert_tiny_vocab
 
 from dpr.configs import BiEncoderConfig
 from dpr.data.readers import Passage
@@ -147,17 +147,9 @@ def test_checkpoint_for_another_hidden_size_is_refused(tiny_bert_dir, tmp_path):
 
 
 def test_checkpoint_for_another_model_of_the_same_shape_is_refused(tiny_bert_dir, tmp_path):
-    torch.manual_seed(9)  # same shape as tiny_bert_dir, other weights: a prefix for it means nothing here
     twin = str(tmp_path / "twin")
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=128,
-    )
-    BertModel(config, add_pooling_layer=False).save_pretrained(twin)
+    # same shape as tiny_bert_dir, other weights: a prefix for it means nothing here
+    tiny_bert_with_bert_tiny_vocab(seed=9).save_pretrained(twin)
     ckpt = make_checkpoint(str(tmp_path / "twin_ckpt"), twin, "prefix", 6)
     library = TaskLibrary(load_backbone(tiny_bert_dir), tiny_bert_dir)
     with pytest.raises(CheckpointMismatchError, match=f"trained on '{twin}', but the task library's backbone is"):

@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from helpers import dpr_train_argv
 from safetensors.torch import load_file
 
 import train_dense_encoder
@@ -14,29 +15,11 @@ from dpr.training import trainer as trainer_module
 from dpr.training.run_dir import list_checkpoints, read_best
 from dpr.training.trainer import eval_points, linear_schedule, optimizer_steps_per_epoch
 
+SMALL_RUN = ("--batch_size", "4", "--dev_batch_size", "4", "--sequence_length", "32", "--seed", "3")
+
 
 def argv(model_dir, train, dev, out, *extra):
-    return [
-        "--pretrained_model_cfg",
-        model_dir,
-        "--train_file",
-        train,
-        "--dev_file",
-        dev,
-        "--output_dir",
-        out,
-        "--batch_size",
-        "4",
-        "--dev_batch_size",
-        "4",
-        "--sequence_length",
-        "32",
-        "--seed",
-        "3",
-        "--log_batch_step",
-        "3",
-        *extra,
-    ]
+    return dpr_train_argv(model_dir, train, dev, out, *SMALL_RUN, "--log_batch_step", "3", *extra)
 
 
 def prefix_weights(path: str) -> dict[str, torch.Tensor]:
@@ -168,24 +151,8 @@ def test_best_checkpoint_survives_pruning(tmp_path, tiny_bert_dir, tiny_dpr_file
         return ValidationResult("nll", next(values), {})
 
     monkeypatch.setattr(trainer_module.BiEncoderTrainer, "validate", fake_validate)
-    assert (
-        train_dense_encoder.main(
-            argv(
-                tiny_bert_dir,
-                train,
-                dev,
-                out,
-                "--prefix",
-                "--num_train_epochs",
-                "2",
-                "--eval_per_epoch",
-                "2",
-                "--keep_checkpoints",
-                "1",
-            )
-        )
-        == 0
-    )
+    flags = ("--prefix", "--num_train_epochs", "2", "--eval_per_epoch", "2", "--keep_checkpoints", "1")
+    assert train_dense_encoder.main(argv(tiny_bert_dir, train, dev, out, *flags)) == 0
     names = sorted(os.path.basename(p) for _, p in list_checkpoints(out, "dpr_biencoder"))
     best = read_best(out)
     assert best.value == 1.0 and os.path.basename(best.path) == "dpr_biencoder.0.6"
@@ -195,27 +162,9 @@ def test_best_checkpoint_survives_pruning(tmp_path, tiny_bert_dir, tiny_dpr_file
 def test_fix_ctx_encoder_trains_the_question_side_only(tmp_path, tiny_bert_dir, tiny_dpr_files):
     train, dev = tiny_dpr_files
     out = str(tmp_path / "run")
-    assert (
-        train_dense_encoder.main(
-            argv(
-                tiny_bert_dir,
-                train,
-                dev,
-                out,
-                "--prefix",
-                "--fix_ctx_encoder",
-                "--learning_rate",
-                "0.05",
-                "--num_train_epochs",
-                "1",
-                "--keep_checkpoints",
-                "5",
-                "--eval_per_epoch",
-                "2",
-            )
-        )
-        == 0
-    )
+    flags = ("--prefix", "--fix_ctx_encoder", "--learning_rate", "0.05", "--num_train_epochs", "1")
+    flags += ("--keep_checkpoints", "5", "--eval_per_epoch", "2")
+    assert train_dense_encoder.main(argv(tiny_bert_dir, train, dev, out, *flags)) == 0
     # DPR's --fix_ctx_encoder is --tune_side question: the passage side is the untouched base model, so
     # the checkpoints hold the question prefix only (no frozen random passage prefix).
     (_, first), (_, last) = list_checkpoints(out, "dpr_biencoder")
@@ -232,22 +181,8 @@ def test_gradients_are_clipped_once_per_optimizer_step(tmp_path, tiny_bert_dir, 
     real = torch.nn.utils.clip_grad_norm_
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: calls.append(1) or real(*a, **k))
     # 24 questions / batch 4 = 6 micro-batches per epoch, accumulation 3 -> 2 optimizer steps.
-    assert (
-        train_dense_encoder.main(
-            argv(
-                tiny_bert_dir,
-                train,
-                train,
-                str(tmp_path / "r"),
-                "--bitfit",
-                "--gradient_accumulation_steps",
-                "3",
-                "--num_train_epochs",
-                "1",
-            )
-        )
-        == 0
-    )
+    flags = ("--bitfit", "--gradient_accumulation_steps", "3", "--num_train_epochs", "1")
+    assert train_dense_encoder.main(argv(tiny_bert_dir, train, train, str(tmp_path / "r"), *flags)) == 0
     assert len(calls) == 2
 
 
