@@ -19,7 +19,6 @@ from colbert.model import ColBERT
 from colbert.tokenization import ColBERTTokenizer
 from dpr.data.readers import Passage
 from dpr.device import autocast
-from dpr.device import select_device as select_device  # re-exported: colbert.index, .retrieve, .train use it
 
 logger = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ import sys
 
 from colbert.checkpoint import load_colbert
 from colbert.data import iter_collection
-from colbert.encoding import select_device
 from colbert.faiss_index import FaissSettings
 from colbert.indexing import build_index
 from colbert.options import add_colbert_model_params, colbert_overrides_from_args
 from colbert.tokenization import ColBERTTokenizer
 from dpr.cli import run_cli, setup_logging
+from dpr.device import add_hardware_params, resolve_precision, select_device
 from dpr.models.encoder import trainable_report
 from dpr.models.hub import load_tokenizer
 from dpr.options import ConfigError
@@ -50,11 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pq_nbits", type=int, default=8, help="bits per PQ code")
     g.add_argument("--shard_size", type=int, default=100_000, help="documents per shard")
     g.add_argument("--bsize", type=int, default=64, help="documents per encoder batch")
-    g.add_argument(
-        "--amp", dest="precision", action="store_const", const="fp16", default="fp32", help="fp16 autocast (CUDA only)"
-    )
-    g.add_argument("--no_cuda", action="store_true")
-    g.add_argument("--no_progress", dest="progress", action="store_false")
+    h = add_hardware_params(parser, training=False, amp_alias=True)
+    h.add_argument("--no_progress", dest="progress", action="store_false")
     return parser
 
 
@@ -67,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--bsize must be >= 1, got {args.bsize}")
     settings = FaissSettings(partitions=args.partitions, sample=args.sample, pq_m=args.pq_m, nbits=args.pq_nbits)
     device = select_device(args.no_cuda, args.precision)
+    precision = resolve_precision(args.precision, device)
     model, _ = load_colbert(args.checkpoint, colbert_overrides_from_args(args))
     model.to(device)
     logger.info("%s", trainable_report(model))
@@ -84,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         settings=settings,
         shard_size=args.shard_size,
         batch_size=args.bsize,
-        precision=args.precision,
+        precision=precision,
         provenance=provenance,
         progress=args.progress,
     )

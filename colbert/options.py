@@ -30,13 +30,12 @@ from dpr.configs import (
     tuning_from_flat,
     tuning_to_flat,
 )
-from dpr.device import add_hardware_params
-from dpr.options import add_tuning_params
+from dpr.device import REQUESTS, add_hardware_params
+from dpr.options import add_backbone_params, add_tuning_params
 
 logger = logging.getLogger(__name__)
 
 SIMILARITIES = ("cosine", "l2")
-PRECISIONS = ("fp32", "fp16")
 # [CLS] [Q] at least one word piece [SEP]: the shortest useful sequence.
 MIN_MAXLEN = 4
 # Format 1 stored a whole DPR encoder config under "encoder"; these keys of it have no ColBERT meaning.
@@ -150,18 +149,7 @@ def add_colbert_model_params(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--checkpoint", default=None, help="ColBERT checkpoint folder (its stored config decides the network)"
     )
-    group.add_argument(
-        "--pretrained_model_cfg",
-        default=None,
-        help="BERT backbone: Hugging Face name, local folder or short name (minilm-l6, bert-tiny); default minilm-l6",
-    )
-    group.add_argument(
-        "--do_lower_case",
-        action="store_const",
-        const=True,
-        default=None,
-        help="lower-case text before tokenizing (uncased models already do)",
-    )
+    add_backbone_params(group)
     group.add_argument("--query_maxlen", type=int, default=None, help="query tokens incl. [MASK] padding (32)")
     group.add_argument("--doc_maxlen", type=int, default=None, help="document tokens at most (180)")
     group.add_argument("--dim", type=int, default=None, help="token vector size after the linear layer (128)")
@@ -226,7 +214,7 @@ class ColBERTTrainConfig:
     max_grad_norm: float = 2.0
     in_batch_negatives: bool = False
     seed: int = 12345
-    precision: str = "fp32"
+    precision: str = "auto"
     save_every: int = 2000
     keep_checkpoints: int = 2
     log_every: int = 50
@@ -248,8 +236,8 @@ class ColBERTTrainConfig:
             )
         if self.lr <= 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.precision not in REQUESTS:
+            raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(REQUESTS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -310,7 +298,7 @@ def add_colbert_training_params(parser: argparse.ArgumentParser) -> None:
         help="continue from --checkpoint (or the latest in --output_dir) with its optimizer state",
     )
     train.add_argument("--dropout", type=float, default=None, help="backbone dropout (0.1)")
-    add_hardware_params(parser, training=True, bf16=False, amp_alias=True)
+    add_hardware_params(parser, training=True, amp_alias=True)
 
 
 def train_config_from_args(args: argparse.Namespace) -> ColBERTTrainConfig:

@@ -26,7 +26,7 @@ import torch
 
 from colbert.checkpoint import load_colbert
 from colbert.data import read_collection, read_queries
-from colbert.encoding import encode_documents, encode_queries, select_device
+from colbert.encoding import encode_documents, encode_queries
 from colbert.indexing import DocStore, check_model, load_index, read_meta
 from colbert.model import ColBERT
 from colbert.options import add_colbert_model_params, colbert_overrides_from_args
@@ -36,6 +36,7 @@ from colbert.tokenization import ColBERTTokenizer
 from dpr.atomic import atomic_file
 from dpr.cli import run_cli, setup_logging
 from dpr.data.readers import DataFormatError
+from dpr.device import add_hardware_params, resolve_precision, select_device
 from dpr.evaluation.metrics import evaluate_run, write_trec_run
 from dpr.models.hub import load_tokenizer
 from dpr.options import ConfigError
@@ -69,9 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="drop a document whose id equals the query id (BEIR corpora that contain the queries)",
     )
-    r.add_argument("--amp", dest="precision", action="store_const", const="fp16", default="fp32")
-    r.add_argument("--no_cuda", action="store_true")
-    r.add_argument("--no_progress", dest="progress", action="store_false")
+    h = add_hardware_params(parser, training=False, amp_alias=True)
+    h.add_argument("--no_progress", dest="progress", action="store_false")
     return parser
 
 
@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     index_dir = _check_args(args)
+    # auto -> the precision this machine runs fast, chosen once (and logged) for queries and documents alike
+    args.precision = resolve_precision(args.precision, select_device(args.no_cuda, args.precision))
     queries, qrels = _queries(args)
     ranking = _search(args, index_dir, queries)
     os.makedirs(args.output_dir, exist_ok=True)

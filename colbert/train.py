@@ -23,7 +23,6 @@ import torch
 
 from colbert.checkpoint import latest_checkpoint, load_colbert, load_training_state
 from colbert.data import Triple, read_triples, triples_from_dpr
-from colbert.encoding import select_device
 from colbert.model import ColBERT, build_colbert
 from colbert.options import (
     ColBERTTrainConfig,
@@ -37,6 +36,7 @@ from colbert.tokenization import ColBERTTokenizer
 from colbert.training import ColBERTTrainer
 from dpr.cli import run_cli, setup_logging
 from dpr.data.readers import DataFormatError, read_dpr_files
+from dpr.device import select_device
 from dpr.models.encoder import trainable_report
 from dpr.models.hub import load_tokenizer
 from dpr.options import ConfigError

@@ -28,7 +28,7 @@ from dpr.configs import (
     ConfigError,
     apply_overrides,
 )
-from dpr.device import add_hardware_params
+from dpr.device import REQUESTS, add_hardware_params
 
 logger = logging.getLogger(__name__)
 
@@ -37,18 +37,14 @@ logger = logging.getLogger(__name__)
 EncoderConfig = BiEncoderConfig.from_flat
 
 
-def add_encoder_params(parser: argparse.ArgumentParser) -> None:
-    """Encoder flags; defaults are None so explicit values can be checked against a checkpoint."""
-    group = parser.add_argument_group("encoder")
+def add_backbone_params(group: argparse._ArgumentGroup) -> None:
+    """--pretrained_model_cfg and --do_lower_case (DPR and ColBERT); None = the checkpoint's or the default."""
     group.add_argument(
         "--pretrained_model_cfg",
         default=None,
         help=f"Hugging Face model name, local folder, or a short name of an offline encoder "
         f"(minilm-l6, bert-tiny). Default {DEFAULT_MODEL}.",
     )
-    group.add_argument("--model_file", default=None, help="checkpoint folder to start from or evaluate")
-    group.add_argument("--projection_dim", type=int, default=None, help="linear projection size (0 = none)")
-    group.add_argument("--sequence_length", type=int, default=None, help="max tokens per text (default 512)")
     group.add_argument(
         "--do_lower_case",
         action="store_const",
@@ -56,6 +52,15 @@ def add_encoder_params(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="lower-case text before tokenizing (uncased models already do)",
     )
+
+
+def add_encoder_params(parser: argparse.ArgumentParser) -> None:
+    """Encoder flags; defaults are None so explicit values can be checked against a checkpoint."""
+    group = parser.add_argument_group("encoder")
+    add_backbone_params(group)
+    group.add_argument("--model_file", default=None, help="checkpoint folder to start from or evaluate")
+    group.add_argument("--projection_dim", type=int, default=None, help="linear projection size (0 = none)")
+    group.add_argument("--sequence_length", type=int, default=None, help="max tokens per text (default 512)")
     group.add_argument(
         "--pooling",
         choices=POOLING_MODES,
@@ -259,7 +264,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     loss_scale: float | None = None  # scores x scale in the loss; None: 20 for normalised vectors, else 1
     ctx_embeddings: tuple[str, ...] = ()
-    precision: str = "fp32"
+    precision: str = "auto"  # resolved by dpr.device.resolve_precision when training starts
     no_cuda: bool = False
     local_rank: int = -1
     init_checkpoint: str | None = None  # the --model_file the run started from (real path), for the record
@@ -299,8 +304,8 @@ class TrainConfig:
             raise ConfigError(f"--learning_rate must be > 0, got {self.learning_rate}")
         if self.warmup_percentage is not None and not 0.0 <= self.warmup_percentage <= 1.0:
             raise ConfigError(f"--warmup_percentage must be in [0, 1], got {self.warmup_percentage}")
-        if self.precision not in ("fp32", "fp16", "bf16"):
-            raise ConfigError(f"precision {self.precision!r} is not fp32, fp16 or bf16")
+        if self.precision not in REQUESTS:
+            raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(REQUESTS)}")
         if not self.train_file:
             raise ConfigError("--train_file is required (one or more files or glob patterns)")
 

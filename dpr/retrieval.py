@@ -30,7 +30,7 @@ from dpr.atomic import atomic_directory
 from dpr.configs import ARCHITECTURE_FIELDS, FLAT_FIELDS, BiEncoderConfig, ConfigError, apply_overrides
 from dpr.data.corpus import lookup_passages, resolve_corpus_path
 from dpr.data.readers import Passage
-from dpr.device import PRECISIONS, select_device
+from dpr.device import INFERENCE_REQUESTS, quantize_int8, resolve_precision, select_device
 from dpr.embeddings_io import INDEX_SOURCE_FILE, EmbeddingsError, EmbeddingShard, RowDigest
 from dpr.encoding import Side, encode_texts
 from dpr.identity import EncoderIdentity
@@ -64,7 +64,7 @@ class InferenceModelConfig:
     model_file: str | None = None
     encoder_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     tasks: tuple[tuple[str, str], ...] = ()
-    precision: str = "fp32"
+    precision: str = "auto"  # auto, fp32, fp16, bf16 or int8 (CPU); resolved when the model is loaded
     no_cuda: bool = False
 
     def __post_init__(self) -> None:
@@ -74,8 +74,8 @@ class InferenceModelConfig:
         # a copy: the config is a value, later edits of the caller's dict must not reach it
         object.__setattr__(self, "encoder_overrides", dict(self.encoder_overrides))
         object.__setattr__(self, "tasks", tuple((str(n), str(p)) for n, p in self.tasks))
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.precision not in INFERENCE_REQUESTS:
+            raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(INFERENCE_REQUESTS)}")
         if self.tasks and self.model_file:
             raise ConfigError("pass either --model_file (one checkpoint) or --task NAME=CHECKPOINT (several), not both")
         names = [name for name, _ in self.tasks]
@@ -96,7 +96,7 @@ class InferenceModel:
     checkpoint: str | None  # absolute checkpoint path, None for the base model
     training: dict[str, Any]  # the checkpoint's training config ({} for the base model)
     device: torch.device = torch.device("cpu")
-    precision: str = "fp32"  # autocast for encoding: fp32, fp16 or bf16
+    precision: str = "fp32"  # how it encodes: fp32, fp16 or bf16 autocast, or int8 (quantized linear layers)
 
     def identity(self) -> EncoderIdentity:
         """The passage encoder's identity: what embeddings made with this model record."""
@@ -140,7 +140,10 @@ def load_inference_model(cfg: InferenceModelConfig, device: torch.device | None 
         model, checkpoint, training = build_biencoder(config), None, {}
     tokenizer = load_tokenizer(model.config.backbone.pretrained_model_cfg, model.config.backbone.do_lower_case)
     model.to(device).eval()
-    return InferenceModel(model, tokenizer, checkpoint, training, device, cfg.precision)
+    precision = resolve_precision(cfg.precision, device)
+    if precision == "int8":
+        model = quantize_int8(model)
+    return InferenceModel(model, tokenizer, checkpoint, training, device, precision)
 
 
 def load_task_encoder(cfg: InferenceModelConfig, device: torch.device | None = None) -> "TaskEncoder":
@@ -154,11 +157,11 @@ def load_task_encoder(cfg: InferenceModelConfig, device: torch.device | None = N
         name: resolve_encoder_config(cfg.encoder_overrides, read_checkpoint_info(path).encoder, source=path)
         for name, path in cfg.tasks
     }
-    encoder = TaskEncoder(
-        configs[cfg.tasks[0][0]].backbone.pretrained_model_cfg,
-        cfg.device() if device is None else device,
-        precision=cfg.precision,
-    )
+    device = cfg.device() if device is None else device
+    precision = resolve_precision(cfg.precision, device)
+    if precision == "int8":
+        raise ConfigError("--precision int8 is not supported with --task (several checkpoints on one backbone) yet")
+    encoder = TaskEncoder(configs[cfg.tasks[0][0]].backbone.pretrained_model_cfg, device, precision=precision)
     for name, path in cfg.tasks:
         encoder.register(name, path, configs[name])
     return encoder

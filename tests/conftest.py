@@ -1,9 +1,11 @@
-"""Shared pytest setup: tests never touch the network (no Hugging Face Hub downloads)."""
+"""Shared pytest setup: tests never touch the network (no Hugging Face Hub downloads), and ``--precision auto``
+means fp32 on every machine (the same numbers with or without native bf16; tests of auto itself unset it)."""
 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ["DPR_AUTO_PRECISION"] = "fp32"  # inherited by the subprocesses of distributed tests
 
 import json  # noqa: E402
 

@@ -10,7 +10,16 @@ import torch
 from torch import nn
 
 from dpr import device as device_seam
-from dpr.device import PRECISIONS, DeviceError, MixedPrecision, add_hardware_params, autocast, select_device
+from dpr.device import (
+    PRECISIONS,
+    DeviceError,
+    MixedPrecision,
+    add_hardware_params,
+    autocast,
+    quantize_int8,
+    resolve_precision,
+    select_device,
+)
 from dpr.errors import UserError
 from dpr.training.distributed import init_distributed
 
@@ -54,16 +63,93 @@ def test_autocast_fp32_is_a_no_op() -> None:
         assert (x @ x.T).dtype == torch.float32
 
 
-def test_autocast_cpu_bf16_only_on_request_and_warns(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("fast", [True, False])
+def test_autocast_cpu_bf16_warns_only_where_bf16_is_slow(
+    fast: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv(device_seam.AUTO_ENV)
     device_seam._warn_cpu_bf16.cache_clear()
+    monkeypatch.setattr(device_seam, "_cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(device_seam, "cpu_bf16_speedup", lambda: 3.0 if fast else 0.01)
     with caplog.at_level(logging.WARNING, logger="dpr.device"):
         amp_ctx = autocast(torch.device("cpu"), "bf16")
-    assert "bf16" in caplog.text
+    device_seam._warn_cpu_bf16.cache_clear()
+    assert ("slower than fp32" in caplog.text) is not fast
     with amp_ctx:  # reusable: entered twice
         assert torch.is_autocast_enabled("cpu")
     with amp_ctx:
         assert (torch.randn(2, 3) @ torch.randn(3, 2)).dtype == torch.bfloat16
     assert not torch.is_autocast_enabled("cpu")
+
+
+def _no_benchmark() -> float:
+    raise AssertionError("the micro-benchmark must not run when the CPU flags already say no")
+
+
+@pytest.mark.parametrize(
+    ("flags", "speedup", "expected"),
+    [
+        (frozenset({"avx2", "fma"}), None, "fp32"),  # no native bf16: decided from the flags, no benchmark
+        (frozenset({"avx512_bf16"}), 0.005, "fp32"),  # native bf16 but slow here (the benchmark decides)
+        (frozenset({"amx_bf16", "avx512_bf16"}), 7.0, "bf16"),
+        (None, 2.0, "bf16"),  # flags unreadable (not Linux): the benchmark alone
+        (None, 1.2, "fp32"),  # faster, but not by the required margin
+    ],
+)
+def test_auto_precision_on_cpu_follows_capability_and_measurement(
+    flags, speedup, expected, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv(device_seam.AUTO_ENV)
+    monkeypatch.setattr(device_seam, "_cpu_flags", lambda: flags)
+    monkeypatch.setattr(device_seam, "cpu_bf16_speedup", _no_benchmark if speedup is None else (lambda: speedup))
+    with caplog.at_level(logging.INFO, logger="dpr.device"):
+        assert resolve_precision("auto", "cpu") == expected
+    assert f"precision auto -> {expected}: " in caplog.text  # says what it chose and why
+    assert ("no native bf16" in caplog.text) is (speedup is None)
+
+
+def test_explicit_precisions_are_kept_and_auto_never_picks_fp16_or_int8(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device_seam, "cpu_bf16_speedup", _no_benchmark)
+    for precision in ("fp32", "bf16", "fp16", "int8"):
+        assert resolve_precision(precision, "cpu") == precision
+    with pytest.raises(DeviceError, match="precision"):
+        resolve_precision("fp8", "cpu")
+
+
+def test_the_environment_pins_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device_seam, "cpu_bf16_speedup", _no_benchmark)
+    for pinned in ("fp32", "bf16"):
+        monkeypatch.setenv(device_seam.AUTO_ENV, pinned)
+        assert resolve_precision("auto", "cpu") == pinned
+    monkeypatch.setenv(device_seam.AUTO_ENV, "fp16")
+    with pytest.raises(DeviceError, match="DPR_AUTO_PRECISION"):
+        resolve_precision("auto", "cpu")
+
+
+def test_the_micro_benchmark_measures_a_ratio() -> None:
+    device_seam.cpu_bf16_speedup.cache_clear()
+    ratio = device_seam.cpu_bf16_speedup(64)
+    device_seam.cpu_bf16_speedup.cache_clear()
+    assert 0 < ratio < 1000
+
+
+def test_int8_quantizes_every_linear_layer_and_keeps_the_vectors_close() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64)).eval()
+    x = torch.randn(32, 64)
+    quantized = quantize_int8(model)
+    assert all(isinstance(m, nn.Linear) for m in model if not isinstance(m, nn.GELU))  # the original is untouched
+    assert not any(type(m) is nn.Linear for m in quantized.modules())
+    with torch.inference_mode():
+        cosine = nn.functional.cosine_similarity(model(x), quantized(x), dim=-1)
+    assert cosine.min() > 0.99
+    with autocast("cpu", "int8"):  # int8 runs without autocast
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_int8_is_cpu_inference_only() -> None:
+    with pytest.raises(DeviceError, match="inference"):
+        MixedPrecision("cpu", "int8")
 
 
 def test_autocast_rejects_unknown_precision() -> None:
@@ -146,13 +232,16 @@ def _parse(argv: list[str], **kwargs: bool) -> argparse.Namespace:
 
 
 def test_hardware_flags() -> None:
-    assert _parse([], training=True).precision == "fp32"
+    assert _parse([], training=True).precision == "auto"
     assert _parse(["--fp16"], training=True).precision == "fp16"
+    assert _parse(["--precision", "bf16"], training=True).precision == "bf16"
     assert _parse(["--bf16", "--no_cuda"], training=False).precision == "bf16"
     assert _parse(["--no_cuda"], training=False).no_cuda
-    colbert = {"training": True, "bf16": False, "amp_alias": True}
+    assert _parse(["--precision", "int8"], training=False, int8=True).precision == "int8"
+    with pytest.raises(SystemExit):
+        _parse(["--precision", "int8"], training=True)  # int8 is offered only where it runs: CPU inference
+    colbert = {"training": True, "amp_alias": True}
     assert _parse(["--amp"], **colbert).precision == "fp16"
     assert _parse(["--fp16"], **colbert).precision == "fp16"
-    with pytest.raises(SystemExit):
-        _parse(["--bf16"], **colbert)
+    assert _parse(["--bf16"], **colbert).precision == "bf16"
     assert set(PRECISIONS) == {"fp32", "fp16", "bf16"}

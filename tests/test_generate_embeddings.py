@@ -278,3 +278,16 @@ def test_embed_config_and_shard_ids_are_checked(tmp_path, checkpoint):
     )
     with pytest.raises(ConfigError, match=re.escape("--shard_id must be in [0, --num_shards=2), found 2")):
         embed_corpus(loaded, _write_tsv(tmp_path / "psgs.tsv"), str(tmp_path / "e"), shard_ids=[2], num_shards=2)
+
+
+def test_int8_vectors_stay_close_to_fp32_ones(tmp_path, checkpoint, caplog):
+    corpus = _write_tsv(tmp_path / "psgs.tsv")
+    for precision in ("fp32", "int8"):
+        assert (
+            main([*_cpu_flags(checkpoint, corpus), "--out_file", str(tmp_path / precision), "--precision", precision])
+            == 0
+        )
+    fp32, int8 = (read_shard(str(tmp_path / f"{p}_0")).vectors() for p in ("fp32", "int8"))
+    assert int8.dtype == np.float32 and int8.shape == fp32.shape  # stored as float32 like any other run
+    cosine = (fp32 * int8).sum(1) / (np.linalg.norm(fp32, axis=1) * np.linalg.norm(int8, axis=1))
+    assert cosine.min() > 0.95 and not np.array_equal(fp32, int8)  # quantized (not fp32 again), yet close

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_passages", type=int, default=None, help="encode only the first N passages of the file (quick runs)"
     )
     g.add_argument("--fp16_storage", action="store_true", help="store vectors as float16 (half the disk)")
-    h = add_hardware_params(parser, training=False)
+    h = add_hardware_params(parser, training=False, int8=True)
     h.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bar")
     return parser
 

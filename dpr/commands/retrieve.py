@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = IndexParams()
     for name in INDEX_PARAM_FLAGS:
         r.add_argument(f"--{name}", type=int, default=getattr(defaults, name), help="index setting")
-    h = add_hardware_params(parser, training=False)
+    h = add_hardware_params(parser, training=False, int8=True)
     h.add_argument("--no_progress", dest="progress", action="store_false")
     return parser
 

@@ -153,14 +153,27 @@ def check_settings(
         logger.warning("continuing %s with a changed setting (--allow_changed_settings): %s", source, change)
 
 
+# What a checkpoint that does not store a setting ran with, where that is not today's default (precision
+# defaulted to fp32 before --precision auto).
+_RAN_WITH_WHEN_MISSING = {"precision": "fp32"}
+
+
+def stored_setting(stored: Mapping[str, Any], name: str) -> Any:
+    """The value of training setting ``name`` a run was started with (its default if the run predates it)."""
+    if name in stored:
+        return stored[name]
+    if name in _RAN_WITH_WHEN_MISSING:
+        return _RAN_WITH_WHEN_MISSING[name]
+    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+
+
 def changed_settings(stored: Mapping[str, Any], cfg: TrainConfig) -> list[str]:
     """``"name: old -> new"`` for each setting of ``cfg`` that differs from the stored training config."""
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     changes = []
     for name, new in cfg.to_dict().items():
         if name in _NOT_COMPARED:
             continue
-        old = stored.get(name, defaults[name])  # a setting newer than the checkpoint: it ran with the default
+        old = stored_setting(stored, name)  # a setting newer than the checkpoint: it ran with the default
         if _comparable(name, old) != _comparable(name, new):
             changes.append(f"{name}: {_shown(old)} -> {_shown(new)}")
     return changes

@@ -18,6 +18,7 @@ import torch
 from dpr.atomic import remove_orphans
 from dpr.configs import apply_overrides
 from dpr.data.readers import BiEncoderSample, DataFormatError, expand_patterns, read_dpr_files
+from dpr.device import resolve_precision
 from dpr.models.biencoder import BiEncoder, build_biencoder
 from dpr.models.checkpoint_format import TrainingPosition, load_biencoder, load_training_state
 from dpr.models.encoder import trainable_report
@@ -30,7 +31,7 @@ from dpr.training.distributed import (
     configure_logging,
     init_distributed,
 )
-from dpr.training.resume import choose_start, plan_resume
+from dpr.training.resume import choose_start, plan_resume, stored_setting
 from dpr.training.run_dir import BestRecord, check_output_dir
 from dpr.training.trainer import BiEncoderTrainer
 
@@ -69,6 +70,8 @@ def _build_model(
         return build_biencoder(enc_cfg, init_ids), tokenizer, cfg, TrainingPosition(), None
     model, info = load_biencoder(source, settings)
     state = load_training_state(info.path)
+    if own_run and cfg.precision == "auto" and info.training:  # auto continues a run in the precision it ran in
+        cfg = dataclasses.replace(cfg, precision=stored_setting(info.training, "precision"))
     cfg, resume = plan_resume(cfg, info, state, own_run, allow_changed, encoder=model.config)
     start = info.position if resume else TrainingPosition()
     if resume:
@@ -94,6 +97,7 @@ def _run(
     # Seeds the initialisation of prefixes, prompts, adapters and projections (dropout is re-seeded per step).
     torch.manual_seed(cfg.seed)
     model, tokenizer, cfg, start, state = _build_model(cfg, settings, model_file, allow_changed)
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, ctx.device))  # stored resolved
     logger.info("encoder config: %s", json.dumps(model.config.to_dict(), sort_keys=True))
     logger.info("training config: %s", json.dumps(cfg.to_dict(), sort_keys=True))
     logger.info("%s", trainable_report(model))

@@ -125,6 +125,7 @@ class BiEncoderTrainer:
         self.cfg, self.tokenizer, self.dev, self.ctx = cfg, tokenizer, dev, ctx
         self.model = model.to(ctx.device)
         self.scale = cfg.scale_for(bool(model.config.head.normalize))
+        self.amp = MixedPrecision(ctx.device, cfg.precision)  # auto resolved once, for steps and encoding
         self.cache = self._passage_cache(train) if model.config.sides.tune_side == "question" else None
         self.ddp_model = wrap_ddp(self.model, ctx)
         self.iterator = ShardedDataIterator(
@@ -136,7 +137,6 @@ class BiEncoderTrainer:
         )
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = linear_schedule(self.optimizer, cfg.warmup_for(self.total_steps), self.total_steps)
-        self.amp = MixedPrecision(ctx.device, cfg.precision)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.position = start
         self.pending = 0  # micro-batches accumulated since the last optimizer step
@@ -189,7 +189,7 @@ class BiEncoderTrainer:
             batch_size=self.cfg.val_av_rank_bsz,
             insert_title=self.model.config.passages.insert_title,
             device=self.ctx.device,
-            precision=self.cfg.precision,
+            precision=self.amp.precision,
         )
 
     def run(self) -> BestRecord | None:
@@ -319,7 +319,7 @@ class BiEncoderTrainer:
             f"training diverged at epoch {epoch}, batch {iteration} (optimizer step {self.position.global_step}): "
             f"{what}; {kept}. Try a lower --learning_rate (now {self.cfg.learning_rate:g}), more --warmup_steps "
             f"or --max_grad_norm clipping (now {self.cfg.max_grad_norm:g})"
-            + (", or fp32 instead of --fp16" if self.cfg.precision == "fp16" else "")
+            + (", or fp32 instead of --fp16" if self.amp.precision == "fp16" else "")
         )
 
     def validate(self) -> ValidationResult | None:
@@ -330,7 +330,7 @@ class BiEncoderTrainer:
             max_length=model.config.backbone.sequence_length,
             insert_title=model.config.passages.insert_title,
             ctx=self.ctx,
-            precision=cfg.precision,
+            precision=self.amp.precision,
         )
         if self.position.epoch >= cfg.val_av_rank_start_epoch:
             return validate_average_rank(
