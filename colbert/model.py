@@ -97,5 +97,9 @@ def build_colbert_from_backbone(
 
 def build_colbert(config: ColBERTConfig, prompt_init_ids: list[int] | None = None) -> ColBERT:
     """Load the backbone named by the config and build ColBERT in the config's tuning mode."""
-    backbone = load_backbone(config.backbone.pretrained_model_cfg, dropout=config.backbone.dropout)
+    backbone = load_backbone(
+        config.backbone.pretrained_model_cfg,
+        dropout=config.backbone.dropout,
+        attention_dropout=config.backbone.attention_dropout,
+    )
     return build_colbert_from_backbone(config, backbone, prompt_init_ids)

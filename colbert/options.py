@@ -26,6 +26,7 @@ from dpr.configs import (
     FinetuneConfig,
     TuningConfig,
     check_agrees,
+    stored_backbone_settings,
     tuning_from_dict,
     tuning_from_flat,
     tuning_to_flat,
@@ -111,7 +112,7 @@ class ColBERTConfig:
         if "encoder" in data:  # format 1
             if not isinstance(data["encoder"], Mapping):
                 raise ConfigError(f"{source}: the ColBERT config's 'encoder' is not an object")
-            flat = {k: v for k, v in data["encoder"].items() if k not in _V1_DPR_ONLY}
+            flat = stored_backbone_settings({k: v for k, v in data["encoder"].items() if k not in _V1_DPR_ONLY})
             try:
                 return cls.from_flat({**flat, **own})
             except ConfigError as err:
@@ -122,7 +123,8 @@ class ColBERTConfig:
         extra = sorted(set(data["backbone"]) - names)
         if extra:
             raise ConfigError(f"{source}: unknown backbone config keys {extra}")
-        return cls(backbone=BackboneConfig(**data["backbone"]), tuning=tuning_from_dict(data["tuning"], source), **own)
+        backbone = BackboneConfig(**stored_backbone_settings(data["backbone"]))
+        return cls(backbone=backbone, tuning=tuning_from_dict(data["tuning"], source), **own)
 
 
 # ColBERT fields with their flag names; all of them define the network or its inputs.
@@ -297,7 +299,14 @@ def add_colbert_training_params(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue from --checkpoint (or the latest in --output_dir) with its optimizer state",
     )
-    train.add_argument("--dropout", type=float, default=None, help="backbone dropout (0.1)")
+    train.add_argument("--dropout", type=float, default=None, help="backbone hidden-state dropout (0.1)")
+    train.add_argument(
+        "--attention_dropout",
+        type=float,
+        default=None,
+        help="dropout on attention probabilities (default 0: other values make training leave the fused "
+        "attention kernel for a ~3x slower one)",
+    )
     add_hardware_params(parser, training=True, amp_alias=True)
 
 

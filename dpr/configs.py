@@ -65,21 +65,37 @@ def _from_object(cls: type, data: Any, source: str, what: str) -> Any:
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """The BERT backbone and how text reaches it."""
+    """The BERT backbone and how text reaches it.
+
+    ``dropout`` is the hidden-state dropout; ``attention_dropout`` the dropout on attention probabilities,
+    0 by default: any other value makes PyTorch's scaled-dot-product attention leave its fused kernel for
+    the unfused "math" one while training (measured on CPU: 3.2x the attention time in fp32, 3.8x in bf16).
+    """
 
     pretrained_model_cfg: str = DEFAULT_MODEL
     sequence_length: int = 512
     do_lower_case: bool = False
     dropout: float = 0.1
+    attention_dropout: float = 0.0
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.sequence_length < 3:
             raise ConfigError(f"--sequence_length must be >= 3 ([CLS] x [SEP]), got {self.sequence_length}")
         _check_dropout("dropout", self.dropout)
+        _check_dropout("attention_dropout", self.attention_dropout)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def stored_backbone_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Backbone settings read from a checkpoint or index: one written before ``attention_dropout`` existed
+    trained with attention dropout equal to its ``dropout`` (both were one setting)."""
+    values = dict(values)
+    if "attention_dropout" not in values and "dropout" in values:
+        values["attention_dropout"] = values["dropout"]
+    return values
 
 
 class _Tuning:
@@ -258,6 +274,7 @@ FLAT_FIELDS = (
     "sequence_length",
     "do_lower_case",
     "dropout",
+    "attention_dropout",
     "gradient_checkpointing",
     "tune_side",
     "normalize",
@@ -384,12 +401,13 @@ class BiEncoderConfig:
             raise ConfigError(f"{source}: the encoder config must be a JSON object, found {type(data).__name__}")
         if "backbone" not in data:
             try:
-                return cls.from_flat(data)
+                return cls.from_flat(stored_backbone_settings(data))
             except ConfigError as err:
                 raise ConfigError(f"{source}: {err}") from None
         unknown = sorted(set(data) - set(_PARTS) - {"tuning"})
         if unknown:
             raise ConfigError(f"{source}: unknown encoder config keys {unknown}")
+        data = {**data, "backbone": stored_backbone_settings(data.get("backbone", {}))}
         parts = {
             name: _from_object(part, data.get(name, {}), source, f"{name} config") for name, part in _PARTS.items()
         }

@@ -383,7 +383,14 @@ def add_training_params(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="warmup as a share of all steps (overrides --warmup_steps)",
     )
-    t.add_argument("--dropout", type=float, default=None, help="backbone dropout (0.1)")
+    t.add_argument("--dropout", type=float, default=None, help="backbone hidden-state dropout (0.1)")
+    t.add_argument(
+        "--attention_dropout",
+        type=float,
+        default=None,
+        help="dropout on attention probabilities (default 0: other values make training leave the fused "
+        "attention kernel for a ~3x slower one)",
+    )
     t.add_argument(
         "--fix_ctx_encoder",
         action="store_true",

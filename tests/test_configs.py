@@ -89,7 +89,8 @@ def test_a_format_1_flat_dict_reads_as_the_nested_config():
         "tuning": "adapter",
     }
     expected = BiEncoderConfig(
-        backbone=BackboneConfig("bert-tiny", sequence_length=32),
+        # format 1 had one dropout for hidden states and attention: the run trained with 0.1 on both
+        backbone=BackboneConfig("bert-tiny", sequence_length=32, attention_dropout=0.1),
         tuning=AdapterConfig(adapter_size=4),
         head=HeadConfig(pooling="cls", normalize=False),
         passages=PassageFormat("pair"),

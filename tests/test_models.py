@@ -301,3 +301,27 @@ def test_title_mode_auto_is_concat_for_sentence_transformers_models():
     assert resolve_config(BiEncoderConfig.from_flat(pretrained_model_cfg="minilm-l6")).passages.title_mode == "concat"
     assert resolve_config(BiEncoderConfig.from_flat(pretrained_model_cfg="bert-tiny")).passages.title_mode == "pair"
     assert make("prefix").config.passages.title_mode == "pair"
+
+
+def _attention_kernels(model, ids, mask):
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        model.ctx_encoder(ids, mask, torch.zeros_like(ids))[0].sum().backward()
+    return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+
+
+@pytest.mark.parametrize("tuning", ["prefix", "finetune"])
+def test_training_runs_the_fused_attention_kernel_unless_attention_dropout_is_asked_for(tuning):
+    ids = torch.randint(1000, 2000, (4, 16))
+    mask = torch.ones_like(ids)
+    mask[:, 12:] = 0  # padded rows: the mask must not force the unfused path either
+    kernels = {}
+    for attention_dropout in (None, 0.1):
+        settings = {"attention_dropout": attention_dropout} if attention_dropout is not None else {}
+        config = BiEncoderConfig.from_flat(pretrained_model_cfg="bert-tiny", tuning=tuning, pre_seq_len=4, **settings)
+        model = build_biencoder(config).train()
+        kernels[attention_dropout] = _attention_kernels(model, ids, mask)
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in kernels[None]  # the default: fused
+    assert "aten::_scaled_dot_product_attention_math" not in kernels[None]
+    assert "aten::_scaled_dot_product_attention_math" in kernels[0.1]  # what attention dropout costs

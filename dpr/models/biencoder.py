@@ -129,5 +129,9 @@ def build_biencoder_from_backbone(
 def build_biencoder(config: BiEncoderConfig, prompt_init_ids: list[int] | None = None) -> BiEncoder:
     """Load the backbone named by the config and build the bi-encoder in the config's tuning mode."""
     config = resolve_config(config)
-    backbone = load_backbone(config.backbone.pretrained_model_cfg, dropout=config.backbone.dropout)
+    backbone = load_backbone(
+        config.backbone.pretrained_model_cfg,
+        dropout=config.backbone.dropout,
+        attention_dropout=config.backbone.attention_dropout,
+    )
     return build_biencoder_from_backbone(config, backbone, prompt_init_ids)

@@ -72,10 +72,10 @@ def _load_error(name: str, err: Exception) -> ModelNotFoundError:
     )
 
 
-def load_backbone(name: str, dropout: float | None = None) -> BertModel:
+def load_backbone(name: str, dropout: float | None = None, attention_dropout: float | None = None) -> BertModel:
     """Load a BERT encoder (no pooler: DPR pools the [CLS] state or the mean itself).
 
-    ``dropout`` overrides the hidden and attention dropout of the model config, as DPR does.
+    ``dropout`` / ``attention_dropout`` override the hidden / attention-probability dropout of the model config.
     """
     path = resolve_model_path(name)
     local = _is_local(path)
@@ -89,7 +89,8 @@ def load_backbone(name: str, dropout: float | None = None) -> BertModel:
         )
     if dropout is not None:
         config.hidden_dropout_prob = dropout
-        config.attention_probs_dropout_prob = dropout
+    if attention_dropout is not None:
+        config.attention_probs_dropout_prob = attention_dropout
     try:
         model = BertModel.from_pretrained(path, config=config, add_pooling_layer=False, local_files_only=local)
     except (OSError, ValueError) as err:
