@@ -23,6 +23,7 @@ from dpr.atomic import atomic_file
 from dpr.cli import run_cli, setup_logging
 from dpr.data.preparation import PreparedData, PrepareSettings, prepare_beir
 from dpr.data.prepare import NegativeConfig
+from dpr.device import add_hardware_params
 from dpr.embedding import EmbedConfig, embed_corpus
 from dpr.evaluation.evaluate import evaluate_beir, load_beir_queries
 from dpr.evaluation.metrics import write_trec_run
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (3; 8 with --full)")
     parser.add_argument("--sequence_length", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--no_progress", action="store_true", help="no progress bars (logs only)")
+    hardware = add_hardware_params(parser, training=True)
+    hardware.add_argument("--no_progress", action="store_true", help="no progress bars (logs only)")
     return parser
 
 
@@ -73,7 +75,9 @@ def _model(args: argparse.Namespace, checkpoint: str | None = None) -> Inference
     overrides = {"sequence_length": args.sequence_length}
     if checkpoint is None:
         overrides["pretrained_model_cfg"] = args.model
-    return InferenceModelConfig(model_file=checkpoint, encoder_overrides=overrides)
+    return InferenceModelConfig(
+        model_file=checkpoint, encoder_overrides=overrides, precision=args.precision, no_cuda=args.no_cuda
+    )
 
 
 def _embed(args: argparse.Namespace, out_file: str, model: InferenceModelConfig, passages: str) -> None:
@@ -131,6 +135,8 @@ def _train(args: argparse.Namespace, data: PreparedData, base_embeddings: str) -
         eval_per_epoch=1,
         log_batch_step=10,
         ctx_embeddings=() if args.full else (base_embeddings + "_*",),
+        precision=args.precision,
+        no_cuda=args.no_cuda,
     )
     train(cfg, encoder)
     return out

@@ -59,7 +59,15 @@ VARIANTS = {
 
 
 class Stepper:
-    def __init__(self, args: argparse.Namespace, tuning: str, precision: str, dropout: float, attention: float) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        tuning: str,
+        precision: str,
+        dropout: float,
+        attention: float,
+        device: str = "cpu",
+    ) -> None:
         torch.manual_seed(0)
         config = BiEncoderConfig.from_flat(
             pretrained_model_cfg=args.model,
@@ -69,12 +77,12 @@ class Stepper:
             dropout=dropout,
             attention_dropout=attention,
         )
-        self.model = build_biencoder(config).train()
+        self.model = build_biencoder(config).to(device).train()
         cfg = TrainConfig(train_file=("bench",), learning_rate=LEARNING_RATES[tuning], max_grad_norm=2.0)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scale = cfg.scale_for(bool(self.model.config.head.normalize))
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.amp = MixedPrecision("cpu", precision)
+        self.amp = MixedPrecision(device, precision)
 
     def step(self, batch: BiEncoderBatch) -> None:
         with self.amp.autocast:
@@ -90,6 +98,32 @@ class Stepper:
         self.amp.backward(loss)
         self.amp.step(self.optimizer, self.trainable, 2.0)
         self.optimizer.zero_grad(set_to_none=True)
+
+    def profile(self, batch: BiEncoderBatch) -> dict[str, float]:
+        """Self CPU seconds of one step by kind of work: matmuls, attention, the optimizer, everything else."""
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            self.step(batch)
+        kinds = {"matrix multiplies": 0.0, "attention (fused kernel)": 0.0, "optimizer": 0.0, "other": 0.0}
+        for event in prof.key_averages():
+            name, seconds = event.key, event.self_cpu_time_total / 1e6
+            if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"):
+                kinds["matrix multiplies"] += seconds
+            elif "scaled_dot_product" in name:
+                kinds["attention (fused kernel)"] += seconds
+            elif name.startswith("aten::_foreach") or "adamw" in name.lower():
+                kinds["optimizer"] += seconds
+            else:
+                kinds["other"] += seconds
+        return kinds
+
+    def matmul_calls(self, batch: BiEncoderBatch) -> int:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            self.step(batch)
+        return sum(e.count for e in prof.key_averages() if e.key in ("aten::mm", "aten::addmm"))
 
     def kernels(self, batch: BiEncoderBatch) -> list[str]:
         from torch.profiler import ProfilerActivity, profile
@@ -155,7 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"today's default prefix step is {old_prefix / best[today[0]]:.2f}x faster than the old default (target >= 3)"
     )
-    write_results(args.json, {**vars(args), "auto": auto, "seconds": times, "kernels": kernels})
+    profiles = {}
+    for name in same:  # why prefix tuning saves less than a third here: where a step's time goes
+        profiles[name] = steppers[name].profile(batch)
+        calls = steppers[name].matmul_calls(batch)
+        parts = ", ".join(f"{kind} {sec:.2f} s" for kind, sec in profiles[name].items())
+        print(f"  profile of one step, {name}: {parts}; {calls} matmul calls")
+    write_results(args.json, {**vars(args), "auto": auto, "seconds": times, "kernels": kernels, "profiles": profiles})
     return 0
 
 
