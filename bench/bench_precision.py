@@ -45,7 +45,7 @@ from dpr import device as device_seam  # noqa: E402
 from dpr.embedding import EmbedConfig, embed_corpus  # noqa: E402
 from dpr.encoding import encode_texts  # noqa: E402
 from dpr.evaluation.evaluate import evaluate_beir, load_beir_queries  # noqa: E402
-from dpr.models.hub import load_tokenizer  # noqa: E402
+from dpr.models.hub import load_tokenizer, resolve_model_path  # noqa: E402
 from dpr.retrieval import InferenceModelConfig, load_inference_model  # noqa: E402
 from dpr.search import RetrieveConfig, open_shards, retrieve  # noqa: E402
 
@@ -116,11 +116,13 @@ def variants(args: argparse.Namespace, passages: list) -> dict[str, Callable[[],
     runs["sentence-transformers fp32"] = st(st32)
     runs["sentence-transformers bf16 weights"] = st(st16)
     try:
+        import optimum  # noqa: F401  (sentence-transformers' ONNX / OpenVINO backends need it)
         from sentence_transformers import SentenceTransformer
 
         for backend in ("onnx", "openvino"):
-            onnx = SentenceTransformer(st32.model_card_data.base_model or args.model, backend=backend)
-            runs[f"sentence-transformers {backend}"] = st(onnx)
+            runs[f"sentence-transformers {backend}"] = st(
+                SentenceTransformer(resolve_model_path(args.model), backend=backend, device="cpu")
+            )
     except Exception as err:  # optimum / onnxruntime / openvino missing: say so, measure the rest
         print(f"sentence-transformers ONNX / OpenVINO backends skipped: {type(err).__name__}: {err}"[:300])
     return runs
