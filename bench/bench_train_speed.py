@@ -33,7 +33,7 @@ import transformers
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from bench_training import DATA, LEARNING_RATES, make_batch  # noqa: E402
+from bench_training import DATA, LEARNING_RATES, forward, make_batch  # noqa: E402
 from common import header, write_results  # noqa: E402
 
 from dpr import device as device_seam  # noqa: E402
@@ -86,14 +86,7 @@ class Stepper:
 
     def step(self, batch: BiEncoderBatch) -> None:
         with self.amp.autocast:
-            q, c = self.model(
-                batch.question_ids,
-                batch.question_mask,
-                batch.question_segments,
-                batch.context_ids,
-                batch.context_mask,
-                batch.context_segments,
-            )
+            q, c = forward(self.model, batch)
         loss, _ = biencoder_nll(dot_scores(q.float() * self.scale, c.float()), batch.positive_idx)
         self.amp.backward(loss)
         self.amp.step(self.optimizer, self.trainable, 2.0)

@@ -111,6 +111,18 @@ def build_config(args: argparse.Namespace, mode: str) -> EncoderConfig:
     )
 
 
+def forward(model: BiEncoder, batch: BiEncoderBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Question and passage vectors of ``batch``: (B, D), (C, D)."""
+    return model(
+        batch.question_ids,
+        batch.question_mask,
+        batch.question_segments,
+        batch.context_ids,
+        batch.context_mask,
+        batch.context_segments,
+    )
+
+
 class Stepper:
     """One mode's bi-encoder, optimizer and step, mirroring ``BiEncoderTrainer`` (fp32, no accumulation)."""
 
@@ -125,14 +137,7 @@ class Stepper:
 
     def step(self, batch: BiEncoderBatch) -> float:
         """One optimizer step on ``batch``; returns the loss."""
-        q, c = self.model(
-            batch.question_ids,
-            batch.question_mask,
-            batch.question_segments,
-            batch.context_ids,
-            batch.context_mask,
-            batch.context_segments,
-        )  # (B, D), (2B, D)
+        q, c = forward(self.model, batch)  # (B, D), (2B, D)
         loss, _ = biencoder_nll(dot_scores(q * self.scale, c), batch.positive_idx)  # ()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.trainable, self.max_grad_norm)
