@@ -228,6 +228,36 @@ def parse_betas(value: str) -> tuple[float, float]:
 
 
 @dataclass(frozen=True)
+class ValMetric:
+    """A validation metric (``--val_metric``): whether a higher value is better, and for a retrieval metric its
+    ``dpr.evaluation.metrics.evaluate_run`` key (None: DPR's NLL and average rank, losses over the dev file)."""
+
+    name: str
+    greater_is_better: bool
+    key: str | None = None
+
+
+VAL_METRICS = {
+    m.name: m
+    for m in (
+        ValMetric("nll", False),
+        ValMetric("average_rank", False),
+        ValMetric("ndcg@10", True, "nDCG@10"),
+        ValMetric("mrr@10", True, "MRR@10"),
+        ValMetric("recall@100", True, "R@100"),
+    )
+}
+RETRIEVAL_METRICS = tuple(name for name, m in VAL_METRICS.items() if m.key is not None)
+
+
+def val_metric(name: str) -> ValMetric:
+    """The validation metric called ``name``; ConfigError naming the choices for any other."""
+    if name not in VAL_METRICS:
+        raise ConfigError(f"--val_metric {name!r} is not one of {', '.join(VAL_METRICS)}")
+    return VAL_METRICS[name]
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Training settings (DPR / PT-Retrieval flag names). Stored in checkpoints: a resumed run is
     checked against them (``dpr.training.resume``)."""
@@ -261,6 +291,10 @@ class TrainConfig:
     val_av_rank_other_neg: int = 30
     val_av_rank_bsz: int = 128
     val_av_rank_max_qs: int = 10_000
+    # nll switches to average_rank from val_av_rank_start_epoch (DPR's schedule); the retrieval metrics rank
+    # the passages of val_ctx_file for the dev questions. Runs that predate these settings ran with the defaults.
+    val_metric: str = "nll"
+    val_ctx_file: str | None = None
     keep_checkpoints: int = 2
     loss_scale: float | None = None  # scores x scale in the loss; None: 20 for normalised vectors, else 1
     ctx_embeddings: tuple[str, ...] = ()
@@ -308,6 +342,37 @@ class TrainConfig:
             raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(REQUESTS)}")
         if not self.train_file:
             raise ConfigError("--train_file is required (one or more files or glob patterns)")
+        self._check_validation()
+
+    def _check_validation(self) -> None:
+        """Refuse --val_metric / --val_ctx_file / --dev_file combinations that cannot validate as asked."""
+        if val_metric(self.val_metric).key is None:
+            if self.val_ctx_file is not None:
+                raise ConfigError(
+                    f"--val_ctx_file is the corpus of a retrieval --val_metric ({', '.join(RETRIEVAL_METRICS)}); "
+                    f"--val_metric {self.val_metric} does not read it: add --val_metric or drop --val_ctx_file"
+                )
+            return
+        if not self.dev_file:
+            raise ConfigError(
+                f"--val_metric {self.val_metric} ranks --val_ctx_file for the questions of --dev_file: give --dev_file"
+            )
+        if not self.val_ctx_file:
+            raise ConfigError(
+                f"--val_metric {self.val_metric} needs --val_ctx_file, the dev corpus to rank (a DPR passages TSV "
+                f"or a BEIR corpus.jsonl holding the --dev_file positives)"
+            )
+        if self.val_av_rank_start_epoch != TrainConfig.val_av_rank_start_epoch:
+            raise ConfigError(
+                f"--val_av_rank_start_epoch switches --val_metric nll to average_rank; it does not apply to "
+                f"--val_metric {self.val_metric}: drop one of them"
+            )
+
+    def val_metric_at(self, epoch: int) -> str:
+        """The metric of validations in ``epoch``: --val_metric; nll is average_rank from --val_av_rank_start_epoch."""
+        if self.val_metric == "nll" and epoch >= self.val_av_rank_start_epoch:
+            return "average_rank"
+        return self.val_metric
 
     def scale_for(self, normalized: bool) -> float:
         """The loss scale: --loss_scale, else 20 for L2-normalised vectors (as sentence-transformers' MNRL)."""
@@ -371,6 +436,20 @@ def add_training_params(parser: argparse.ArgumentParser) -> None:
         t.add_argument(f"--{name}", type=float, default=getattr(d, name))
     t.add_argument("--adam_betas", type=parse_betas, default=d.adam_betas)
     t.add_argument(
+        "--val_metric",
+        choices=tuple(VAL_METRICS),
+        default=d.val_metric,
+        help="what validation measures and the best checkpoint is chosen by: nll (default; average_rank from "
+        "--val_av_rank_start_epoch), average_rank, or a retrieval metric over the --val_ctx_file corpus "
+        "(ndcg@10, mrr@10, recall@100: higher is better)",
+    )
+    t.add_argument(
+        "--val_ctx_file",
+        default=None,
+        help="dev corpus for a retrieval --val_metric: a DPR passages TSV or a BEIR corpus.jsonl; the positive "
+        "passage ids of each of the first --val_av_rank_max_qs --dev_file questions are its relevant passages",
+    )
+    t.add_argument(
         "--loss_scale",
         type=float,
         default=None,
@@ -424,6 +503,7 @@ def add_training_params(parser: argparse.ArgumentParser) -> None:
 # Settings that are file patterns: stored absolute, so a run resumed from another working directory
 # compares equal to the one that started it.
 PATH_SETTINGS = ("train_file", "dev_file", "ctx_embeddings")
+FILE_SETTINGS = ("val_ctx_file",)  # one path each, stored absolute too
 
 
 def absolute_pattern(pattern: str) -> str:
@@ -438,6 +518,9 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     for name in PATH_SETTINGS:
         if values.get(name):
             values[name] = tuple(absolute_pattern(p) for p in values[name])
+    for name in FILE_SETTINGS:
+        if values.get(name):
+            values[name] = absolute_pattern(values[name])
     if getattr(args, "model_file", None):
         values["init_checkpoint"] = os.path.realpath(args.model_file)
     return TrainConfig(**values)

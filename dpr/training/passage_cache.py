@@ -31,7 +31,8 @@ def passage_key(passage: Passage) -> str:
     return passage.passage_id if passage.passage_id is not None else f"{passage.title}\x1f{passage.text}"
 
 
-def _all_passages(samples: Iterable[BiEncoderSample]) -> dict[str, Passage]:
+def all_passages(samples: Iterable[BiEncoderSample]) -> dict[str, Passage]:
+    """Every passage the samples mention (positives, negatives, hard negatives), by id, first seen kept."""
     found: dict[str, Passage] = {}
     for sample in samples:
         for passage in (*sample.positive_passages, *sample.negative_passages, *sample.hard_negative_passages):
@@ -70,7 +71,7 @@ class PassageVectorCache:
         precision: str = "fp32",
     ) -> "PassageVectorCache":
         """Encode every distinct passage of ``samples`` once with the (fixed) passage encoder."""
-        passages = _all_passages(samples)
+        passages = all_passages(samples)
         started = time.perf_counter()
         vectors = encode_texts(
             model,
@@ -96,7 +97,7 @@ class PassageVectorCache:
         identity = model.passage_identity()
         for shard in shards:
             check_identity(shard, identity, None)
-        wanted = _all_passages(samples)
+        wanted = all_passages(samples)
         without_id = [k for k, p in wanted.items() if p.passage_id is None]
         if without_id:
             raise EmbeddingsError(

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from dpr.configs import BiEncoderConfig
 from dpr.errors import UserError
-from dpr.options import PATH_SETTINGS, TrainConfig, absolute_pattern
+from dpr.options import FILE_SETTINGS, PATH_SETTINGS, TrainConfig, absolute_pattern
 from dpr.training.checkpoint import BEST_FILE, STATE_FILE, CheckpointInfo, read_checkpoint_info
 from dpr.training.run_dir import HISTORY_FILE, latest_checkpoint
 
@@ -180,11 +180,14 @@ def changed_settings(stored: Mapping[str, Any], cfg: TrainConfig) -> list[str]:
 
 
 def _comparable(name: str, value: Any) -> Any:
-    """JSON turned tuples into lists; older checkpoints stored patterns relative to their working dir."""
+    """JSON turned tuples into lists; older checkpoints stored patterns relative to their working dir (and a
+    library call may still pass a relative --val_ctx_file)."""
     if isinstance(value, (list, tuple)):
         value = tuple(value)
         if name in PATH_SETTINGS:
             value = tuple(absolute_pattern(p) for p in value)
+    elif name in FILE_SETTINGS and value:
+        value = absolute_pattern(value)
     return value
 
 

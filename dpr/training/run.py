@@ -23,7 +23,7 @@ from dpr.models.biencoder import BiEncoder, build_biencoder
 from dpr.models.checkpoint_format import TrainingPosition, load_biencoder, load_training_state
 from dpr.models.encoder import trainable_report
 from dpr.models.hub import load_tokenizer
-from dpr.options import PATH_SETTINGS, TrainConfig, absolute_pattern
+from dpr.options import FILE_SETTINGS, PATH_SETTINGS, TrainConfig, absolute_pattern
 from dpr.training.distributed import (
     DistributedContext,
     barrier,
@@ -132,7 +132,9 @@ def train(
     Raises:
         UserError subclasses for bad data, settings or folders, before any training step when they can be seen.
     """
-    cfg = dataclasses.replace(cfg, **{name: tuple(map(absolute_pattern, getattr(cfg, name))) for name in PATH_SETTINGS})
+    paths = {name: tuple(map(absolute_pattern, getattr(cfg, name))) for name in PATH_SETTINGS}
+    files = {name: absolute_pattern(getattr(cfg, name)) for name in FILE_SETTINGS if getattr(cfg, name)}
+    cfg = dataclasses.replace(cfg, **paths, **files)
     if model_file and cfg.init_checkpoint is None:
         cfg = dataclasses.replace(cfg, init_checkpoint=os.path.realpath(model_file))
     check_output_dir(cfg.output_dir)  # now, not at the first checkpoint hours later

@@ -1,7 +1,9 @@
 """The training output folder: finding the latest checkpoint, recording the best one, pruning the rest.
 
 ``best_checkpoint.json`` names the best checkpoint (its folder name inside the run folder) by the current
-validation metric (lower is better for NLL and average rank) with its value, epoch and step;
+validation metric with its value, epoch, step and ``greater_is_better`` (for its readers: the direction
+follows from the metric's name, ``dpr.options.VAL_METRICS``: lower is better for NLL and average rank,
+higher for the retrieval metrics);
 ``validation_log.jsonl`` holds every validation, one JSON line each. Checkpoints other than the best and
 the ``keep`` most recent are deleted.
 
@@ -23,6 +25,7 @@ from typing import Any, Mapping
 
 from dpr.atomic import atomic_file
 from dpr.errors import UserError
+from dpr.options import val_metric
 from dpr.training.checkpoint import BEST_FILE, CheckpointError, read_best_file, read_checkpoint_info
 
 logger = logging.getLogger(__name__)
@@ -42,6 +45,10 @@ class BestRecord:
     epoch: int
     iteration: int
     global_step: int
+
+    @property
+    def greater_is_better(self) -> bool:
+        return val_metric(self.metric).greater_is_better
 
 
 def check_output_dir(output_dir: str) -> None:
@@ -89,6 +96,7 @@ def read_best(output_dir: str) -> BestRecord | None:
     record = read_best_file(output_dir)
     if record is None:
         return None
+    record.pop("greater_is_better", None)  # written for readers of the file; follows from the metric
     try:
         return BestRecord(**record)
     except TypeError as err:
@@ -108,6 +116,7 @@ def best_record(path: str, record: Mapping[str, Any]) -> BestRecord:
 def update_best(output_dir: str, candidate: BestRecord) -> bool:
     """Record ``candidate`` if it beats the best of the same metric (or the metric changed).
 
+    Beats: a lower value, or a higher one for a metric where greater is better; a tie keeps the earlier best.
     A non-finite value is never recorded (NaN fails every comparison, so it would always "win").
     """
     if not math.isfinite(candidate.value):
@@ -118,14 +127,19 @@ def update_best(output_dir: str, candidate: BestRecord) -> bool:
         best is not None
         and best.metric == candidate.metric
         and math.isfinite(best.value)
-        and best.value <= candidate.value
+        and not _beats(candidate.value, best.value, candidate.greater_is_better)
         and os.path.isdir(best.path)
     ):
         return False
+    record = {**asdict(candidate), "path": os.path.basename(candidate.path)}
     with atomic_file(os.path.join(output_dir, BEST_FILE)) as handle:
-        json.dump({**asdict(candidate), "path": os.path.basename(candidate.path)}, handle, indent=2)
+        json.dump({**record, "greater_is_better": candidate.greater_is_better}, handle, indent=2)
     logger.info("new best checkpoint %s (%s %.4f)", candidate.path, candidate.metric, candidate.value)
     return True
+
+
+def _beats(value: float, best: float, greater_is_better: bool) -> bool:
+    return value > best if greater_is_better else value < best
 
 
 def prune_checkpoints(output_dir: str, prefix: str, keep: int) -> list[str]:

@@ -29,7 +29,7 @@ from dpr.data.readers import BiEncoderSample
 from dpr.device import MixedPrecision
 from dpr.errors import UserError
 from dpr.models.biencoder import BiEncoder
-from dpr.options import TrainConfig
+from dpr.options import TrainConfig, val_metric
 from dpr.training.checkpoint import TrainingPosition, checkpoint_name, save_checkpoint
 from dpr.training.distributed import (
     DistributedContext,
@@ -38,7 +38,7 @@ from dpr.training.distributed import (
     unwrap,
     wrap_ddp,
 )
-from dpr.training.passage_cache import PassageVectorCache
+from dpr.training.passage_cache import PassageVectorCache, all_passages
 from dpr.training.run_dir import (
     BestRecord,
     append_history,
@@ -49,7 +49,15 @@ from dpr.training.run_dir import (
     repair_run_dir,
     update_best,
 )
-from dpr.training.validation import ValidationResult, validate_average_rank, validate_nll
+from dpr.training.validation import (
+    DevRetrieval,
+    ValidationResult,
+    fixed_corpus_vectors,
+    read_dev_retrieval,
+    validate_average_rank,
+    validate_nll,
+    validate_retrieval,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -127,6 +135,7 @@ class BiEncoderTrainer:
         self.scale = cfg.scale_for(bool(model.config.head.normalize))
         self.amp = MixedPrecision(ctx.device, cfg.precision)  # auto resolved once, for steps and encoding
         self.cache = self._passage_cache(train) if model.config.sides.tune_side == "question" else None
+        self.dev_retrieval, self.dev_corpus_vectors = self._dev_retrieval(train)
         self.ddp_model = wrap_ddp(self.model, ctx)
         self.iterator = ShardedDataIterator(
             train, cfg.batch_size, shard_id=ctx.rank, num_shards=ctx.world_size, shuffle=True, seed=cfg.seed
@@ -190,6 +199,28 @@ class BiEncoderTrainer:
             insert_title=self.model.config.passages.insert_title,
             device=self.ctx.device,
             precision=self.amp.precision,
+        )
+
+    def _dev_retrieval(self, train: Sequence[BiEncoderSample]) -> tuple[DevRetrieval | None, torch.Tensor | None]:
+        """A retrieval --val_metric's dev corpus and qrels, read now (bad files fail before training), and for
+        question-side runs the corpus's fixed passage vectors (the training cache's where they are the same)."""
+        if val_metric(self.cfg.val_metric).key is None or not self.dev:
+            return None, None
+        dev = read_dev_retrieval(self.cfg.val_ctx_file, self.dev, self.cfg.val_av_rank_max_qs)
+        if self.cache is None:
+            return dev, None  # the passage side is trained: the corpus is encoded again at each validation
+        vectors = fixed_corpus_vectors(
+            self.model, self.tokenizer, dev, self.cache, all_passages(train), self.ctx, **self._encoding()
+        )
+        return dev, vectors
+
+    def _encoding(self) -> dict[str, Any]:
+        """How validation encodes: the model's length and passage format, the run's precision, --val_av_rank_bsz."""
+        return dict(
+            max_length=self.model.config.backbone.sequence_length,
+            insert_title=self.model.config.passages.insert_title,
+            precision=self.amp.precision,
+            batch_size=self.cfg.val_av_rank_bsz,
         )
 
     def run(self) -> BestRecord | None:
@@ -326,33 +357,38 @@ class BiEncoderTrainer:
         if not self.dev:
             return None
         cfg, model = self.cfg, unwrap(self.ddp_model)
-        common = dict(
-            max_length=model.config.backbone.sequence_length,
-            insert_title=model.config.passages.insert_title,
-            ctx=self.ctx,
-            precision=self.amp.precision,
-        )
-        if self.position.epoch >= cfg.val_av_rank_start_epoch:
+        metric = cfg.val_metric_at(self.position.epoch)
+        if self.dev_retrieval is not None:
+            return validate_retrieval(
+                model,
+                self.dev_retrieval,
+                self.tokenizer,
+                metric=metric,
+                ctx=self.ctx,
+                passage_vectors=self.dev_corpus_vectors,
+                **self._encoding(),
+            )
+        if metric == "average_rank":
             return validate_average_rank(
                 model,
                 self.dev,
                 self.tokenizer,
                 hard_negatives=cfg.val_av_rank_hard_neg,
                 other_negatives=cfg.val_av_rank_other_neg,
-                batch_size=cfg.val_av_rank_bsz,
                 max_questions=cfg.val_av_rank_max_qs,
-                **common,
+                ctx=self.ctx,
+                **self._encoding(),
             )
         return validate_nll(
             model,
             self.dev,
             self.tokenizer,
-            batch_size=cfg.dev_batch_size,
             hard_negatives=cfg.hard_negatives,
             other_negatives=cfg.other_negatives,
             seed=cfg.seed,
             scale=self.scale,
-            **common,
+            ctx=self.ctx,
+            **{**self._encoding(), "batch_size": cfg.dev_batch_size},
         )
 
     def validate_and_save(self) -> None:
@@ -370,6 +406,7 @@ class BiEncoderTrainer:
             else {
                 "metric": result.metric,
                 "value": result.value,
+                "greater_is_better": result.greater_is_better,
                 "epoch": pos.epoch,
                 "iteration": pos.iteration,
                 "global_step": pos.global_step,
