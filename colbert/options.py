@@ -32,7 +32,7 @@ from dpr.configs import (
     tuning_to_flat,
 )
 from dpr.device import REQUESTS, add_hardware_params
-from dpr.options import add_backbone_params, add_tuning_params
+from dpr.options import add_backbone_params, add_dropout_params, add_tuning_params
 
 logger = logging.getLogger(__name__)
 
@@ -299,14 +299,7 @@ def add_colbert_training_params(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue from --checkpoint (or the latest in --output_dir) with its optimizer state",
     )
-    train.add_argument("--dropout", type=float, default=None, help="backbone hidden-state dropout (0.1)")
-    train.add_argument(
-        "--attention_dropout",
-        type=float,
-        default=None,
-        help="dropout on attention probabilities (default 0: other values make training leave the fused "
-        "attention kernel for a ~3x slower one)",
-    )
+    add_dropout_params(train)
     add_hardware_params(parser, training=True, amp_alias=True)
 
 

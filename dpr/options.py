@@ -54,6 +54,18 @@ def add_backbone_params(group: argparse._ArgumentGroup) -> None:
     )
 
 
+def add_dropout_params(group: argparse._ArgumentGroup) -> None:
+    """--dropout and --attention_dropout (DPR and ColBERT training); None = the checkpoint's or the default."""
+    group.add_argument("--dropout", type=float, default=None, help="backbone hidden-state dropout (0.1)")
+    group.add_argument(
+        "--attention_dropout",
+        type=float,
+        default=None,
+        help="dropout on attention probabilities (default 0: other values make training leave the fused "
+        "attention kernel for a ~3x slower one)",
+    )
+
+
 def add_encoder_params(parser: argparse.ArgumentParser) -> None:
     """Encoder flags; defaults are None so explicit values can be checked against a checkpoint."""
     group = parser.add_argument_group("encoder")
@@ -462,14 +474,7 @@ def add_training_params(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="warmup as a share of all steps (overrides --warmup_steps)",
     )
-    t.add_argument("--dropout", type=float, default=None, help="backbone hidden-state dropout (0.1)")
-    t.add_argument(
-        "--attention_dropout",
-        type=float,
-        default=None,
-        help="dropout on attention probabilities (default 0: other values make training leave the fused "
-        "attention kernel for a ~3x slower one)",
-    )
+    add_dropout_params(t)
     t.add_argument(
         "--fix_ctx_encoder",
         action="store_true",
