@@ -11,7 +11,7 @@ and merged by name with the rows already in it; finished runs and evaluations ar
 can be stopped and started again, or split over calls.
 
     python bench/quality.py --model bert-tiny --modes prefix prompt bitfit adapter finetune \\
-        --train_data scifact squad --epochs 3 --table runs/quality/bert-tiny.json
+        --train_data scifact squad --epochs 3 --seeds 12345 1 2 --table runs/quality/bert-tiny.json
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import sys
 import time
 
@@ -36,6 +37,7 @@ from dpr.training.checkpoint import load_biencoder, resolve_checkpoint  # noqa: 
 
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 # PT-Retrieval's published learning rates per mode.
+DEFAULT_SEED = 12345
 LEARNING_RATES = {"prefix": "1e-2", "prompt": "1e-2", "bitfit": "1e-2", "adapter": "1e-4", "finetune": "1e-5"}
 MODE_FLAGS = {
     "prefix": ["--prefix"],
@@ -165,9 +167,14 @@ def evaluate(args: argparse.Namespace, name: str, model_flags: list[str]) -> dic
         return json.load(handle)
 
 
-def train(args: argparse.Namespace, mode: str, data: str, train_data: str) -> tuple[str, float]:
-    """Train one mode (a finished run is reused: its time comes from quality_train.json)."""
-    run = os.path.join(args.out, f"{args.model}-{mode}-{train_data}")
+def run_name(model: str, mode: str, train_data: str, seed: int) -> str:
+    """``<model>-<mode>-<data>``, with ``-s<seed>`` for seeds other than the first sweep's 12345."""
+    return f"{model}-{mode}-{train_data}" + ("" if seed == DEFAULT_SEED else f"-s{seed}")
+
+
+def train(args: argparse.Namespace, mode: str, data: str, train_data: str, seed: int) -> tuple[str, float]:
+    """Train one mode with one seed (a finished run is reused: its time comes from quality_train.json)."""
+    run = os.path.join(args.out, run_name(args.model, mode, train_data, seed))
     timing = os.path.join(run, "quality_train.json")
     if os.path.exists(timing):
         with open(timing, encoding="utf-8") as handle:
@@ -189,7 +196,7 @@ def train(args: argparse.Namespace, mode: str, data: str, train_data: str) -> tu
                 "--output_dir",
                 run,
                 "--seed",
-                "12345",
+                str(seed),
                 "--sequence_length",
                 str(args.sequence_length),
                 "--batch_size",
@@ -247,6 +254,22 @@ def row(
     }
 
 
+def aggregate(name: str, runs: list[dict]) -> dict:
+    """One row for several seeds of a (model, mode, data): the mean of each metric and its standard deviation."""
+    out = {**runs[0], "name": name, "seeds": len(runs), "checkpoint": [r["checkpoint"] for r in runs]}
+    for key in ("nDCG@10", "R@100", "ECE", "train_seconds"):
+        values = [r[key] for r in runs if r[key] is not None]
+        out[key] = statistics.fmean(values) if values else None
+        out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return out
+
+
+def _metric(r: dict, key: str) -> str:
+    if r.get("seeds", 1) > 1:
+        return f"{r[key]:.4f} ± {r[key + '_std']:.4f}"
+    return f"{r[key]:.4f}"
+
+
 def save_table(table: str, rows: list[dict]) -> list[dict]:
     """Merge ``rows`` into the table file by name (rows of earlier calls stay) and write it atomically."""
     merged: list[dict] = []
@@ -267,13 +290,17 @@ def save_table(table: str, rows: list[dict]) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     """The table as Markdown, as BENCHMARKS.md shows it."""
-    lines = ["| run | trained on | nDCG@10 | R@100 | ECE | trainable | train s |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | trained on | seeds | nDCG@10 | R@100 | ECE | trainable | train s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         ece = f"{r['ECE']:.3f}" if r["ECE"] is not None else "-"
         share = f"{100 * r['trainable_share']:.2f}%" if r["trainable"] else "-"
         seconds = f"{r['train_seconds']:.0f}" if r["train_seconds"] else "-"
         lines.append(
-            f"| {r['name']} | {r['train_data']} | {r['nDCG@10']:.4f} | {r['R@100']:.4f} | {ece} | {share} | {seconds} |"
+            f"| {r['name']} | {r['train_data']} | {r.get('seeds', 1)} | {_metric(r, 'nDCG@10')} "
+            f"| {_metric(r, 'R@100')} | {ece} | {share} | {seconds} |"
         )
     return "\n".join(lines)
 
@@ -293,7 +320,7 @@ def markdown_by_mode(rows: list[dict], in_domain: str = "scifact", out_domain: s
     models = list(dict.fromkeys(r["model"] for r in rows if r["mode"] in MODE_LABELS))
 
     def cell(r: dict | None) -> str:
-        return "not run" if r is None else f"{r['nDCG@10']:.4f} / {r['R@100']:.4f} / {r['ECE']:.3f}"
+        return "not run" if r is None else f"{_metric(r, 'nDCG@10')} / {_metric(r, 'R@100')} / {r['ECE']:.3f}"
 
     lines = [
         f"| model | mode | trainable | {in_domain}-trained nDCG@10 / R@100 / ECE | {out_domain}-trained "
@@ -317,6 +344,14 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", default=list(MODE_FLAGS), choices=list(MODE_FLAGS))
     parser.add_argument("--train_data", nargs="+", default=["scifact", "squad"], choices=["scifact", "squad"])
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[DEFAULT_SEED],
+        help="training seeds; with several, each (mode, data) also gets a row with the mean and standard "
+        "deviation (comparisons between methods want >= 3)",
+    )
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--sequence_length", type=int, default=256)
     parser.add_argument("--pre_seq_len", type=int, default=32, help="prefix / prompt length")
@@ -382,13 +417,19 @@ def main() -> int:
     for train_data in args.train_data:
         data = scifact if train_data == "scifact" else prepare(args.out, "squad")
         for mode in args.modes:
-            run, seconds = train(args, mode, data, train_data)
-            best = resolve_checkpoint(run)
-            name = f"{args.model}-{mode}-{train_data}"
-            rows.append(
-                row(name, mode, train_data, evaluate(args, name, ["--model_file", best]), best, seconds, args.model)
+            per_seed = []
+            for seed in args.seeds:
+                run, seconds = train(args, mode, data, train_data, seed)
+                best = resolve_checkpoint(run)
+                name = run_name(args.model, mode, train_data, seed)
+                metrics = evaluate(args, name, ["--model_file", best])
+                per_seed.append(row(name, mode, train_data, metrics, best, seconds, args.model))
+                print(json.dumps(per_seed[-1]), flush=True)
+            rows += (
+                per_seed
+                if len(per_seed) == 1
+                else [*per_seed, aggregate(f"{args.model}-{mode}-{train_data}", per_seed)]
             )
-            print(json.dumps(rows[-1]), flush=True)
             save_table(table, rows)
     print(markdown(save_table(table, rows)))
     print(f"table -> {table}")

@@ -67,8 +67,35 @@ def test_markdown_rows_show_every_column(quality):
     ]
     lines = quality.markdown(rows).splitlines()
     assert len(lines) == 4
-    assert lines[2] == "| BM25 | - | 0.6863 | 0.9127 | - | - | - |"
-    assert lines[3] == "| m-prefix-squad | squad | 0.5000 | 0.9123 | 0.250 | 2.55% | 670 |"
+    assert lines[2] == "| BM25 | - | 1 | 0.6863 | 0.9127 | - | - | - |"
+    assert lines[3] == "| m-prefix-squad | squad | 1 | 0.5000 | 0.9123 | 0.250 | 2.55% | 670 |"
+
+
+def test_several_seeds_give_a_mean_and_standard_deviation_row(quality):
+    def run(seed, ndcg, recall):
+        return {
+            "name": f"m-prefix-scifact-s{seed}",
+            "model": "m",
+            "mode": "prefix",
+            "train_data": "scifact",
+            "nDCG@10": ndcg,
+            "R@100": recall,
+            "ECE": 0.1,
+            "trainable": 10,
+            "trainable_share": 0.01,
+            "train_seconds": 10.0,
+            "checkpoint": f"c{seed}",
+        }
+
+    mean = quality.aggregate("m-prefix-scifact", [run(1, 0.70, 0.9), run(2, 0.72, 0.9), run(3, 0.74, 0.93)])
+    assert mean["seeds"] == 3 and mean["checkpoint"] == ["c1", "c2", "c3"]
+    assert mean["nDCG@10"] == pytest.approx(0.72) and mean["nDCG@10_std"] == pytest.approx(0.02)  # sample std
+    assert mean["R@100"] == pytest.approx(0.91) and mean["R@100_std"] == pytest.approx(0.017320508)
+    assert quality.markdown([mean]).splitlines()[2] == (
+        "| m-prefix-scifact | scifact | 3 | 0.7200 ± 0.0200 | 0.9100 ± 0.0173 | 0.100 | 1.00% | 10 |"
+    )
+    assert quality.run_name("m", "prefix", "scifact", 12345) == "m-prefix-scifact"  # the first sweep's names stay
+    assert quality.run_name("m", "prefix", "scifact", 2) == "m-prefix-scifact-s2"
 
 
 def test_markdown_by_mode_pairs_in_and_out_of_domain_rows(quality):
