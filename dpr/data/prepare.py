@@ -218,7 +218,8 @@ def random_negatives(
     return chosen
 
 
-def _ctx(passage: Passage, score: float) -> dict:
+def passage_ctx(passage: Passage, score: float) -> dict:
+    """One ``positive_ctxs`` / ``hard_negative_ctxs`` entry of DPR JSON (title, text, score, passage_id)."""
     return {
         "title": passage.title,
         "text": passage.text,
@@ -245,9 +246,9 @@ def dpr_records(
             "dataset": dataset,
             "question": query.question,
             "answers": list(query.answers),
-            "positive_ctxs": [_ctx(passages[pid], grade) for pid, grade in query.positives],
-            "negative_ctxs": [_ctx(passages[pid], 0) for pid in others],
-            "hard_negative_ctxs": [_ctx(passages[pid], round(score, 4)) for pid, score in hard_row],
+            "positive_ctxs": [passage_ctx(passages[pid], grade) for pid, grade in query.positives],
+            "negative_ctxs": [passage_ctx(passages[pid], 0) for pid in others],
+            "hard_negative_ctxs": [passage_ctx(passages[pid], round(score, 4)) for pid, score in hard_row],
         }
 
 

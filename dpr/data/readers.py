@@ -143,7 +143,7 @@ def _parse_passages(record: dict, key: str, loc: _Location, ctx_field: str, requ
     return tuple(_parse_passage(p, loc, f"{key}[{i}]", ctx_field) for i, p in enumerate(value))
 
 
-def _parse_record(record: Any, loc: _Location, ctx_field: str) -> BiEncoderSample | None:
+def parse_record(record: Any, loc: _Location, ctx_field: str) -> BiEncoderSample | None:
     """Build a sample from one record; None when it has no positive passage."""
     if not isinstance(record, dict):
         raise loc.error("<record>", "a JSON object", record)
@@ -174,7 +174,7 @@ def _parse_record(record: Any, loc: _Location, ctx_field: str) -> BiEncoderSampl
     )
 
 
-def _iter_json_records(path: str) -> Iterator[tuple[Any, _Location]]:
+def iter_json_records(path: str) -> Iterator[tuple[Any, _Location]]:
     """Yield ``(record, location)`` from a JSON list file or a JSONL file (sniffed from content).
 
     A file whose first non-blank character is ``[`` is one JSON list; anything else is JSONL.
@@ -217,8 +217,8 @@ def read_dpr_file(path: str, ctx_field: str = "text") -> tuple[list[BiEncoderSam
         raise ValueError("ctx_field must name a passage field, found an empty string")
     samples: list[BiEncoderSample] = []
     skipped = 0
-    for record, loc in _iter_json_records(path):
-        sample = _parse_record(record, loc, ctx_field)
+    for record, loc in iter_json_records(path):
+        sample = parse_record(record, loc, ctx_field)
         if sample is None:
             skipped += 1
         else:
