@@ -290,6 +290,11 @@ class TrainConfig:
     warmup_steps: int = 100
     warmup_percentage: float | None = None
     gradient_accumulation_steps: int = 1
+    # GradCache (Tevatron's flags): the full-batch loss, encoder activations for one chunk at a time. Runs that
+    # predate these settings ran without it: the defaults mean "off".
+    grad_cache: bool = False
+    gc_q_chunk_size: int = 32
+    gc_p_chunk_size: int = 32
     num_train_epochs: int = 3
     hard_negatives: int = 1
     other_negatives: int = 0
@@ -320,6 +325,8 @@ class TrainConfig:
             "batch_size",
             "dev_batch_size",
             "gradient_accumulation_steps",
+            "gc_q_chunk_size",
+            "gc_p_chunk_size",
             "num_train_epochs",
             "log_batch_step",
             "train_rolling_loss_step",
@@ -354,6 +361,13 @@ class TrainConfig:
             raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(REQUESTS)}")
         if not self.train_file:
             raise ConfigError("--train_file is required (one or more files or glob patterns)")
+        if self.grad_cache and self.precision == "fp16":
+            # The cached representation gradients would carry the fp16 loss scale into the chunk backward
+            # passes; plausible but not verified on a GPU yet.
+            raise ConfigError(
+                "--grad_cache is not supported with --precision fp16 (--fp16) yet: use --precision bf16 or fp32, "
+                "or drop --grad_cache"
+            )
         self._check_validation()
 
     def _check_validation(self) -> None:
@@ -432,6 +446,8 @@ def add_training_params(parser: argparse.ArgumentParser) -> None:
         "seed",
         "warmup_steps",
         "gradient_accumulation_steps",
+        "gc_q_chunk_size",
+        "gc_p_chunk_size",
         "num_train_epochs",
         "log_batch_step",
         "train_rolling_loss_step",
@@ -447,6 +463,13 @@ def add_training_params(parser: argparse.ArgumentParser) -> None:
     for name in ("learning_rate", "adam_eps", "weight_decay", "max_grad_norm"):
         t.add_argument(f"--{name}", type=float, default=getattr(d, name))
     t.add_argument("--adam_betas", type=parse_betas, default=d.adam_betas)
+    t.add_argument(
+        "--grad_cache",
+        action="store_true",
+        help="GradCache: the in-batch loss over the whole --batch_size with encoder activations kept for "
+        "--gc_q_chunk_size questions / --gc_p_chunk_size passages at a time (same gradients, less memory, "
+        "about one more forward pass of compute)",
+    )
     t.add_argument(
         "--val_metric",
         choices=tuple(VAL_METRICS),

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
 import torch
+import torch.multiprocessing as mp
 from transformers import BertConfig, BertModel
 
 
@@ -63,3 +70,39 @@ def colbert_train_argv(model_dir: str, triples: str, out: str, *extra: str) -> l
         "--no_progress",
         *extra,
     ]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _spawn_once(worker: Callable[[int, int, str], None], out_dir: Path, nprocs: int, timeout_s: float) -> None:
+    procs = mp.spawn(worker, args=(_free_port(), str(out_dir)), nprocs=nprocs, join=False)
+    deadline = time.monotonic() + timeout_s
+    try:
+        # join() returns False as soon as one worker exits while the other still runs, and
+        # raises if a worker failed; loop until all have exited or the deadline passes.
+        while not procs.join(timeout=max(deadline - time.monotonic(), 0.0)):
+            if time.monotonic() >= deadline:
+                pytest.fail(f"{nprocs}-process gloo run did not finish in {timeout_s} s")
+    finally:
+        for proc in procs.processes:
+            if proc.is_alive():
+                proc.terminate()
+
+
+def spawn_workers(
+    worker: Callable[[int, int, str], None], out_dir: Path, nprocs: int = 2, timeout_s: float = 120.0
+) -> None:
+    """Run ``worker(rank, port, out_dir)`` in ``nprocs`` processes (a module-level function: spawn pickles it)."""
+    try:
+        _spawn_once(worker, out_dir, nprocs, timeout_s)
+    except mp.ProcessRaisedException as err:
+        # The free port is only reserved until the socket closes: another process on the machine
+        # may take it before the workers bind it. One retry with a new port covers that race, and
+        # only that one: any other failure (a crash at shutdown included) fails the test.
+        if "address already in use" not in str(err).lower() and "EADDRINUSE" not in str(err):
+            raise
+        _spawn_once(worker, out_dir, nprocs, timeout_s)

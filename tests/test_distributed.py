@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from helpers import spawn_workers
 from torch import Tensor, nn
 
 from dpr.losses import biencoder_nll, dot_scores
@@ -139,39 +137,10 @@ def _observe(ctx: DistributedContext, rank: int) -> dict[str, Any]:
     return result
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _spawn_once(out_dir: Path) -> None:
-    procs = mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False)
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    try:
-        # join() returns False as soon as one worker exits while the other still runs, and
-        # raises if a worker failed; loop until all have exited or the deadline passes.
-        while not procs.join(timeout=max(deadline - time.monotonic(), 0.0)):
-            if time.monotonic() >= deadline:
-                pytest.fail(f"2-process gloo run did not finish in {SPAWN_TIMEOUT_S} s")
-    finally:
-        for proc in procs.processes:
-            if proc.is_alive():
-                proc.terminate()
-
-
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out_dir = tmp_path_factory.mktemp("ddp")
-    try:
-        _spawn_once(out_dir)
-    except mp.ProcessRaisedException as err:
-        # The free port is only reserved until the socket closes: another process on the machine
-        # may take it before the workers bind it. One retry with a new port covers that race, and
-        # only that one: any other failure (a crash at shutdown included) fails the test.
-        if "address already in use" not in str(err).lower() and "EADDRINUSE" not in str(err):
-            raise
-        _spawn_once(out_dir)
+    spawn_workers(_worker, out_dir, WORLD_SIZE, SPAWN_TIMEOUT_S)
     return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
 
 

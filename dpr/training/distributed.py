@@ -37,6 +37,7 @@ __all__ = [
     "unwrap",
     "all_reduce_mean",
     "all_reduce_sum",
+    "all_reduce_gradients",
     "barrier",
     "configure_logging",
 ]
@@ -274,6 +275,23 @@ def all_reduce_mean(value: float, ctx: DistributedContext) -> float:
     if not ctx.distributed:
         return float(value)
     return float(_all_reduce_sum_tensor(value, ctx).item()) / ctx.world_size
+
+
+def all_reduce_gradients(params: list[Tensor], ctx: DistributedContext) -> None:
+    """Average ``params``' gradients over ranks in one collective, as DDP would (a missing one counts as 0).
+
+    For steps that run the bare model instead of the DDP wrapper (GradCache); no-op in one process.
+    """
+    if not ctx.distributed or not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])  # (sum of numels,)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= ctx.world_size
+    start = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[start : start + g.numel()].view_as(g).clone()
+        start += g.numel()
 
 
 def barrier(ctx: DistributedContext) -> None:

@@ -38,6 +38,7 @@ from dpr.training.distributed import (
     unwrap,
     wrap_ddp,
 )
+from dpr.training.grad_cache import grad_cache_step
 from dpr.training.passage_cache import PassageVectorCache, all_passages
 from dpr.training.run_dir import (
     BestRecord,
@@ -296,6 +297,20 @@ class BiEncoderTrainer:
         )
         torch.manual_seed(step_seed(cfg.seed, epoch, iteration, ctx.rank))  # dropout, reproducible on resume
         device = ctx.device
+        if cfg.grad_cache:
+            loss_value = grad_cache_step(
+                self.ddp_model,
+                batch,
+                scale=self.scale,
+                ctx=ctx,
+                amp=self.amp,
+                accumulation=cfg.gradient_accumulation_steps,
+                q_chunk_size=cfg.gc_q_chunk_size,
+                p_chunk_size=cfg.gc_p_chunk_size,
+                passages=None if self.cache is None else self.cache.lookup(batch.contexts),
+            )
+            self.pending += 1
+            return loss_value
         with self.amp.autocast:
             if self.cache is not None:  # question-side tuning: passages are looked up, not encoded
                 q, _ = self.ddp_model(
