@@ -113,14 +113,7 @@ def build_config(args: argparse.Namespace, mode: str) -> EncoderConfig:
 
 def forward(model: BiEncoder, batch: BiEncoderBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Question and passage vectors of ``batch``: (B, D), (C, D)."""
-    return model(
-        batch.question_ids,
-        batch.question_mask,
-        batch.question_segments,
-        batch.context_ids,
-        batch.context_mask,
-        batch.context_segments,
-    )
+    return model(*batch.question_inputs(), *batch.passage_inputs())
 
 
 class Stepper:

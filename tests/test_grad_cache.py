@@ -79,16 +79,9 @@ def plain_step(model, batch, amp, passages=None, accumulation=1, ctx=CTX) -> flo
     """What BiEncoderTrainer._micro_step does without --grad_cache."""
     with amp.autocast:
         if passages is None:
-            q, c = model(
-                batch.question_ids,
-                batch.question_mask,
-                batch.question_segments,
-                batch.context_ids,
-                batch.context_mask,
-                batch.context_segments,
-            )
+            q, c = model(*batch.question_inputs(), *batch.passage_inputs())
         else:
-            q, _ = model(batch.question_ids, batch.question_mask, batch.question_segments)
+            q, _ = model(*batch.question_inputs())
             c = passages
     loss, _ = global_biencoder_loss(q.float() * SCALE, c.float(), batch.positive_idx, ctx)
     amp.backward(loss / accumulation)
@@ -123,7 +116,7 @@ def assert_same(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor
 
 def fixed_passages(model, batch) -> torch.Tensor:
     with torch.no_grad():
-        return model.encode_passage(batch.context_ids, batch.context_mask, batch.context_segments)  # (C, D)
+        return model.encode_passage(*batch.passage_inputs())  # (C, D)
 
 
 CASES = {

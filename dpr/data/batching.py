@@ -44,6 +44,16 @@ class BiEncoderBatch:
     positive_idx: torch.Tensor  # (B,) long: row of each question's positive in the context tensors
     contexts: list[Passage] = dataclasses.field(default_factory=list)  # the C passages, row order
 
+    def question_inputs(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, ...]:
+        """``(ids, mask, segments)`` of the questions, moved to ``device`` when given: an encoder's inputs."""
+        tensors = (self.question_ids, self.question_mask, self.question_segments)
+        return tensors if device is None else tuple(t.to(device) for t in tensors)
+
+    def passage_inputs(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, ...]:
+        """``(ids, mask, segments)`` of the contexts, moved to ``device`` when given."""
+        tensors = (self.context_ids, self.context_mask, self.context_segments)
+        return tensors if device is None else tuple(t.to(device) for t in tensors)
+
 
 def _check_max_length(max_length: int) -> None:
     if max_length < 3:

@@ -125,14 +125,10 @@ def grad_cache_step(
     if ctx.distributed:
         for p in trainable:
             p.grad = None
-    q_chunks = _chunks(
-        tuple(t.to(device) for t in (batch.question_ids, batch.question_mask, batch.question_segments)), q_chunk_size
-    )
+    q_chunks = _chunks(batch.question_inputs(device), q_chunk_size)
     # Passages first: BiEncoder.forward's order, so one chunk per side draws the plain step's dropout masks.
     if passages is None:
-        p_chunks = _chunks(
-            tuple(t.to(device) for t in (batch.context_ids, batch.context_mask, batch.context_segments)), p_chunk_size
-        )
+        p_chunks = _chunks(batch.passage_inputs(device), p_chunk_size)
         c, p_states = _encode_without_graph(bare.encode_passage, p_chunks, amp, device)  # (C, D)
         c.requires_grad_(True)
     else:

@@ -313,19 +313,10 @@ class BiEncoderTrainer:
             return loss_value
         with self.amp.autocast:
             if self.cache is not None:  # question-side tuning: passages are looked up, not encoded
-                q, _ = self.ddp_model(
-                    batch.question_ids.to(device), batch.question_mask.to(device), batch.question_segments.to(device)
-                )
+                q, _ = self.ddp_model(*batch.question_inputs(device))
                 c = self.cache.lookup(batch.contexts)  # (C, D)
             else:
-                q, c = self.ddp_model(
-                    batch.question_ids.to(device),
-                    batch.question_mask.to(device),
-                    batch.question_segments.to(device),
-                    batch.context_ids.to(device),
-                    batch.context_mask.to(device),
-                    batch.context_segments.to(device),
-                )
+                q, c = self.ddp_model(*batch.question_inputs(device), *batch.passage_inputs(device))
         # Scaling the questions scales every score: the inverse temperature of the softmax.
         loss, _ = global_biencoder_loss(q.float() * self.scale, c.float(), batch.positive_idx.to(device), ctx)
         self.amp.backward(loss / cfg.gradient_accumulation_steps)

@@ -142,16 +142,8 @@ def validate_nll(
             title_mode=model.config.passages.title_mode,
         )
         with autocast(ctx.device, precision):
-            q = model.encode_query(
-                batch.question_ids.to(ctx.device),
-                batch.question_mask.to(ctx.device),
-                batch.question_segments.to(ctx.device),
-            )
-            c = model.encode_passage(
-                batch.context_ids.to(ctx.device),
-                batch.context_mask.to(ctx.device),
-                batch.context_segments.to(ctx.device),
-            )
+            q = model.encode_query(*batch.question_inputs(ctx.device))
+            c = model.encode_passage(*batch.passage_inputs(ctx.device))
         scores = scale * (q @ c.T).float()  # (B, C)
         log_probs = torch.log_softmax(scores, dim=1)
         positive = batch.positive_idx.to(ctx.device)
