@@ -25,6 +25,7 @@ otherwise the report says they were skipped.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -116,7 +117,8 @@ def variants(args: argparse.Namespace, passages: list) -> dict[str, Callable[[],
     runs["sentence-transformers fp32"] = st(st32)
     runs["sentence-transformers bf16 weights"] = st(st16)
     try:
-        import optimum  # noqa: F401  (sentence-transformers' ONNX / OpenVINO backends need it)
+        if importlib.util.find_spec("optimum") is None:  # sentence-transformers' ONNX / OpenVINO backends need it
+            raise ImportError("optimum is not installed (pip install 'optimum[onnxruntime]' to measure them)")
         from sentence_transformers import SentenceTransformer
 
         for backend in ("onnx", "openvino"):
