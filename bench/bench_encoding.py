@@ -49,11 +49,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from common import header, write_results  # noqa: E402
 
+from dpr.configs import BiEncoderConfig  # noqa: E402
 from dpr.data.readers import Passage, iter_beir_corpus  # noqa: E402
 from dpr.encoding import encode_texts  # noqa: E402
 from dpr.models.biencoder import BiEncoder, build_biencoder  # noqa: E402
 from dpr.models.hub import load_tokenizer, resolve_model_path  # noqa: E402
-from dpr.options import EncoderConfig  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def bert_module(model: torch.nn.Module) -> transformers.BertModel:
 
 def build_encoder(model: str, tuning: str, pre_seq_len: int, max_length: int) -> BiEncoder:
     """A bi-encoder whose passage side we time; ``share_encoder`` keeps one backbone for finetune."""
-    config = EncoderConfig(
+    config = BiEncoderConfig.from_flat(
         pretrained_model_cfg=model,
         tuning=tuning,
         pre_seq_len=pre_seq_len,

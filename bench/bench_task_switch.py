@@ -26,8 +26,8 @@ import transformers
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from dpr.configs import BiEncoderConfig  # noqa: E402
 from dpr.models.biencoder import build_biencoder  # noqa: E402
-from dpr.options import EncoderConfig  # noqa: E402
 from dpr.retrieval import TaskEncoder  # noqa: E402
 from dpr.training.checkpoint import save_checkpoint  # noqa: E402
 
@@ -39,7 +39,9 @@ def make_tasks(model: str, pre_seq_len: int, folder: str) -> dict[str, str]:
     for seed, task in enumerate(("A", "B")):
         torch.manual_seed(seed)
         biencoder = build_biencoder(
-            EncoderConfig(pretrained_model_cfg=model, tuning="prefix", pre_seq_len=pre_seq_len, sequence_length=64)
+            BiEncoderConfig.from_flat(
+                pretrained_model_cfg=model, tuning="prefix", pre_seq_len=pre_seq_len, sequence_length=64
+            )
         )
         paths[task] = save_checkpoint(os.path.join(folder, task), biencoder)
     return paths

@@ -48,13 +48,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from common import header, write_results  # noqa: E402
 
+from dpr.configs import BiEncoderConfig  # noqa: E402
 from dpr.data.batching import BiEncoderBatch, build_biencoder_batch  # noqa: E402
 from dpr.data.readers import BiEncoderSample, iter_beir_corpus  # noqa: E402
 from dpr.losses import biencoder_nll, dot_scores  # noqa: E402
 from dpr.models.biencoder import BiEncoder, build_biencoder, resolve_config  # noqa: E402
 from dpr.models.encoder import parameter_counts  # noqa: E402
 from dpr.models.hub import load_tokenizer  # noqa: E402
-from dpr.options import EncoderConfig, TrainConfig  # noqa: E402
+from dpr.options import TrainConfig  # noqa: E402
 from dpr.training.trainer import build_optimizer  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "scifact")
@@ -100,8 +101,8 @@ def make_batch(args: argparse.Namespace) -> BiEncoderBatch:
     )
 
 
-def build_config(args: argparse.Namespace, mode: str) -> EncoderConfig:
-    return EncoderConfig(
+def build_config(args: argparse.Namespace, mode: str) -> BiEncoderConfig:
+    return BiEncoderConfig.from_flat(
         pretrained_model_cfg=args.model,
         tuning=mode,
         pre_seq_len=args.pre_seq_len,

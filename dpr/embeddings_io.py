@@ -55,11 +55,9 @@ __all__ = [  # encoder_digest lives in dpr.identity; shard code and its tests ha
     "EmbeddingsError",
     "RowDigest",
     "ShardHeader",
-    "check_encoder_match",
     "check_identity",
     "encoder_digest",
     "find_shards",
-    "passage_identity",
     "passages_digest",
     "read_shard",
     "shard_path",
@@ -150,13 +148,6 @@ def passages_digest(ids: Sequence[str], passages: Sequence[Passage]) -> str:
     for passage_id, passage in zip(ids, passages, strict=True):
         digest.update(passage_id, passage)
     return digest.hexdigest()
-
-
-def passage_identity(model: Any) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """(passage-side config dict, backbone fingerprint, passage-encoder digest) of a BiEncoder: the parts
-    of ``model.passage_identity()`` that :func:`check_encoder_match` takes (format 1's interface)."""
-    identity = model.passage_identity()
-    return model.config.passage_config().to_dict(), dict(identity.backbone), identity.digest
 
 
 def shard_path(out_file: str, shard_id: int) -> str:
@@ -425,15 +416,3 @@ def check_identity(shard: EmbeddingShard, identity: EncoderIdentity, checkpoint:
             f"(embeddings: {made_by}; query encoder: {query_by}): {'; '.join(diffs)}. Regenerate the "
             f"embeddings with this encoder or pass the --model_file they were made with"
         )
-
-
-def check_encoder_match(
-    shard: EmbeddingShard, encoder: dict[str, Any], backbone: dict[str, Any], digest: str, checkpoint: str | None
-) -> None:
-    """:func:`check_identity` with the identity given as its parts (format 1's interface): ``encoder`` is
-    a passage config dict (nested or flat), as :func:`passage_identity` returns."""
-    try:
-        config = BiEncoderConfig.from_dict(encoder, "query encoder")
-    except ConfigError as err:
-        raise EmbeddingsError(str(err)) from None
-    check_identity(shard, EncoderIdentity.of_config(config, backbone, digest), checkpoint)

@@ -32,10 +32,6 @@ from dpr.device import REQUESTS, add_hardware_params
 
 logger = logging.getLogger(__name__)
 
-# The encoder configs live in dpr.configs, one per concern. Format 1's flat constructor, kept for scripts
-# (bench/) that build a config from flag-named settings: EncoderConfig(tuning="prefix", pre_seq_len=8).
-EncoderConfig = BiEncoderConfig.from_flat
-
 
 def add_backbone_params(group: argparse._ArgumentGroup) -> None:
     """--pretrained_model_cfg and --do_lower_case (DPR and ColBERT); None = the checkpoint's or the default."""

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from dpr.configs import BiEncoderConfig
 from dpr.embeddings_io import (
     EmbeddingsError,
     ShardHeader,
-    check_encoder_match,
+    check_identity,
     encoder_digest,
     find_shards,
     read_shard,
@@ -19,6 +20,7 @@ from dpr.embeddings_io import (
     shard_range,
     write_shard,
 )
+from dpr.identity import EncoderIdentity
 
 ENCODER = {
     "pretrained_model_cfg": "bert-tiny",
@@ -159,17 +161,22 @@ def test_missing_shard_is_an_error_unless_partial_is_allowed(tmp_path):
     assert [s.header.shard_id for s in shards] == [0, 2]
 
 
+def _identity(encoder: dict, digest: str) -> EncoderIdentity:
+    """The identity of a query encoder whose passage side has ``encoder`` (a flat config), BACKBONE, ``digest``."""
+    return EncoderIdentity.of_config(BiEncoderConfig.from_dict(encoder), BACKBONE, digest)
+
+
 def test_query_encoder_mismatch_names_both(tmp_path):
     shard = read_shard(_write(tmp_path))
-    check_encoder_match(shard, ENCODER, BACKBONE, "d" * 64, "/elsewhere")  # same weights, moved checkpoint
+    check_identity(shard, _identity(ENCODER, "d" * 64), "/elsewhere")  # same weights, moved checkpoint
     with pytest.raises(
         EmbeddingsError,
         match=r"meta\.json: .*embeddings: /ckpt; query encoder: base model "
         r"bert-tiny\): tuning: prefix -> finetune\. Regenerate",
     ):
-        check_encoder_match(shard, {**ENCODER, "tuning": "finetune"}, BACKBONE, "d" * 64, None)
+        check_identity(shard, _identity({**ENCODER, "tuning": "finetune"}, "d" * 64), None)
     with pytest.raises(EmbeddingsError, match="passage-encoder weights differ"):
-        check_encoder_match(shard, ENCODER, BACKBONE, "e" * 64, "/other")
+        check_identity(shard, _identity(ENCODER, "e" * 64), "/other")
 
 
 def test_encoder_digest_tracks_weights():

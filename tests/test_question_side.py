@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 import generate_embeddings
 import train_dense_encoder
 from dpr.configs import BiEncoderConfig
-from dpr.embeddings_io import EmbeddingsError, check_encoder_match, encoder_digest, find_shards
+from dpr.embeddings_io import EmbeddingsError, check_identity, encoder_digest, find_shards
+from dpr.identity import EncoderIdentity
 from dpr.models.checkpoint_format import load_biencoder
 from dpr.models.encoder import TunedEncoder
 from dpr.models.serialization import backbone_fingerprint
@@ -81,10 +82,9 @@ def embed(ctx_file, out, *model_flags) -> np.ndarray:
 
 
 def identity(model):
-    return (
-        model.config.passage_config().to_dict(),
-        backbone_fingerprint(model.backbone),
-        encoder_digest(model.ctx_encoder),
+    """The passage identity rebuilt from its parts (not via ``model.passage_identity()``)."""
+    return EncoderIdentity.of_config(
+        model.config.passage_config(), backbone_fingerprint(model.backbone), encoder_digest(model.ctx_encoder)
     )
 
 
@@ -99,13 +99,13 @@ def test_question_side_training_leaves_passage_vectors_bit_identical(
     # The index built BEFORE training is accepted for the question-side checkpoint ...
     model, _ = load_biencoder(ckpt)
     base_shard = find_shards([str(tmp_path / "base") + "_*"])[0]
-    check_encoder_match(base_shard, *identity(model), ckpt)
+    check_identity(base_shard, identity(model), ckpt)
     stored = json.load(open(os.path.join(ckpt, "config.json")))["passage_encoder"]
     assert stored["digest"] == base_shard.header.encoder_digest
     # ... and refused for a checkpoint whose passage side was tuned too.
     both, _ = load_biencoder(train(tiny_bert_dir, tiny_dpr_files, str(tmp_path / "both")))
     with pytest.raises(EmbeddingsError, match="made by another encoder"):
-        check_encoder_match(base_shard, *identity(both), "both")
+        check_identity(base_shard, identity(both), "both")
 
 
 def test_training_steps_never_run_the_passage_encoder(tmp_path, tiny_bert_dir, tiny_dpr_files, monkeypatch):
