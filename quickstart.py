@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""The whole pipeline on SciFact: prepare -> zero-shot index -> train a prefix -> evaluate -> one table.
+"""The whole pipeline on SciFact: prepare -> zero-shot index -> mine -> train a prefix -> evaluate -> one table.
 
-Default (about 10-15 minutes on a 2-core CPU): minilm-l6, a 32-token QUESTION-side prefix
-(``--tune_side question``). The corpus is encoded once with the frozen base model; that index serves
-both the zero-shot row and the trained row, and its vectors feed training, so no passage is encoded
-twice. ``--full`` switches to the full-size recipe: prefixes on both sides (the corpus is re-encoded
-with the trained passage encoder), more epochs.
+Default: minilm-l6, a 32-token QUESTION-side prefix (``--tune_side question``), the settings of
+``run_scripts/cpu_scifact_recipe.sh`` (BENCHMARKS.md section 11): hard negatives mined from the zero-shot
+index (dense ranks 3-30, the 7 best), dropout off, the checkpoint with the best dev nDCG@10 kept. The
+corpus is encoded once with the frozen base model; that index serves the zero-shot row, the mining, the
+training's passage vectors, the dev validation and the trained row, so no passage is encoded twice.
+``--full`` switches to the recipe's both-sides run: 64-token prefixes on both sides, 1 mined negative,
+8 epochs (the corpus is re-encoded at each validation and at the end).
 
 Every stage writes into ``--out_dir`` and is skipped when its output is already there, so a second run
 reuses finished stages (training resumes from its latest checkpoint).
@@ -21,12 +23,14 @@ import sys
 
 from dpr.atomic import atomic_file
 from dpr.cli import run_cli, setup_logging
+from dpr.data.mining import MiningSettings
 from dpr.data.preparation import PreparedData, PrepareSettings, prepare_beir
 from dpr.data.prepare import NegativeConfig
 from dpr.device import add_hardware_params
 from dpr.embedding import EmbedConfig, embed_corpus
 from dpr.evaluation.evaluate import evaluate_beir, load_beir_queries
 from dpr.evaluation.metrics import write_trec_run
+from dpr.mining import mine_dense_negatives
 from dpr.models.checkpoint_format import load_biencoder, resolve_checkpoint
 from dpr.models.encoder import parameter_counts
 from dpr.options import TrainConfig
@@ -50,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="full-size recipe: prefixes on both sides, 64 tokens, 8 epochs (re-encodes the corpus)",
     )
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (3; 8 with --full)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (10; 8 with --full)")
     parser.add_argument("--sequence_length", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=32)
     hardware = add_hardware_params(parser, training=True)
@@ -112,15 +116,38 @@ def _evaluate(
     return record
 
 
-def _train(args: argparse.Namespace, data: PreparedData, base_embeddings: str) -> str:
+# The recipe's negatives: skip the two best-ranked non-positives (on SciFact often unlabelled positives).
+MINING = MiningSettings(num_negatives=7, range_min=3, range_max=30)
+
+
+def _mine(args: argparse.Namespace, data: PreparedData, base_embeddings: str) -> str:
+    """The train file with its BM25 negatives replaced by ones mined from the zero-shot index."""
+    out = os.path.join(args.out_dir, "data", "train-dense.json")
+    if not _done(out):
+        search = RetrieveConfig(batch_size=64, progress=not args.no_progress)
+        shards = open_shards(base_embeddings + "_*")
+        report = mine_dense_negatives(
+            data.train, load_inference_model(_model(args)), shards, out, MINING, ctx_file=data.passages, search=search
+        )
+        print("\n".join(report.summary.lines()))
+    return out
+
+
+def _train(args: argparse.Namespace, data: PreparedData, train_file: str, base_embeddings: str) -> str:
     out = os.path.join(args.out_dir, "prefix-both" if args.full else "prefix-question")
-    encoder = {"pretrained_model_cfg": args.model, "tuning": "prefix", "sequence_length": args.sequence_length}
+    encoder = {
+        "pretrained_model_cfg": args.model,
+        "tuning": "prefix",
+        "sequence_length": args.sequence_length,
+        "dropout": 0.0,  # frozen backbone: dropout only adds noise to what the prefix sees (BENCHMARKS.md 7a)
+        "prefix_dropout": 0.0,
+    }
     if args.full:
         encoder.update(tune_side="both", pre_seq_len=64)
     else:
         encoder.update(tune_side="question", pre_seq_len=32)
     cfg = TrainConfig(
-        train_file=(data.train,),
+        train_file=(train_file,),
         dev_file=(data.dev,),
         output_dir=out,
         seed=12345,
@@ -130,9 +157,11 @@ def _train(args: argparse.Namespace, data: PreparedData, base_embeddings: str) -
         warmup_percentage=0.05,
         max_grad_norm=2.0,
         # Question-side training looks passage vectors up, so extra hard negatives cost almost nothing.
-        hard_negatives=1 if args.full else 3,
-        num_train_epochs=args.epochs or (8 if args.full else 3),
+        hard_negatives=1 if args.full else MINING.num_negatives,
+        num_train_epochs=args.epochs or (8 if args.full else 10),
         eval_per_epoch=1,
+        val_metric="ndcg@10",  # the best checkpoint is the one with the best dev nDCG@10 over the whole corpus
+        val_ctx_file=data.passages,
         log_batch_step=10,
         ctx_embeddings=() if args.full else (base_embeddings + "_*",),
         precision=args.precision,
@@ -155,24 +184,26 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out_dir, exist_ok=True)
     dataset = os.path.basename(os.path.normpath(args.beir_dir))
     data_dir = os.path.join(args.out_dir, "data")
-    logger.info("stage 1/5: prepare %s (BM25 hard negatives, dev held out)", dataset)
+    logger.info("stage 1/6: prepare %s (BM25 hard negatives, dev held out)", dataset)
     logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs each index build at DEBUG
     settings = PrepareSettings(dev_ratio=0.1, negatives=NegativeConfig(30, 30, seed=0), progress=not args.no_progress)
     data = prepare_beir(args.beir_dir, data_dir, name=dataset, train_split="train", eval_split=SPLIT, settings=settings)
     base = _model(args)
     base_embeddings = os.path.join(args.out_dir, "embeddings", "zero-shot")
-    logger.info("stage 2/5: encode the corpus with the frozen base model (the zero-shot index)")
+    logger.info("stage 2/6: encode the corpus with the frozen base model (the zero-shot index)")
     _embed(args, base_embeddings, base, data.passages)
-    logger.info("stage 3/5: evaluate zero-shot")
+    logger.info("stage 3/6: evaluate zero-shot")
     zero_shot = _evaluate(args, "zero-shot", base_embeddings, base)
-    logger.info("stage 4/5: train a %s prefix", "both-sides" if args.full else "question-side")
-    run = _train(args, data, base_embeddings)
+    logger.info("stage 4/6: mine hard negatives from the zero-shot index")
+    train_file = _mine(args, data, base_embeddings)
+    logger.info("stage 5/6: train a %s prefix", "both-sides" if args.full else "question-side")
+    run = _train(args, data, train_file, base_embeddings)
     best = resolve_checkpoint(run)
     trained_embeddings = base_embeddings
     if args.full:  # the passage side changed: its index must be rebuilt
         trained_embeddings = os.path.join(args.out_dir, "embeddings", os.path.basename(best))
         _embed(args, trained_embeddings, _model(args, best), data.passages)
-    logger.info("stage 5/5: evaluate the trained prefix")
+    logger.info("stage 6/6: evaluate the trained prefix")
     trained = _evaluate(
         args, "trained", trained_embeddings, _model(args, best), newer_than=os.path.join(run, "best_checkpoint.json")
     )

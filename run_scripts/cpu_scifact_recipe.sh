@@ -24,7 +24,10 @@ passages=$prepared/scifact-passages.tsv
 
 case $MODE in
 prefix-both) mode_flags=(--prefix --pre_seq_len 64 --learning_rate 1e-2) epochs=8 negatives=1 ;;
-prefix-question) mode_flags=(--prefix --pre_seq_len 32 --tune_side question --learning_rate 1e-2) epochs=10 negatives=7 ;;
+prefix-question) # the passage side is frozen: training looks the zero-shot vectors up instead of encoding them
+	mode_flags=(--prefix --pre_seq_len 32 --tune_side question --learning_rate 1e-2 --ctx_embeddings "$ROOT/zero-shot_*")
+	epochs=10 negatives=7
+	;;
 finetune) mode_flags=(--learning_rate 2e-5) epochs=8 negatives=1 ;;
 *)
 	echo "MODE must be prefix-both, prefix-question or finetune, not '$MODE'" >&2

@@ -97,7 +97,8 @@ def test_zero_shot_stages_equal_the_clis_and_are_reused(data, tmp_path, capsys):
 
 
 def test_main_names_the_dataset_it_ran_on(data, tmp_path, monkeypatch, capsys):
-    """The summary line names --beir_dir's dataset, split and counts (prepare and train are stubbed)."""
+    """The summary line names --beir_dir's dataset, split and counts; training gets the mined negatives
+    (prepare and train are stubbed)."""
     corpus, beir = data
 
     calls = {}
@@ -110,6 +111,9 @@ def test_main_names_the_dataset_it_ran_on(data, tmp_path, monkeypatch, capsys):
         with open(bm25, "w") as handle:
             json.dump({"metrics": {"nDCG@10": 0.5, "R@100": 1.0}}, handle)
         train, dev = os.path.join(out_dir, f"{name}-train.json"), os.path.join(out_dir, f"{name}-dev.json")
+        positive = {"title": "doc 0", "text": TOPICS[0] + ".", "passage_id": "0"}
+        with open(train, "w") as handle:
+            json.dump([{"question": QUERIES["q0"][0], "positive_ctxs": [positive], "hard_negative_ctxs": []}], handle)
         return PreparedData(out_dir, name, passages, train, dev, eval_split, None, None, None, None, bm25, ())
 
     def train(cfg, encoder):
@@ -127,12 +131,18 @@ def test_main_names_the_dataset_it_ran_on(data, tmp_path, monkeypatch, capsys):
     assert "SciFact" not in printed and "bert-tiny + question-side prefix" in printed
     assert calls["prepare"] == (beir, "mini", "train", "test")
     train_files, ctx_embeddings, encoder = calls["train"]
-    assert train_files == (os.path.join(str(tmp_path / "qs"), "data", "mini-train.json"),)
+    # Training reads the negatives mined from the zero-shot index: dense ranks 3-30 of 4 non-positives = 1.
+    assert train_files == (os.path.join(str(tmp_path / "qs"), "data", "train-dense.json"),)
+    with open(train_files[0]) as handle:
+        mined = json.load(handle)
+    assert len(mined[0]["hard_negative_ctxs"]) == 1 and mined[0]["hard_negative_ctxs"][0]["passage_id"] != "0"
     assert ctx_embeddings == (os.path.join(str(tmp_path / "qs"), "embeddings", "zero-shot_*"),)
     assert encoder == {
         "pretrained_model_cfg": "bert-tiny",
         "tuning": "prefix",
         "sequence_length": 64,
+        "dropout": 0.0,
+        "prefix_dropout": 0.0,
         "tune_side": "question",
         "pre_seq_len": 32,
     }
