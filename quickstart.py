@@ -116,7 +116,7 @@ def _evaluate(
     return record
 
 
-# The recipe's negatives: skip the three best-ranked non-positives (ranks 0-2) (on SciFact often unlabelled positives).
+# The recipe's negatives: skip the three best-ranked non-positives, ranks 0-2 (on SciFact often unlabelled positives).
 MINING = MiningSettings(num_negatives=7, range_min=3, range_max=30)
 
 

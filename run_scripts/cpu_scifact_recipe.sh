@@ -47,7 +47,8 @@ if [ ! -f "$ROOT/zero-shot_0/header.json" ] && ! ls "$ROOT"/zero-shot_0* >/dev/n
 fi
 
 # mine INDEX OUT_FILE MODEL_FLAG...: the 7 best-ranked passages in dense ranks 3-30 of INDEX as hard negatives
-# of each train question (the three best-ranked non-positives, ranks 0-2, are skipped: on SciFact they are often unlabelled positives).
+# of each train question (the three best-ranked non-positives, ranks 0-2, are skipped: on SciFact they are
+# often unlabelled positives).
 mine() {
 	local index=$1 out=$2
 	shift 2
