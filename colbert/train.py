@@ -24,15 +24,9 @@ import torch
 from colbert.checkpoint import latest_checkpoint, load_colbert, load_training_state
 from colbert.data import Triple, read_triples, triples_from_dpr
 from colbert.model import ColBERT, build_colbert
-from colbert.options import (
-    ColBERTTrainConfig,
-    add_colbert_model_params,
-    add_colbert_training_params,
-    colbert_config_from_args,
-    colbert_overrides_from_args,
-    train_config_from_args,
-)
+from colbert.options import add_colbert_model_params, colbert_config_from_args, colbert_overrides_from_args
 from colbert.tokenization import ColBERTTokenizer
+from colbert.train_options import ColBERTTrainConfig, add_colbert_training_params, train_config_from_args
 from colbert.training import ColBERTTrainer
 from dpr.cli import run_cli, setup_logging
 from dpr.data.readers import DataFormatError, read_dpr_files

@@ -23,9 +23,9 @@ from colbert.checkpoint import checkpoint_path, prune_checkpoints, save_colbert
 from colbert.data import Triple
 from colbert.losses import in_batch_loss, pairwise_softmax_loss
 from colbert.model import ColBERT
-from colbert.options import ColBERTTrainConfig
 from colbert.scoring import maxsim, maxsim_all
 from colbert.tokenization import ColBERTTokenizer
+from colbert.train_options import ColBERTTrainConfig
 from dpr.device import MixedPrecision
 
 logger = logging.getLogger(__name__)

@@ -12,9 +12,10 @@ import torch
 from colbert.checkpoint import load_colbert, read_checkpoint_info, save_colbert
 from colbert.data import Triple
 from colbert.model import build_colbert
-from colbert.options import ColBERTConfig, ColBERTTrainConfig, colbert_config_from_args
+from colbert.options import ColBERTConfig, colbert_config_from_args
 from colbert.scoring import maxsim
 from colbert.tokenization import ColBERTTokenizer
+from colbert.train_options import ColBERTTrainConfig
 from colbert.training import ColBERTTrainer, batch_indices, batch_loss
 from dpr.configs import BackboneConfig, PrefixConfig, tuning_from_flat
 from dpr.data.readers import Passage

@@ -1,0 +1,127 @@
+"""Flags of ``python -m colbert.train`` (ColBERT v1 names where it had them) and the frozen training config.
+
+The network's settings are ``colbert.options.ColBERTConfig``; these are how it is trained (data,
+optimisation, checkpoints) and are stored under "training" in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from dpr.configs import ConfigError
+from dpr.device import REQUESTS, add_hardware_params
+from dpr.options import add_dropout_params
+
+
+@dataclass(frozen=True)
+class ColBERTTrainConfig:
+    """Training settings (ColBERT v1 names). ``bsize`` triples per optimizer step, cut into ``accum`` parts."""
+
+    triples: str | None = None
+    queries: str | None = None
+    collection: str | None = None
+    dpr_train_file: tuple[str, ...] = ()
+    hard_negatives: int = 1
+    output_dir: str = "outputs/colbert"
+    bsize: int = 32
+    accum: int = 1
+    lr: float = 3e-6
+    maxsteps: int = 400_000
+    warmup: int = 0
+    max_grad_norm: float = 2.0
+    in_batch_negatives: bool = False
+    seed: int = 12345
+    precision: str = "auto"
+    save_every: int = 2000
+    keep_checkpoints: int = 2
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        sources = bool(self.triples) + bool(self.dpr_train_file)
+        if sources != 1:
+            raise ConfigError("pass exactly one of --triples (TSV or JSONL ids) and --dpr_train_file (DPR JSON)")
+        for name in ("bsize", "accum", "save_every", "log_every", "hard_negatives"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("maxsteps", "warmup", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if self.bsize % self.accum:
+            raise ConfigError(
+                f"--bsize {self.bsize} must be divisible by --accum {self.accum} "
+                f"(each optimizer step splits the batch into --accum parts)"
+            )
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if self.precision not in REQUESTS:
+            raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(REQUESTS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def add_colbert_training_params(parser: argparse.ArgumentParser) -> None:
+    """Data and optimisation flags of ``python -m colbert.train`` (ColBERT v1 names where it had them)."""
+    d = argparse.Namespace(**{f.name: f.default for f in dataclasses.fields(ColBERTTrainConfig)})
+    data = parser.add_argument_group("training data")
+    data.add_argument(
+        "--triples",
+        help="triples: TSV 'query<TAB>positive<TAB>negative' or JSONL "
+        "'[qid, pid+, pid-]' (then --queries and --collection)",
+    )
+    data.add_argument("--queries", help="queries.tsv (qid<TAB>query) or BEIR queries.jsonl, for JSONL triples")
+    data.add_argument(
+        "--collection",
+        help="collection.tsv (pid<TAB>passage[<TAB>title]), a DPR passages TSV "
+        "or a BEIR corpus.jsonl, for JSONL triples",
+    )
+    data.add_argument(
+        "--dpr_train_file",
+        nargs="+",
+        default=[],
+        help="DPR retriever JSON (e.g. prepare_data.py's NAME-train.json): each question gives "
+        "--hard_negatives triples (question, first positive, BM25 hard negative)",
+    )
+    data.add_argument(
+        "--hard_negatives",
+        type=int,
+        default=d.hard_negatives,
+        help="triples per DPR question (one per hard negative, default 1)",
+    )
+    train = parser.add_argument_group("training")
+    train.add_argument("--output_dir", default=d.output_dir, help="checkpoints go to <output_dir>/colbert-<step>")
+    train.add_argument("--bsize", type=int, default=d.bsize, help="triples per optimizer step (32)")
+    train.add_argument("--accum", type=int, default=d.accum, help="micro-batches per step (bsize/accum each)")
+    train.add_argument(
+        "--lr", type=float, default=d.lr, help="AdamW learning rate (3e-6 fine-tuning; prefix tuning wants ~1e-2)"
+    )
+    train.add_argument("--maxsteps", type=int, default=d.maxsteps, help="optimizer steps in all")
+    train.add_argument("--warmup", type=int, default=d.warmup, help="linear warmup steps, then constant")
+    train.add_argument("--max_grad_norm", type=float, default=d.max_grad_norm, help="clip (0 = off)")
+    train.add_argument(
+        "--in_batch_negatives",
+        action="store_true",
+        help="score each query against every passage of the batch, not only its own pair",
+    )
+    train.add_argument("--seed", type=int, default=d.seed)
+    train.add_argument("--save_every", type=int, default=d.save_every, help="checkpoint every N steps")
+    train.add_argument(
+        "--keep_checkpoints", type=int, default=d.keep_checkpoints, help="most recent checkpoints kept (0 = all)"
+    )
+    train.add_argument("--log_every", type=int, default=d.log_every)
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --checkpoint (or the latest in --output_dir) with its optimizer state",
+    )
+    add_dropout_params(train)
+    add_hardware_params(parser, training=True, amp_alias=True)
+
+
+def train_config_from_args(args: argparse.Namespace) -> ColBERTTrainConfig:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ColBERTTrainConfig) if hasattr(args, f.name)}
+    values["dpr_train_file"] = tuple(values.get("dpr_train_file") or ())
+    return ColBERTTrainConfig(**values)
