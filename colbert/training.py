@@ -4,6 +4,9 @@ Every optimizer step takes ``bsize`` triples, cut into ``accum`` micro-batches (
 the two flags). The triples are read as a stream of per-epoch permutations seeded by ``(seed, epoch)``
 and dropout is re-seeded from ``(seed, step)``, so a run resumed from a checkpoint continues exactly as
 one that never stopped. Gradients are clipped once per optimizer step, after unscaling.
+
+The optimizer has two parameter groups: everything the tuning mode trains at ``--lr``, and the linear
+projection at ``--linear_lr`` (see ``colbert.train_options.LINEAR_LR_CAP`` for why they differ).
 """
 
 from __future__ import annotations
@@ -70,6 +73,34 @@ def batch_loss(
     return pairwise_softmax_loss(positive, negative)
 
 
+def param_groups(model: ColBERT, lr: float, linear_lr: float) -> list[dict[str, Any]]:
+    """AdamW groups ``[tuned parameters but the projection at lr, the projection at linear_lr]``."""
+    projection = [p for p in model.linear.parameters() if p.requires_grad]
+    ids = {id(p) for p in projection}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    return [{"params": rest, "lr": lr}, {"params": projection, "lr": linear_lr}]
+
+
+def _two_group_state(state: dict[str, Any], optimizer: torch.optim.Optimizer, model: ColBERT) -> dict[str, Any]:
+    """An optimizer state saved with one group (before ``--linear_lr``) laid out as ``optimizer``'s groups.
+
+    The old group held the tuned parameters in ``model.parameters()`` order; the per-parameter moments
+    are moved to each parameter's index in the new groups. Hyperparameters come from ``optimizer``.
+    """
+    old_order = [p for p in model.parameters() if p.requires_grad]
+    new_index = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+    (old_group,) = state["param_groups"]
+    moved = {new_index[id(old_order[i])]: value for i, value in state["state"].items()}
+    groups, start = [], 0
+    for group in optimizer.param_groups:
+        settings = {k: v for k, v in group.items() if k != "params"}
+        groups.append({**settings, "params": list(range(start, start + len(group["params"])))})
+        start += len(group["params"])
+    if len(old_group["params"]) != start:
+        raise ValueError(f"the stored optimizer state has {len(old_group['params'])} parameters, the model {start}")
+    return {"state": moved, "param_groups": groups}
+
+
 def _warmup_factor(warmup: int) -> Callable[[int], float]:
     """LambdaLR factor: linear warmup over ``warmup`` steps, then constant (ColBERT v1 keeps the rate fixed)."""
 
@@ -96,16 +127,30 @@ class ColBERTTrainer:
             raise ValueError("no training triples")
         self.cfg, self.tokenizer, self.triples, self.device = cfg, tokenizer, triples, device
         self.model = model.to(device)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, eps=1e-8, weight_decay=0.0)
+        groups = param_groups(model, cfg.lr, cfg.linear_lr)
+        self.optimizer = torch.optim.AdamW(groups, eps=1e-8, weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_factor(cfg.warmup))
         self.amp = MixedPrecision(device, cfg.precision)
         if training_state is not None:
-            self.optimizer.load_state_dict(training_state["optimizer"])
-            self.scheduler.load_state_dict(training_state["scheduler"])
-            self.amp.load_state_dict(training_state.get("scaler"))
+            self._restore(training_state)
         self.step = start_step
         self.losses: deque[float] = deque(maxlen=cfg.log_every)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint's training state; the learning rates are this run's (the same on a
+        plain resume), so a state saved with one group (before --linear_lr) continues with two."""
+        optimizer = state["optimizer"]
+        if len(optimizer["param_groups"]) == 1:
+            logger.warning("the optimizer state has one learning rate: the projection continues at --linear_lr")
+            optimizer = _two_group_state(optimizer, self.optimizer, self.model)
+        self.optimizer.load_state_dict(optimizer)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.amp.load_state_dict(state.get("scaler"))
+        self.scheduler.base_lrs = [self.cfg.lr, self.cfg.linear_lr]
+        factor = _warmup_factor(self.cfg.warmup)(self.scheduler.last_epoch)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+            group.update(initial_lr=base, lr=base * factor)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def train_step(self) -> float:
         """One optimizer step over ``bsize`` triples in ``accum`` micro-batches; returns the mean loss."""
@@ -169,13 +214,13 @@ class ColBERTTrainer:
             if self.step % cfg.log_every == 0 or self.step == cfg.maxsteps:
                 rate = (self.step - first) * cfg.bsize / (time.perf_counter() - started)
                 logger.info(
-                    "step %d/%d: loss %.4f (mean of last %d %.4f), lr %.3g, %.1f triples/s",
+                    "step %d/%d: loss %.4f (mean of last %d %.4f), lr %.3g (projection %.3g), %.1f triples/s",
                     self.step,
                     cfg.maxsteps,
                     loss,
                     len(self.losses),
                     sum(self.losses) / len(self.losses),
-                    self.scheduler.get_last_lr()[0],
+                    *self.scheduler.get_last_lr(),
                     rate,
                 )
             if self.step % cfg.save_every == 0 or self.step == cfg.maxsteps:
