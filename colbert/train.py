@@ -22,9 +22,11 @@ from collections.abc import Sequence
 import torch
 
 from colbert.checkpoint import latest_checkpoint, load_colbert, load_training_state
-from colbert.data import Triple, read_triples, triples_from_dpr
+from colbert.data import read_triples, triples_from_dpr
+from colbert.groups import Row, groups_from_dpr
 from colbert.model import ColBERT, build_colbert
 from colbert.options import add_colbert_model_params, colbert_config_from_args, colbert_overrides_from_args
+from colbert.projection import PCA_DOCS, init_projection, sample_passages
 from colbert.tokenization import ColBERTTokenizer
 from colbert.train_options import ColBERTTrainConfig, add_colbert_training_params, train_config_from_args
 from colbert.training import ColBERTTrainer
@@ -48,18 +50,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_triples(cfg: ColBERTTrainConfig) -> Sequence[Triple]:
+def load_rows(cfg: ColBERTTrainConfig) -> Sequence[Row]:
+    """The training rows: triples (ColBERT v1), or one group a DPR question with --group_negatives."""
     if cfg.triples:
         return read_triples(cfg.triples, cfg.queries, cfg.collection)
-    triples, skipped = triples_from_dpr(read_dpr_files(list(cfg.dpr_train_file)), cfg.hard_negatives)
-    logger.info("%d triples from DPR data (%d questions without a negative skipped)", len(triples), skipped)
-    if not triples:
+    samples = read_dpr_files(list(cfg.dpr_train_file))
+    if cfg.group_negatives:
+        rows, skipped = groups_from_dpr(samples, cfg.hard_negatives)
+        what = f"groups of up to {cfg.hard_negatives} negatives"
+    else:
+        rows, skipped = triples_from_dpr(samples, cfg.hard_negatives)
+        what = "triples"
+    logger.info("%d %s from DPR data (%d questions without a negative skipped)", len(rows), what, skipped)
+    if not rows:
         raise DataFormatError(f"{list(cfg.dpr_train_file)}: no question has both a positive and a negative")
-    return triples
+    return rows
 
 
-def load_model(args: argparse.Namespace, cfg: ColBERTTrainConfig) -> tuple[ColBERT, int, dict | None]:
-    """(model, first step, optimizer state): resumed, warm-started from --checkpoint, or new."""
+def load_model(args: argparse.Namespace, cfg: ColBERTTrainConfig) -> tuple[ColBERT, int, dict | None, bool]:
+    """(model, first step, optimizer state, new): resumed, warm-started from --checkpoint, or new (built
+    from the flags: its projection is still nn.Linear's draw, for ``init_projection``)."""
     existing = latest_checkpoint(cfg.output_dir)
     if args.resume:
         source = args.checkpoint or existing
@@ -79,15 +89,15 @@ def load_model(args: argparse.Namespace, cfg: ColBERTTrainConfig) -> tuple[ColBE
         if init_text:
             tokenizer = load_tokenizer(config.backbone.pretrained_model_cfg, config.backbone.do_lower_case)
             init_ids = tokenizer(init_text, add_special_tokens=False)["input_ids"]
-        return build_colbert(config, init_ids), 0, None
+        return build_colbert(config, init_ids), 0, None, True
     model, info = load_colbert(source, colbert_overrides_from_args(args))
     if not args.resume:
-        return model, 0, None
+        return model, 0, None, False
     state = load_training_state(source)
     if state is None:
         logger.warning("%s has no optimizer state: the optimizer starts fresh at step %d", source, info.step)
     logger.info("resuming from %s at step %d", source, info.step)
-    return model, info.step, state
+    return model, info.step, state, False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,14 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg = train_config_from_args(args)
     device = select_device(args.no_cuda, cfg.precision)
     torch.manual_seed(cfg.seed)  # the linear layer's and the prefix's initialisation
-    model, start, state = load_model(args, cfg)
+    model, start, state, new = load_model(args, cfg)
     logger.info("ColBERT config: %s", json.dumps(model.config.to_dict(), sort_keys=True))
     logger.info("training config: %s", json.dumps(cfg.to_dict(), sort_keys=True))
     logger.info("%s", trainable_report(model))
     base = load_tokenizer(model.config.backbone.pretrained_model_cfg, model.config.backbone.do_lower_case)
     tokenizer = ColBERTTokenizer.from_config(base, model.config)
-    triples = load_triples(cfg)  # the whole file is checked here, before the first step
-    trainer = ColBERTTrainer(cfg, model, tokenizer, triples, device, start, state)
+    rows = load_rows(cfg)  # the whole file is checked here, before the first step
+    if new:
+        model.to(device)
+        init_projection(model, cfg.linear_init, tokenizer, sample_passages(rows, PCA_DOCS, cfg.seed))
+    trainer = ColBERTTrainer(cfg, model, tokenizer, rows, device, start, state)
     last = trainer.run(progress=args.progress)
     print(f"last checkpoint: {last} (step {trainer.step}); {trainable_report(model)}")
     return 0

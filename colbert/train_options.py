@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from colbert.projection import LINEAR_INITS
 from dpr.configs import ConfigError
 from dpr.device import REQUESTS, add_hardware_params
 from dpr.options import add_dropout_params
@@ -32,6 +33,7 @@ class ColBERTTrainConfig:
     collection: str | None = None
     dpr_train_file: tuple[str, ...] = ()
     hard_negatives: int = 1
+    group_negatives: bool = False
     output_dir: str = "outputs/colbert"
     bsize: int = 32
     accum: int = 1
@@ -41,6 +43,7 @@ class ColBERTTrainConfig:
     warmup: int = 0
     max_grad_norm: float = 2.0
     in_batch_negatives: bool = False
+    linear_init: str = "pca"
     seed: int = 12345
     precision: str = "auto"
     save_every: int = 2000
@@ -62,6 +65,10 @@ class ColBERTTrainConfig:
                 f"--bsize {self.bsize} must be divisible by --accum {self.accum} "
                 f"(each optimizer step splits the batch into --accum parts)"
             )
+        if self.group_negatives and not self.dpr_train_file:
+            raise ConfigError("--group_negatives groups the negatives of DPR questions: it needs --dpr_train_file")
+        if self.linear_init not in LINEAR_INITS:
+            raise ConfigError(f"--linear_init {self.linear_init!r} is not one of {', '.join(LINEAR_INITS)}")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
         if self.linear_lr is None:
@@ -102,7 +109,13 @@ def add_colbert_training_params(parser: argparse.ArgumentParser) -> None:
         "--hard_negatives",
         type=int,
         default=d.hard_negatives,
-        help="triples per DPR question (one per hard negative, default 1)",
+        help="negatives per DPR question (default 1): that many triples, or one group with --group_negatives",
+    )
+    data.add_argument(
+        "--group_negatives",
+        action="store_true",
+        help="each DPR question is one row (question, positive, its --hard_negatives negatives) scored together: "
+        "cross-entropy of the positive over all of them; --bsize counts questions",
     )
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", default=d.output_dir, help="checkpoints go to <output_dir>/colbert-<step>")
@@ -125,6 +138,13 @@ def add_colbert_training_params(parser: argparse.ArgumentParser) -> None:
         "--in_batch_negatives",
         action="store_true",
         help="score each query against every passage of the batch, not only its own pair",
+    )
+    train.add_argument(
+        "--linear_init",
+        choices=LINEAR_INITS,
+        default=d.linear_init,
+        help="the projection of a new run: pca (default; the top --dim principal directions of the untrained "
+        "model's token states over training documents), orthogonal (orthonormal rows) or random (ColBERT v1)",
     )
     train.add_argument("--seed", type=int, default=d.seed)
     train.add_argument("--save_every", type=int, default=d.save_every, help="checkpoint every N steps")

@@ -24,11 +24,13 @@ from tqdm import tqdm
 
 from colbert.checkpoint import checkpoint_path, prune_checkpoints, save_colbert
 from colbert.data import Triple
-from colbert.losses import in_batch_loss, pairwise_softmax_loss
+from colbert.groups import Group, Row
+from colbert.losses import group_loss, in_batch_loss, pairwise_softmax_loss
 from colbert.model import ColBERT
 from colbert.scoring import maxsim, maxsim_all
 from colbert.tokenization import ColBERTTokenizer
 from colbert.train_options import ColBERTTrainConfig
+from dpr.data.readers import Passage
 from dpr.device import MixedPrecision
 
 logger = logging.getLogger(__name__)
@@ -50,21 +52,63 @@ def batch_indices(step: int, bsize: int, count: int, seed: int) -> list[int]:
 def batch_loss(
     model: ColBERT,
     tokenizer: ColBERTTokenizer,
-    triples: Sequence[Triple],
+    rows: Sequence[Row],
     *,
     in_batch_negatives: bool = False,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """The training loss ``()`` of a list of triples (no backward; the caller sets modes and autocast)."""
-    queries = tokenizer.queries([t.query for t in triples])  # (B, Lq) each
-    docs = tokenizer.docs([t.positive for t in triples] + [t.negative for t in triples])  # (2B, Ld) each
+    """The training loss ``()`` of triples or groups (no backward; the caller sets modes and autocast)."""
+    if all(isinstance(row, Group) for row in rows):
+        return _group_batch_loss(model, tokenizer, rows, in_batch_negatives, device)  # type: ignore[arg-type]
+    if not all(isinstance(row, Triple) for row in rows):
+        raise TypeError("a batch holds triples or groups, not both")
+    return _triples_batch_loss(model, tokenizer, rows, in_batch_negatives, device)  # type: ignore[arg-type]
+
+
+def _encode(
+    model: ColBERT, tokenizer: ColBERTTokenizer, queries: list[str], docs: list[Passage], device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Query vectors ``(B, Lq, dim)``, document vectors ``(C, Ld, dim)`` in fp32, and the ``(C, Ld)`` score mask."""
+    q_tokens, d_tokens = tokenizer.queries(queries), tokenizer.docs(docs)  # (B, Lq), (C, Ld) each
     q, d = model(
-        queries["input_ids"].to(device),
-        queries["attention_mask"].to(device),
-        docs["input_ids"].to(device),
-        docs["attention_mask"].to(device),
-    )  # (B, Lq, dim), (2B, Ld, dim)
-    q, d, mask = q.float(), d.float(), docs["score_mask"].to(device)  # MaxSim in fp32
+        q_tokens["input_ids"].to(device),
+        q_tokens["attention_mask"].to(device),
+        d_tokens["input_ids"].to(device),
+        d_tokens["attention_mask"].to(device),
+    )  # (B, Lq, dim), (C, Ld, dim)
+    return q.float(), d.float(), d_tokens["score_mask"].to(device)  # MaxSim in fp32
+
+
+def _group_batch_loss(
+    model: ColBERT,
+    tokenizer: ColBERTTokenizer,
+    groups: Sequence[Group],
+    in_batch_negatives: bool,
+    device: torch.device | str,
+) -> torch.Tensor:
+    docs = [p for g in groups for p in g.passages]
+    q, d, mask = _encode(model, tokenizer, [g.query for g in groups], docs, device)  # (B, Lq, dim), (C, Ld, dim)
+    sizes = torch.tensor([len(g.passages) for g in groups], device=q.device)  # (B,)
+    similarity = model.config.similarity
+    if in_batch_negatives:
+        return group_loss(maxsim_all(q, d, mask, similarity), sizes, True)  # (B, C) -> ()
+    owner = torch.repeat_interleave(torch.arange(len(groups), device=q.device), sizes)  # (C,)
+    own = maxsim(q[owner], d, mask, similarity)  # (C,): each passage against its own query only
+    scores = q.new_full((len(groups), len(docs)), float("-inf"))  # (B, C)
+    scores[owner, torch.arange(len(docs), device=q.device)] = own
+    return group_loss(scores, sizes)
+
+
+def _triples_batch_loss(
+    model: ColBERT,
+    tokenizer: ColBERTTokenizer,
+    triples: Sequence[Triple],
+    in_batch_negatives: bool,
+    device: torch.device | str,
+) -> torch.Tensor:
+    """ColBERT v1's loss: each query's positive against its negative (or every passage, in-batch)."""
+    docs = [t.positive for t in triples] + [t.negative for t in triples]
+    q, d, mask = _encode(model, tokenizer, [t.query for t in triples], docs, device)  # (B, Lq, dim), (2B, Ld, dim)
     if in_batch_negatives:
         return in_batch_loss(maxsim_all(q, d, mask, model.config.similarity))  # (B, 2B) -> ()
     batch = len(triples)
@@ -118,7 +162,7 @@ class ColBERTTrainer:
         cfg: ColBERTTrainConfig,
         model: ColBERT,
         tokenizer: ColBERTTokenizer,
-        triples: Sequence[Triple],
+        triples: Sequence[Row],
         device: torch.device,
         start_step: int = 0,
         training_state: dict[str, Any] | None = None,
