@@ -9,6 +9,11 @@ Checkpoints ``<output_dir>/colbert-<step>/`` hold the full ColBERT config. ``--r
 ``--checkpoint`` (or the latest checkpoint in --output_dir; a new run if there is none yet) with its
 optimizer state; ``--checkpoint`` without ``--resume`` starts a new run from its weights.
 ``--maxsteps 0`` writes the untrained model (e.g. to index zero-shot).
+
+PT-Retrieval's command line works as is: ``python -m torch.distributed.launch --nproc_per_node=4
+colbert/train.py --amp --doc_maxlen 300 --mask-punctuation --lr 3e-6 --bsize 32 --accum 1 --triples ...
+--root ./ --experiment checkpoints --similarity cosine --run NAME --prefix --pre_seq_len 180``: ``--root
+--experiment --run`` name ColBERT v1's folder ``<root>/<experiment>/train.py/<run>`` (instead of --output_dir).
 """
 
 from __future__ import annotations
@@ -16,8 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
+
+if __name__ == "__main__" and not __package__:
+    # Run as a file (PT-Retrieval: `python -m torch.distributed.launch ... colbert/train.py`): Python put
+    # colbert/ first on sys.path, where its modules would shadow top-level names and `colbert` would be
+    # whatever copy is installed. The repository takes that place, so `colbert` is this package.
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import torch
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,9 @@ from dpr.options import add_dropout_params
 # nDCG@10 fell from 0.60 untrained to 0.46 after 69 steps). 1e-4 moves a weight by at most ~0.3% of its
 # size per step, the usual rate of a freshly initialised head over a pretrained encoder.
 LINEAR_LR_CAP = 1e-4
+# ColBERT v1's run folder: <root>/<experiment>/<script>/<run>, the script being train.py.
+V1_SCRIPT = "train.py"
+V1_ROOT, V1_EXPERIMENT = "experiments", "dirty"  # ColBERT v1's defaults of --root and --experiment
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,22 @@ def add_colbert_training_params(parser: argparse.ArgumentParser) -> None:
         "cross-entropy of the positive over all of them; --bsize counts questions",
     )
     train = parser.add_argument_group("training")
-    train.add_argument("--output_dir", default=d.output_dir, help="checkpoints go to <output_dir>/colbert-<step>")
+    train.add_argument(
+        "--output_dir", default=None, help=f"checkpoints go to <output_dir>/colbert-<step> (default {d.output_dir})"
+    )
+    run = parser.add_argument_group("ColBERT v1 / PT-Retrieval run folder (instead of --output_dir)")
+    run.add_argument(
+        "--root", default=None, help=f"output_dir = <root>/<experiment>/{V1_SCRIPT}/<run> (default root {V1_ROOT!r})"
+    )
+    run.add_argument("--experiment", default=None, help=f"(default {V1_EXPERIMENT!r}, as in ColBERT v1)")
+    run.add_argument(
+        "--run",
+        "--run_name",
+        dest="run",
+        default=None,
+        help="the run's name (required with --root or --experiment); spell it --run_name under torchrun or "
+        "torch.distributed.launch, whose own --run-path option takes --run for an abbreviation of it",
+    )
     train.add_argument("--bsize", type=int, default=d.bsize, help="triples per optimizer step (32)")
     train.add_argument("--accum", type=int, default=d.accum, help="micro-batches per step (bsize/accum each)")
     train.add_argument(
@@ -158,10 +177,34 @@ def add_colbert_training_params(parser: argparse.ArgumentParser) -> None:
         help="continue from --checkpoint (or the latest in --output_dir) with its optimizer state",
     )
     add_dropout_params(train)
-    add_hardware_params(parser, training=True, amp_alias=True)
+    hardware = add_hardware_params(parser, training=True, amp_alias=True)
+    hardware.add_argument(
+        "--local_rank",
+        "--local-rank",
+        dest="local_rank",
+        type=int,
+        default=-1,
+        help="set by torch.distributed.launch; torchrun sets LOCAL_RANK instead",
+    )
+
+
+def output_dir_from_args(args: argparse.Namespace) -> str | None:
+    """``--output_dir``, or ColBERT v1's ``<root>/<experiment>/train.py/<run>``; both given is an error."""
+    root, experiment, run = (getattr(args, name, None) for name in ("root", "experiment", "run"))
+    if root is None and experiment is None and run is None:
+        return getattr(args, "output_dir", None)
+    given = [f"--{name} {value}" for name, value in (("root", root), ("experiment", experiment), ("run", run)) if value]
+    if getattr(args, "output_dir", None) is not None:
+        raise ConfigError(f"--output_dir {args.output_dir} and {' '.join(given)} both name the output folder: pass one")
+    if not run:
+        raise ConfigError(
+            f"{' '.join(given)}: pass --run NAME too (the run folder's name; ColBERT v1 used a timestamp)"
+        )
+    return os.path.join(root or V1_ROOT, experiment or V1_EXPERIMENT, V1_SCRIPT, run)
 
 
 def train_config_from_args(args: argparse.Namespace) -> ColBERTTrainConfig:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ColBERTTrainConfig) if hasattr(args, f.name)}
+    values["output_dir"] = output_dir_from_args(args) or ColBERTTrainConfig.output_dir
     values["dpr_train_file"] = tuple(values.get("dpr_train_file") or ())
     return ColBERTTrainConfig(**values)
