@@ -33,7 +33,7 @@ if __name__ == "__main__" and not __package__:
 
 import torch
 
-from colbert.checkpoint import latest_checkpoint, load_colbert, load_training_state
+from colbert.checkpoint import checkpoint_path, latest_checkpoint, load_colbert, load_training_state
 from colbert.data import read_triples, triples_from_dpr
 from colbert.groups import Row, groups_from_dpr
 from colbert.model import ColBERT, build_colbert
@@ -42,12 +42,13 @@ from colbert.projection import PCA_DOCS, init_projection, sample_passages
 from colbert.tokenization import ColBERTTokenizer
 from colbert.train_options import ColBERTTrainConfig, add_colbert_training_params, train_config_from_args
 from colbert.training import ColBERTTrainer
+from colbert.validation import read_dev
 from dpr.cli import run_cli, setup_logging
 from dpr.data.readers import DataFormatError, read_dpr_files
-from dpr.device import select_device
 from dpr.models.encoder import trainable_report
 from dpr.models.hub import load_tokenizer
 from dpr.options import ConfigError
+from dpr.training.distributed import DistributedContext, cleanup_distributed, configure_logging, init_distributed
 
 logger = logging.getLogger("colbert.train")  # not __name__: under `python -m` that is "__main__"
 
@@ -116,7 +117,23 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     cfg = train_config_from_args(args)
-    device = select_device(args.no_cuda, cfg.precision)
+    ctx = init_distributed(args.no_cuda, args.local_rank, cfg.precision)
+    configure_logging(ctx)
+    try:
+        trainer = train(args, cfg, ctx)
+    except BaseException:
+        cleanup_distributed(synchronize=False)  # a failed peer may never reach a barrier
+        raise
+    last = checkpoint_path(cfg.output_dir, trainer.step)
+    del trainer  # its DDP wrapper holds the process group
+    cleanup_distributed()
+    if ctx.is_main:
+        print(f"last checkpoint: {last}")
+    return 0
+
+
+def train(args: argparse.Namespace, cfg: ColBERTTrainConfig, ctx: DistributedContext) -> ColBERTTrainer:
+    """Build (or load) the model, read the data, train; returns the trainer after its last step."""
     torch.manual_seed(cfg.seed)  # the linear layer's and the prefix's initialisation
     model, start, state, new = load_model(args, cfg)
     logger.info("ColBERT config: %s", json.dumps(model.config.to_dict(), sort_keys=True))
@@ -125,13 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     base = load_tokenizer(model.config.backbone.pretrained_model_cfg, model.config.backbone.do_lower_case)
     tokenizer = ColBERTTokenizer.from_config(base, model.config)
     rows = load_rows(cfg)  # the whole file is checked here, before the first step
-    if new:
-        model.to(device)
+    dev = read_dev(cfg.dev_file, cfg.val_ctx_file) if cfg.val_every and ctx.is_main else None
+    if new:  # the same on every process (DDP also copies rank 0's weights to the others)
+        model.to(ctx.device)
         init_projection(model, cfg.linear_init, tokenizer, sample_passages(rows, PCA_DOCS, cfg.seed))
-    trainer = ColBERTTrainer(cfg, model, tokenizer, rows, device, start, state)
-    last = trainer.run(progress=args.progress)
-    print(f"last checkpoint: {last} (step {trainer.step}); {trainable_report(model)}")
-    return 0
+    trainer = ColBERTTrainer(cfg, model, tokenizer, rows, ctx.device, start, state, ctx=ctx, dev=dev)
+    trainer.run(progress=args.progress)
+    return trainer
 
 
 def cli() -> None:

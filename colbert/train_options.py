@@ -15,7 +15,7 @@ from typing import Any
 from colbert.projection import LINEAR_INITS
 from dpr.configs import ConfigError
 from dpr.device import REQUESTS, add_hardware_params
-from dpr.options import add_dropout_params
+from dpr.options import RETRIEVAL_METRICS, add_dropout_params
 
 # The largest learning rate --linear_lr defaults to. Adam moves every weight by about the learning rate
 # per step whatever its gradient's size, and the projection's weights are ~1/sqrt(H) (0.036 for H=768):
@@ -38,6 +38,10 @@ class ColBERTTrainConfig:
     dpr_train_file: tuple[str, ...] = ()
     hard_negatives: int = 1
     group_negatives: bool = False
+    dev_file: tuple[str, ...] = ()
+    val_ctx_file: str | None = None
+    val_every: int = 0
+    val_metric: str = "ndcg@10"
     output_dir: str = "outputs/colbert"
     bsize: int = 32
     accum: int = 1
@@ -71,6 +75,7 @@ class ColBERTTrainConfig:
             )
         if self.group_negatives and not self.dpr_train_file:
             raise ConfigError("--group_negatives groups the negatives of DPR questions: it needs --dpr_train_file")
+        self._check_validation()
         if self.linear_init not in LINEAR_INITS:
             raise ConfigError(f"--linear_init {self.linear_init!r} is not one of {', '.join(LINEAR_INITS)}")
         if self.lr <= 0:
@@ -82,6 +87,19 @@ class ColBERTTrainConfig:
             raise ConfigError(f"--linear_lr must be > 0, got {self.linear_lr}")
         if self.precision not in REQUESTS:
             raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(REQUESTS)}")
+
+    def _check_validation(self) -> None:
+        if self.val_metric not in RETRIEVAL_METRICS:
+            raise ConfigError(f"--val_metric {self.val_metric!r} is not one of {', '.join(RETRIEVAL_METRICS)}")
+        if self.val_every < 0:
+            raise ConfigError(f"--val_every must be >= 0, got {self.val_every}")
+        given = [name for name in ("dev_file", "val_ctx_file") if getattr(self, name)]
+        if self.val_every and len(given) < 2:
+            raise ConfigError(
+                "--val_every ranks --val_ctx_file (the dev corpus) for the --dev_file questions: give both"
+            )
+        if given and not self.val_every:
+            raise ConfigError(f"--{given[0]} is read for validation only: add --val_every N (steps)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -121,6 +139,22 @@ def add_colbert_training_params(parser: argparse.ArgumentParser) -> None:
         help="each DPR question is one row (question, positive, its --hard_negatives negatives) scored together: "
         "cross-entropy of the positive over all of them; --bsize counts questions",
     )
+    val = parser.add_argument_group("validation (exact MaxSim over a dev corpus; the best checkpoint is kept)")
+    val.add_argument(
+        "--dev_file",
+        nargs="+",
+        default=[],
+        help="DPR JSON dev questions; each question's positive passage ids are its relevant passages",
+    )
+    val.add_argument("--val_ctx_file", help="the dev corpus: a DPR passages TSV or a BEIR corpus.jsonl")
+    val.add_argument(
+        "--val_every",
+        type=int,
+        default=d.val_every,
+        help="validate (and checkpoint) every N steps, at the last step and at the start of a new run "
+        "(the untrained model's value); 0 = never",
+    )
+    val.add_argument("--val_metric", choices=RETRIEVAL_METRICS, default=d.val_metric, help="best checkpoint by")
     train = parser.add_argument_group("training")
     train.add_argument(
         "--output_dir", default=None, help=f"checkpoints go to <output_dir>/colbert-<step> (default {d.output_dir})"
@@ -207,4 +241,5 @@ def train_config_from_args(args: argparse.Namespace) -> ColBERTTrainConfig:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ColBERTTrainConfig) if hasattr(args, f.name)}
     values["output_dir"] = output_dir_from_args(args) or ColBERTTrainConfig.output_dir
     values["dpr_train_file"] = tuple(values.get("dpr_train_file") or ())
+    values["dev_file"] = tuple(values.get("dev_file") or ())
     return ColBERTTrainConfig(**values)
