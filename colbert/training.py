@@ -98,7 +98,7 @@ class ColBERTTrainer:
     """Trains a ColBERT on triples or groups; ``run`` returns the path of the last checkpoint written.
 
     ``ctx`` (default: one process): with several processes the model is wrapped in DDP, each process
-    takes its ``bsize / world_size`` slice of every global batch, and only rank 0 validates and writes
+    takes its slice of every micro-batch (``micro_batches``), and only rank 0 validates and writes
     checkpoints. ``dev`` (rank 0's): validate every ``--val_every`` steps and keep the best checkpoint.
     """
 
@@ -153,12 +153,15 @@ class ColBERTTrainer:
             group.update(initial_lr=base, lr=base * factor)
         self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
-    def local_rows(self) -> list[Row]:
-        """This process's slice of step ``self.step``'s global batch (all of it in one process)."""
+    def micro_batches(self) -> list[list[Row]]:
+        """This process's rows of step ``self.step``, in ``accum`` micro-batches: micro-batch ``k`` is rows
+        ``[k*m, (k+1)*m)`` of the global batch (``m = bsize / accum``, as in one process) and each process
+        takes its ``m / world_size`` of it, so in-batch negatives are those of one process's micro-batch."""
         cfg, ctx = self.cfg, self.ctx
         chosen = [self.triples[i] for i in batch_indices(self.step, cfg.bsize, len(self.triples), cfg.seed)]
-        part = cfg.bsize // ctx.world_size
-        return chosen[ctx.rank * part : (ctx.rank + 1) * part]
+        micro = cfg.bsize // cfg.accum
+        part = micro // ctx.world_size
+        return [chosen[k + ctx.rank * part : k + (ctx.rank + 1) * part] for k in range(0, cfg.bsize, micro)]
 
     def accumulate(self) -> float:
         """Forward and backward over this step's rows in ``accum`` micro-batches (the gradients are left in
@@ -166,15 +169,13 @@ class ColBERTTrainer:
         cfg = self.cfg
         self.model.train()
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, self.step]).generate_state(1)[0]))  # dropout
-        rows = self.local_rows()
-        part = len(rows) // cfg.accum
         total = 0.0
-        for start in range(0, len(rows), part):
+        for rows in self.micro_batches():
             with self.amp.autocast:
                 loss = batch_loss(
                     self.wrapped,
                     self.tokenizer,
-                    rows[start : start + part],
+                    rows,
                     in_batch_negatives=cfg.in_batch_negatives,
                     device=self.device,
                     ctx=self.ctx,
