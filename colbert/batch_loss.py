@@ -74,10 +74,10 @@ def _gather(
     """Every process's ``(B, Lq, dim)`` queries, ``(C, Ld, dim)`` documents and ``(C, Ld)`` masks, rank after
     rank (this rank's rows keep their graph); documents are padded to ``doc_maxlen`` tokens, masked out."""
     d = F.pad(d, (0, 0, 0, doc_maxlen - d.shape[1]))  # (C, doc_maxlen, dim)
-    mask = F.pad(mask, (0, doc_maxlen - mask.shape[1]))  # (C, doc_maxlen), False padding
+    mask = F.pad(mask.to(torch.uint8), (0, doc_maxlen - mask.shape[1]))  # (C, doc_maxlen), 0 padding
     q_all, _ = gather_with_grad(q, ctx)  # (W*B, Lq, dim)
     d_all, _ = gather_with_grad(d, ctx)  # (W*C, doc_maxlen, dim)
-    mask_all, _ = gather_with_grad(mask.to(torch.uint8), ctx)  # (W*C, doc_maxlen)
+    mask_all, _ = gather_with_grad(mask, ctx)  # (W*C, doc_maxlen)
     return q_all, d_all, mask_all.bool()
 
 

@@ -10,10 +10,13 @@ Checkpoints ``<output_dir>/colbert-<step>/`` hold the full ColBERT config. ``--r
 optimizer state; ``--checkpoint`` without ``--resume`` starts a new run from its weights.
 ``--maxsteps 0`` writes the untrained model (e.g. to index zero-shot).
 
-PT-Retrieval's command line works as is: ``python -m torch.distributed.launch --nproc_per_node=4
+PT-Retrieval's command line is accepted: ``python -m torch.distributed.launch --nproc_per_node=4
 colbert/train.py --amp --doc_maxlen 300 --mask-punctuation --lr 3e-6 --bsize 32 --accum 1 --triples ...
 --root ./ --experiment checkpoints --similarity cosine --run NAME --prefix --pre_seq_len 180``: ``--root
 --experiment --run`` name ColBERT v1's folder ``<root>/<experiment>/train.py/<run>`` (instead of --output_dir).
+Under today's torch launchers spell ``--run`` as ``--run_name``: their own ``--run-path`` option takes
+``--run`` for its abbreviation before the script sees it. Under torchrun (or that launcher) each process
+trains on its slice of every batch (DDP); rank 0 logs, validates and writes the checkpoints.
 """
 
 from __future__ import annotations
