@@ -32,7 +32,7 @@ from colbert.options import ColBERTConfig, apply_colbert_overrides
 from dpr.atomic import atomic_directory
 from dpr.configs import ConfigError
 from dpr.data.files import read_versioned_json
-from dpr.models.checkpoint_format import CheckpointError, load_training_state
+from dpr.models.checkpoint_format import CheckpointError, load_training_state, read_best_file
 from dpr.models.serialization import backbone_fingerprint, check_backbone, load_tuned_weights, save_tuned_weights
 
 logger = logging.getLogger(__name__)
@@ -159,10 +159,13 @@ def latest_checkpoint(output_dir: str) -> str | None:
 
 
 def prune_checkpoints(output_dir: str, keep: int) -> list[str]:
-    """Delete all but the ``keep`` most recent checkpoints (``keep`` 0 keeps all); returns the deleted."""
+    """Delete all but the ``keep`` most recent checkpoints and the best one (named by ``best_checkpoint.json``,
+    written by validation); ``keep`` 0 keeps all. Returns the deleted."""
     if keep < 1:
         return []
-    doomed = [path for _, path in list_checkpoints(output_dir)[:-keep]]
+    best = read_best_file(output_dir)
+    protected = os.path.abspath(best["path"]) if best is not None else None
+    doomed = [path for _, path in list_checkpoints(output_dir)[:-keep] if os.path.abspath(path) != protected]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
         logger.info("deleted old checkpoint %s", path)

@@ -45,6 +45,10 @@ class Triple:
     positive: Passage
     negative: Passage
 
+    @property
+    def passages(self) -> tuple[Passage, Passage]:
+        return self.positive, self.negative
+
 
 def _decode(raw: bytes, path: str, line_no: int) -> str:
     """One line as text without its line break; a byte that is not UTF-8 is an error naming the line."""
@@ -79,7 +83,8 @@ def _first_char(path: str) -> str:
     return _first_line(path)[0]
 
 
-def _check_doc(passage: Passage, where: str) -> Passage:
+def check_doc(passage: Passage, where: str) -> Passage:
+    """``passage``, or DataFormatError naming ``where`` when it has no text and no title."""
     if not passage.text.strip() and not passage.title.strip():
         raise DataFormatError(
             f"{where}: empty document (no text, no title); ColBERT cannot score a document "
@@ -118,7 +123,7 @@ def iter_collection(path: str) -> Iterator[tuple[str, Passage]]:
         if pid in seen:
             raise DataFormatError(f"{where}: pid {pid!r} appears twice in the collection")
         seen.add(pid)
-        yield pid, _check_doc(passage, where)
+        yield pid, check_doc(passage, where)
 
 
 def _header_is_dpr(path: str) -> bool:
@@ -380,9 +385,9 @@ def triples_from_dpr(samples: Sequence[BiEncoderSample], hard_negatives: int = 1
             skipped += 1
             continue
         where = f"DPR sample {number} ({sample.question[:40]!r})"
-        positive = _check_doc(sample.positive_passages[0], f"{where}, positive")
+        positive = check_doc(sample.positive_passages[0], f"{where}, positive")
         for negative in negatives:
-            triples.append(Triple(sample.question, positive, _check_doc(negative, f"{where}, negative")))
+            triples.append(Triple(sample.question, positive, check_doc(negative, f"{where}, negative")))
     return triples, skipped
 
 

@@ -1,9 +1,18 @@
-"""ColBERT training: pairwise softmax loss over (query, positive, negative) triples, optional in-batch negatives.
+"""ColBERT training on triples (ColBERT v1) or groups of negatives, optional in-batch negatives.
 
-Every optimizer step takes ``bsize`` triples, cut into ``accum`` micro-batches (ColBERT v1's meaning of
-the two flags). The triples are read as a stream of per-epoch permutations seeded by ``(seed, epoch)``
-and dropout is re-seeded from ``(seed, step)``, so a run resumed from a checkpoint continues exactly as
-one that never stopped. Gradients are clipped once per optimizer step, after unscaling.
+Every optimizer step takes ``bsize`` rows (triples or groups), cut into ``accum`` micro-batches (ColBERT
+v1's meaning of the two flags); under torchrun each process takes its ``bsize / world_size`` slice
+(``colbert.batch_loss`` shares the in-batch negatives) and only rank 0 validates and writes checkpoints.
+The rows are read as a stream of per-epoch permutations seeded by ``(seed, epoch)`` and dropout is
+re-seeded from ``(seed, step)``, so a run resumed from a checkpoint continues exactly as one that never
+stopped. Gradients are clipped once per optimizer step, after unscaling.
+
+With a dev set (``--val_every``) a new run is validated before its first step, then every ``val_every``
+steps and at the end; each validation writes a checkpoint, a line of ``validation_log.jsonl`` and, when it
+is the best so far, ``best_checkpoint.json`` (``dpr.training.run_dir``: the best is never pruned).
+
+The optimizer has two parameter groups: everything the tuning mode trains at ``--lr``, and the linear
+projection at ``--linear_lr`` (see ``colbert.train_options.LINEAR_LR_CAP`` for why they differ).
 """
 
 from __future__ import annotations
@@ -19,14 +28,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from colbert.batch_loss import batch_loss
 from colbert.checkpoint import checkpoint_path, prune_checkpoints, save_colbert
-from colbert.data import Triple
-from colbert.losses import in_batch_loss, pairwise_softmax_loss
+from colbert.groups import Row
 from colbert.model import ColBERT
-from colbert.options import ColBERTTrainConfig
-from colbert.scoring import maxsim, maxsim_all
 from colbert.tokenization import ColBERTTokenizer
+from colbert.train_options import ColBERTTrainConfig
+from colbert.validation import validate_retrieval
+from dpr.configs import ConfigError
 from dpr.device import MixedPrecision
+from dpr.training.distributed import DistributedContext, all_reduce_mean, barrier, wrap_ddp
+from dpr.training.run_dir import append_history, best_record, update_best
+from dpr.training.validation import DevRetrieval
 
 logger = logging.getLogger(__name__)
 
@@ -44,30 +57,32 @@ def batch_indices(step: int, bsize: int, count: int, seed: int) -> list[int]:
     return indices
 
 
-def batch_loss(
-    model: ColBERT,
-    tokenizer: ColBERTTokenizer,
-    triples: Sequence[Triple],
-    *,
-    in_batch_negatives: bool = False,
-    device: torch.device | str = "cpu",
-) -> torch.Tensor:
-    """The training loss ``()`` of a list of triples (no backward; the caller sets modes and autocast)."""
-    queries = tokenizer.queries([t.query for t in triples])  # (B, Lq) each
-    docs = tokenizer.docs([t.positive for t in triples] + [t.negative for t in triples])  # (2B, Ld) each
-    q, d = model(
-        queries["input_ids"].to(device),
-        queries["attention_mask"].to(device),
-        docs["input_ids"].to(device),
-        docs["attention_mask"].to(device),
-    )  # (B, Lq, dim), (2B, Ld, dim)
-    q, d, mask = q.float(), d.float(), docs["score_mask"].to(device)  # MaxSim in fp32
-    if in_batch_negatives:
-        return in_batch_loss(maxsim_all(q, d, mask, model.config.similarity))  # (B, 2B) -> ()
-    batch = len(triples)
-    positive = maxsim(q, d[:batch], mask[:batch], model.config.similarity)  # (B,)
-    negative = maxsim(q, d[batch:], mask[batch:], model.config.similarity)  # (B,)
-    return pairwise_softmax_loss(positive, negative)
+def param_groups(model: ColBERT, lr: float, linear_lr: float) -> list[dict[str, Any]]:
+    """AdamW groups ``[tuned parameters but the projection at lr, the projection at linear_lr]``."""
+    projection = [p for p in model.linear.parameters() if p.requires_grad]
+    ids = {id(p) for p in projection}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    return [{"params": rest, "lr": lr}, {"params": projection, "lr": linear_lr}]
+
+
+def _two_group_state(state: dict[str, Any], optimizer: torch.optim.Optimizer, model: ColBERT) -> dict[str, Any]:
+    """An optimizer state saved with one group (before ``--linear_lr``) laid out as ``optimizer``'s groups.
+
+    The old group held the tuned parameters in ``model.parameters()`` order; the per-parameter moments
+    are moved to each parameter's index in the new groups. Hyperparameters come from ``optimizer``.
+    """
+    old_order = [p for p in model.parameters() if p.requires_grad]
+    new_index = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+    (old_group,) = state["param_groups"]
+    moved = {new_index[id(old_order[i])]: value for i, value in state["state"].items()}
+    groups, start = [], 0
+    for group in optimizer.param_groups:
+        settings = {k: v for k, v in group.items() if k != "params"}
+        groups.append({**settings, "params": list(range(start, start + len(group["params"])))})
+        start += len(group["params"])
+    if len(old_group["params"]) != start:
+        raise ValueError(f"the stored optimizer state has {len(old_group['params'])} parameters, the model {start}")
+    return {"state": moved, "param_groups": groups}
 
 
 def _warmup_factor(warmup: int) -> Callable[[int], float]:
@@ -80,84 +95,163 @@ def _warmup_factor(warmup: int) -> Callable[[int], float]:
 
 
 class ColBERTTrainer:
-    """Trains a ColBERT on triples; ``run`` returns the path of the last checkpoint written."""
+    """Trains a ColBERT on triples or groups; ``run`` returns the path of the last checkpoint written.
+
+    ``ctx`` (default: one process): with several processes the model is wrapped in DDP, each process
+    takes its slice of every micro-batch (``micro_batches``), and only rank 0 validates and writes
+    checkpoints. ``dev`` (rank 0's): validate every ``--val_every`` steps and keep the best checkpoint.
+    """
 
     def __init__(
         self,
         cfg: ColBERTTrainConfig,
         model: ColBERT,
         tokenizer: ColBERTTokenizer,
-        triples: Sequence[Triple],
+        triples: Sequence[Row],
         device: torch.device,
         start_step: int = 0,
         training_state: dict[str, Any] | None = None,
+        *,
+        ctx: DistributedContext | None = None,
+        dev: DevRetrieval | None = None,
     ) -> None:
         if not triples:
             raise ValueError("no training triples")
-        self.cfg, self.tokenizer, self.triples, self.device = cfg, tokenizer, triples, device
+        self.ctx = ctx or DistributedContext(rank=0, world_size=1, local_rank=0, device=device, is_main=True)
+        if cfg.bsize % (self.ctx.world_size * cfg.accum):
+            raise ConfigError(
+                f"--bsize {cfg.bsize} must be divisible by {self.ctx.world_size} processes x --accum {cfg.accum} "
+                f"(every process takes an equal slice of each batch, in --accum parts)"
+            )
+        if cfg.val_every and self.ctx.is_main and dev is None:
+            raise ValueError("--val_every: rank 0 needs the dev set (colbert.validation.read_dev)")
+        self.cfg, self.tokenizer, self.triples, self.device, self.dev = cfg, tokenizer, triples, device, dev
         self.model = model.to(device)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, eps=1e-8, weight_decay=0.0)
+        self.wrapped = wrap_ddp(self.model, self.ctx)  # the module to call forward on
+        groups = param_groups(model, cfg.lr, cfg.linear_lr)
+        self.optimizer = torch.optim.AdamW(groups, eps=1e-8, weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_factor(cfg.warmup))
         self.amp = MixedPrecision(device, cfg.precision)
         if training_state is not None:
-            self.optimizer.load_state_dict(training_state["optimizer"])
-            self.scheduler.load_state_dict(training_state["scheduler"])
-            self.amp.load_state_dict(training_state.get("scaler"))
+            self._restore(training_state)
         self.step = start_step
         self.losses: deque[float] = deque(maxlen=cfg.log_every)
 
-    def train_step(self) -> float:
-        """One optimizer step over ``bsize`` triples in ``accum`` micro-batches; returns the mean loss."""
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint's training state; the learning rates are this run's (the same on a
+        plain resume), so a state saved with one group (before --linear_lr) continues with two."""
+        optimizer = state["optimizer"]
+        if len(optimizer["param_groups"]) == 1:
+            logger.warning("the optimizer state has one learning rate: the projection continues at --linear_lr")
+            optimizer = _two_group_state(optimizer, self.optimizer, self.model)
+        self.optimizer.load_state_dict(optimizer)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.amp.load_state_dict(state.get("scaler"))
+        self.scheduler.base_lrs = [self.cfg.lr, self.cfg.linear_lr]
+        factor = _warmup_factor(self.cfg.warmup)(self.scheduler.last_epoch)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+            group.update(initial_lr=base, lr=base * factor)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def micro_batches(self) -> list[list[Row]]:
+        """This process's rows of step ``self.step``, in ``accum`` micro-batches: micro-batch ``k`` is rows
+        ``[k*m, (k+1)*m)`` of the global batch (``m = bsize / accum``, as in one process) and each process
+        takes its ``m / world_size`` of it, so in-batch negatives are those of one process's micro-batch."""
+        cfg, ctx = self.cfg, self.ctx
+        chosen = [self.triples[i] for i in batch_indices(self.step, cfg.bsize, len(self.triples), cfg.seed)]
+        micro = cfg.bsize // cfg.accum
+        part = micro // ctx.world_size
+        return [chosen[k + ctx.rank * part : k + (ctx.rank + 1) * part] for k in range(0, cfg.bsize, micro)]
+
+    def accumulate(self) -> float:
+        """Forward and backward over this step's rows in ``accum`` micro-batches (the gradients are left in
+        ``.grad``, averaged over processes by DDP); returns the step's loss, averaged over processes."""
         cfg = self.cfg
         self.model.train()
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, self.step]).generate_state(1)[0]))  # dropout
-        chosen = [self.triples[i] for i in batch_indices(self.step, cfg.bsize, len(self.triples), cfg.seed)]
-        part = cfg.bsize // cfg.accum
         total = 0.0
-        for start in range(0, cfg.bsize, part):
+        for rows in self.micro_batches():
             with self.amp.autocast:
                 loss = batch_loss(
-                    self.model,
+                    self.wrapped,
                     self.tokenizer,
-                    chosen[start : start + part],
+                    rows,
                     in_batch_negatives=cfg.in_batch_negatives,
                     device=self.device,
+                    ctx=self.ctx,
                 )
             self.amp.backward(loss / cfg.accum)
             total += float(loss.detach()) / cfg.accum
-        self.amp.step(self.optimizer, [p for p in self.model.parameters() if p.requires_grad], cfg.max_grad_norm)
+        return all_reduce_mean(total, self.ctx)
+
+    def train_step(self) -> float:
+        """One optimizer step over ``bsize`` rows in ``accum`` micro-batches; returns the mean loss."""
+        loss = self.accumulate()
+        self.amp.step(self.optimizer, [p for p in self.model.parameters() if p.requires_grad], self.cfg.max_grad_norm)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return total
+        return loss
 
     def save(self) -> str:
+        """Write ``colbert-<step>`` (rank 0 only; the others return its path) and prune older checkpoints."""
+        path = checkpoint_path(self.cfg.output_dir, self.step)
+        if not self.ctx.is_main:
+            return path
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.amp.state_dict(),
         }
-        path = save_colbert(
-            checkpoint_path(self.cfg.output_dir, self.step),
-            self.model,
-            step=self.step,
-            training=self.cfg.to_dict(),
-            state=state,
-        )
+        save_colbert(path, self.model, step=self.step, training=self.cfg.to_dict(), state=state)
         prune_checkpoints(self.cfg.output_dir, self.cfg.keep_checkpoints)
         return path
 
+    def validate_and_save(self) -> str:
+        """Validate on the dev corpus (rank 0), save, log the value and record the best checkpoint."""
+        cfg, path = self.cfg, checkpoint_path(self.cfg.output_dir, self.step)
+        if self.ctx.is_main:
+            assert self.dev is not None
+            result = validate_retrieval(
+                self.model, self.tokenizer, self.dev, cfg.val_metric, precision=self.amp.precision, device=self.device
+            )
+            self.save()
+            epoch = self.step * cfg.bsize // len(self.triples)
+            record = {
+                "metric": result.metric,
+                "value": result.value,
+                "epoch": epoch,
+                "iteration": self.step,
+                "global_step": self.step,
+                "details": result.details,
+            }
+            append_history(cfg.output_dir, record)
+            if update_best(cfg.output_dir, best_record(path, record)):
+                prune_checkpoints(cfg.output_dir, cfg.keep_checkpoints)  # the previous best may go now
+        barrier(self.ctx)
+        return path
+
+    def _checkpoint_due(self) -> bool:
+        cfg = self.cfg
+        return self.step % cfg.save_every == 0 or self.step == cfg.maxsteps
+
+    def _validation_due(self) -> bool:
+        cfg = self.cfg
+        return cfg.val_every > 0 and (self.step % cfg.val_every == 0 or self.step == cfg.maxsteps)
+
     def run(self, progress: bool = True) -> str:
-        """Train up to ``maxsteps`` optimizer steps, saving every ``save_every`` and at the end."""
+        """Train up to ``maxsteps`` optimizer steps, saving every ``save_every`` and at the end; with a dev
+        set, validating (and saving) every ``val_every`` steps, at the end and before a new run's first step."""
         cfg = self.cfg
         last = None
+        if cfg.val_every and self.step == 0:
+            last = self.validate_and_save()  # the untrained model: does training help at all?
         bar = tqdm(
             total=cfg.maxsteps,
             initial=self.step,
             desc="training",
             unit="step",
-            disable=not progress,
+            disable=not progress or not self.ctx.is_main,
             mininterval=0.1 if sys.stderr.isatty() else 30.0,
         )
         started, first = time.perf_counter(), self.step
@@ -169,16 +263,18 @@ class ColBERTTrainer:
             if self.step % cfg.log_every == 0 or self.step == cfg.maxsteps:
                 rate = (self.step - first) * cfg.bsize / (time.perf_counter() - started)
                 logger.info(
-                    "step %d/%d: loss %.4f (mean of last %d %.4f), lr %.3g, %.1f triples/s",
+                    "step %d/%d: loss %.4f (mean of last %d %.4f), lr %.3g (projection %.3g), %.1f rows/s",
                     self.step,
                     cfg.maxsteps,
                     loss,
                     len(self.losses),
                     sum(self.losses) / len(self.losses),
-                    self.scheduler.get_last_lr()[0],
+                    *self.scheduler.get_last_lr(),
                     rate,
                 )
-            if self.step % cfg.save_every == 0 or self.step == cfg.maxsteps:
+            if self._validation_due():
+                last = self.validate_and_save()
+            elif self._checkpoint_due():
                 last = self.save()
         bar.close()
         return last if last is not None else self.save()

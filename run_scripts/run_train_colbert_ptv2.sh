@@ -2,8 +2,9 @@
 # ColBERT v1's published MS MARCO passage recipe (--amp --doc_maxlen 180 --mask-punctuation
 # --bsize 32 --accum 1 --similarity l2, 200k steps) with a P-tuning v2 deep prefix, as in
 # PT-Retrieval: one 64-token prefix shared by queries and documents; lr 1e-2 as for the
-# prefix DPR recipe (ColBERT's fine-tuning default is 3e-6). bert-base-uncased, one CUDA GPU
-# (training is single-process), a network to fetch the model, and MS MARCO's
+# prefix DPR recipe (ColBERT's fine-tuning default is 3e-6; the projection trains at
+# --linear_lr, default 1e-4). bert-base-uncased, one CUDA GPU (or torchrun --nproc_per_node N
+# -m colbert.train ...: each GPU takes bsize/N), a network to fetch the model, and MS MARCO's
 # triples.train.small.tsv. The checkpoint stores the prefix length, so indexing and
 # retrieval need no prefix flags (a contradicting one is an error). Extra flags are passed on.
 set -euo pipefail

@@ -12,9 +12,10 @@ import torch
 from colbert.checkpoint import load_colbert, read_checkpoint_info, save_colbert
 from colbert.data import Triple
 from colbert.model import build_colbert
-from colbert.options import ColBERTConfig, ColBERTTrainConfig, colbert_config_from_args
+from colbert.options import ColBERTConfig, colbert_config_from_args
 from colbert.scoring import maxsim
 from colbert.tokenization import ColBERTTokenizer
+from colbert.train_options import ColBERTTrainConfig
 from colbert.training import ColBERTTrainer, batch_indices, batch_loss
 from dpr.configs import BackboneConfig, PrefixConfig, tuning_from_flat
 from dpr.data.readers import Passage
@@ -127,7 +128,8 @@ def test_training_lowers_the_loss_and_changes_only_prefix_and_projection(tiny_be
     model.eval()
     with torch.no_grad():
         loss_before = batch_loss(model, ct, data).item()
-    trainer = ColBERTTrainer(train_cfg(tmp_path), model, ct, data, torch.device("cpu"))
+    # A random tiny BERT's prefix alone learns slowly: the projection trains at the prefix's rate here.
+    trainer = ColBERTTrainer(train_cfg(tmp_path, linear_lr=1e-2), model, ct, data, torch.device("cpu"))
     trainer.run(progress=False)
     model.eval()
     with torch.no_grad():
@@ -242,3 +244,44 @@ def test_config_defaults_and_validation(tiny_bert_dir):
         ColBERTTrainConfig(triples="t.tsv", bsize=6, accum=4)
     with pytest.raises(ConfigError, match="exactly one"):
         ColBERTTrainConfig()
+
+
+def test_linear_lr_defaults_to_lr_capped_at_1e_4_and_is_stored_resolved():
+    assert ColBERTTrainConfig(triples="t.tsv", lr=1e-2).linear_lr == 1e-4  # prefix tuning: capped
+    assert ColBERTTrainConfig(triples="t.tsv", lr=3e-6).linear_lr == 3e-6  # fine-tuning: one rate
+    assert ColBERTTrainConfig(triples="t.tsv", lr=1e-2, linear_lr=5e-3).to_dict()["linear_lr"] == 5e-3
+    assert ColBERTTrainConfig(triples="t.tsv", lr=1e-2).to_dict()["linear_lr"] == 1e-4
+    with pytest.raises(ConfigError, match="--linear_lr"):
+        ColBERTTrainConfig(triples="t.tsv", linear_lr=0.0)
+
+
+def test_one_step_moves_the_projection_by_linear_lr_and_the_prefix_by_lr(tiny_bert_dir, tok, tmp_path):
+    model = make(tiny_bert_dir)
+    ct = ColBERTTokenizer.from_config(tok, model.config)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    cfg = train_cfg(tmp_path, lr=1e-2, linear_lr=1e-4, accum=1)
+    trainer = ColBERTTrainer(cfg, model, ct, triples(), torch.device("cpu"))
+    trainer.train_step()
+    moved = {n: (p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters() if p.requires_grad}
+    # Adam's first step moves every weight with a gradient by the learning rate (m / sqrt(v) = +-1).
+    assert moved["linear.weight"] == pytest.approx(1e-4, rel=1e-3)
+    assert moved["encoder.prefix.embedding.weight"] == pytest.approx(1e-2, rel=1e-3)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [1e-2, 1e-4]
+
+
+def test_an_optimizer_state_with_one_group_continues_with_the_moments_of_each_parameter(tiny_bert_dir, tok, tmp_path):
+    model = make(tiny_bert_dir)
+    ct = ColBERTTokenizer.from_config(tok, model.config)
+    trainer = ColBERTTrainer(train_cfg(tmp_path, accum=1), model, ct, triples(), torch.device("cpu"))
+    trainer.train_step()
+    # What a run saved before --linear_lr: the same moments, one group over model.parameters() order.
+    old = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for param in (p for p in model.parameters() if p.requires_grad):
+        old.state[param] = {k: v.clone() for k, v in trainer.optimizer.state[param].items()}
+    state = {"optimizer": old.state_dict(), "scheduler": trainer.scheduler.state_dict(), "scaler": None}
+    state["scheduler"]["base_lrs"] = [1e-2]
+    resumed = ColBERTTrainer(train_cfg(tmp_path, accum=1), model, ct, triples(), torch.device("cpu"), 1, state)
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [1e-2, 1e-4]
+    for param in (p for p in model.parameters() if p.requires_grad):
+        assert torch.equal(resumed.optimizer.state[param]["exp_avg"], trainer.optimizer.state[param]["exp_avg"])
+    resumed.train_step()  # the moved state steps
