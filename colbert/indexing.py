@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -135,16 +136,6 @@ def build_index(
             logger.info("shard %d: %d documents, %d token vectors", shard_id, len(pids), len(vectors))
         if not shards:
             raise DataFormatError("the collection holds no documents")
-        if isinstance(settings, PlaidSettings):
-            shard_files = [os.path.join(tmp, f"{shard['name']}.safetensors") for shard in shards]
-            counts = [shard["embeddings"] for shard in shards]
-            mode = {
-                "index_mode": "plaid",
-                "plaid": build_plaid(shard_files, counts, os.path.join(tmp, PLAID_FILE), settings),
-            }
-        else:
-            _build_faiss(tmp, shards, model.config.dim, settings).save(os.path.join(tmp, FAISS_FILE))
-            mode = {"index_mode": "faiss", "faiss": settings.to_dict()}
         meta = {
             "format": FORMAT,
             "version": VERSION,
@@ -154,12 +145,47 @@ def build_index(
             "num_embeddings": sum(s["embeddings"] for s in shards),
             "dim": model.config.dim,
             "shards": shards,
-            **mode,
         }
-        with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as handle:
-            json.dump(meta, handle, indent=2)
+        _finish(tmp, meta, settings)
     logger.info("index %s: %d documents, %d token vectors", index_dir, meta["num_docs"], meta["num_embeddings"])
     return meta
+
+
+def _finish(folder: str, meta: dict[str, Any], settings: FaissSettings | PlaidSettings) -> None:
+    """Build the candidate index over the fp16 shards in ``folder``, then write ``meta`` (with its mode) last."""
+    shards = meta["shards"]
+    if isinstance(settings, PlaidSettings):
+        shard_files = [os.path.join(folder, f"{shard['name']}.safetensors") for shard in shards]
+        counts = [shard["embeddings"] for shard in shards]
+        meta.update(
+            index_mode="plaid", plaid=build_plaid(shard_files, counts, os.path.join(folder, PLAID_FILE), settings)
+        )
+    else:
+        _build_faiss(folder, shards, meta["dim"], settings).save(os.path.join(folder, FAISS_FILE))
+        meta.update(index_mode="faiss", faiss=settings.to_dict())
+    with open(os.path.join(folder, META_FILE), "w", encoding="utf-8") as handle:
+        json.dump(meta, handle, indent=2)
+
+
+def reindex(source_dir: str, index_dir: str, settings: FaissSettings | PlaidSettings) -> dict[str, Any]:
+    """A new index over the fp16 token vectors of the index ``source_dir`` (copied, not re-encoded), with other
+    candidate settings: e.g. PLAID or compressed from a FAISS index. Returns the new meta."""
+    source = read_meta(source_dir)
+    meta = {key: value for key, value in source.items() if key not in ("index_mode", "faiss", "plaid")}
+    with atomic_directory(index_dir) as tmp:
+        for shard in source["shards"]:
+            arrays = load_file(os.path.join(source_dir, f"{shard['name']}.safetensors"))
+            if "embeddings" not in arrays:
+                raise ConfigError(f"{source_dir} stores compressed vectors; re-index from an fp16 index")
+            save_file(
+                {"embeddings": arrays["embeddings"], "doclens": arrays["doclens"]},
+                os.path.join(tmp, f"{shard['name']}.safetensors"),
+            )
+            shutil.copyfile(
+                os.path.join(source_dir, f"{shard['name']}.pids.json"), os.path.join(tmp, f"{shard['name']}.pids.json")
+            )
+        _finish(tmp, {**meta, "version": VERSION, "reindexed_from": os.path.abspath(source_dir)}, settings)
+    return read_meta(index_dir)
 
 
 def read_meta(index_dir: str) -> dict[str, Any]:

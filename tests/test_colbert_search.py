@@ -19,10 +19,11 @@ from colbert.compression import ResidualCodec, pack_buckets, unpack_buckets
 from colbert.data import iter_collection
 from colbert.encoding import encode_queries
 from colbert.faiss_index import FaissSettings
-from colbert.indexing import build_index, index_bytes, load_index
+from colbert.indexing import build_index, index_bytes, load_index, reindex
 from colbert.plaid import PlaidIndex, PlaidSettings, assign_centroids, build_ivf, default_ncentroids, train_centroids
 from colbert.retrieval import brute_force, centroid_interaction, plaid_search
 from dpr.cli import run_cli
+from dpr.configs import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: these tiny models run on one thread
 
@@ -197,3 +198,15 @@ def test_a_version_2_index_still_loads_as_a_faiss_index(indexes, tmp_path):
     (old / "meta.json").write_text(json.dumps({**meta, "version": 2}))  # what version 2 wrote
     meta, store, token_index = load_index(str(old))
     assert token_index is not None and token_index.ntotal == store.num_tokens and store.codes is None
+
+
+def test_reindex_builds_plaid_over_a_faiss_index_without_re_encoding(indexes, tmp_path):
+    meta = reindex(str(indexes / "faiss"), str(tmp_path / "again"), PlaidSettings(ncentroids=8, niters=5))
+    assert (
+        meta["index_mode"] == "plaid" and meta["model_digest"] == load_index(str(indexes / "plaid"))[0]["model_digest"]
+    )
+    _, again, _ = load_index(str(tmp_path / "again"))
+    _, direct, _ = load_index(str(indexes / "plaid"))
+    assert torch.equal(again.embeddings, direct.embeddings) and torch.equal(again.codes, direct.codes)
+    with pytest.raises(ConfigError, match="compressed vectors"):
+        reindex(str(indexes / "residual"), str(tmp_path / "no"), PlaidSettings(ncentroids=8))
