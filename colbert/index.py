@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pq_nbits", type=int, default=8, help="bits per PQ code")
     p = parser.add_argument_group("PLAID (--index_mode plaid)")
     p.add_argument("--ncentroids", type=int, default=0, help="k-means centroids (0 = from the number of tokens)")
-    p.add_argument("--kmeans_niters", type=int, default=20, help="k-means iterations")
+    p.add_argument("--kmeans_niters", type=int, default=4, help="k-means iterations (ColBERTv2's 4)")
     p.add_argument(
         "--kmeans_points_per_centroid", type=int, default=64, help="k-means trains on this many tokens a centroid"
     )

@@ -151,15 +151,19 @@ def build_index(
     return meta
 
 
-def _finish(folder: str, meta: dict[str, Any], settings: FaissSettings | PlaidSettings) -> None:
+def _finish(
+    folder: str,
+    meta: dict[str, Any],
+    settings: FaissSettings | PlaidSettings,
+    centroids: torch.Tensor | None = None,
+) -> None:
     """Build the candidate index over the fp16 shards in ``folder``, then write ``meta`` (with its mode) last."""
     shards = meta["shards"]
     if isinstance(settings, PlaidSettings):
         shard_files = [os.path.join(folder, f"{shard['name']}.safetensors") for shard in shards]
         counts = [shard["embeddings"] for shard in shards]
-        meta.update(
-            index_mode="plaid", plaid=build_plaid(shard_files, counts, os.path.join(folder, PLAID_FILE), settings)
-        )
+        plaid_file = os.path.join(folder, PLAID_FILE)
+        meta.update(index_mode="plaid", plaid=build_plaid(shard_files, counts, plaid_file, settings, centroids))
     else:
         _build_faiss(folder, shards, meta["dim"], settings).save(os.path.join(folder, FAISS_FILE))
         meta.update(index_mode="faiss", faiss=settings.to_dict())
@@ -169,8 +173,13 @@ def _finish(folder: str, meta: dict[str, Any], settings: FaissSettings | PlaidSe
 
 def reindex(source_dir: str, index_dir: str, settings: FaissSettings | PlaidSettings) -> dict[str, Any]:
     """A new index over the fp16 token vectors of the index ``source_dir`` (copied, not re-encoded), with other
-    candidate settings: e.g. PLAID or compressed from a FAISS index. Returns the new meta."""
+    candidate settings: e.g. PLAID or compressed from a FAISS index. A PLAID source whose k-means settings
+    match lends its centroids (no k-means again). Returns the new meta."""
     source = read_meta(source_dir)
+    centroids = None
+    if isinstance(settings, PlaidSettings) and index_mode(source) == "plaid" and settings.same_kmeans(source["plaid"]):
+        centroids = load_plaid(source_dir, source)[0].centroids
+        logger.info("reusing the %d centroids of %s", len(centroids), source_dir)
     meta = {key: value for key, value in source.items() if key not in ("index_mode", "faiss", "plaid")}
     with atomic_directory(index_dir) as tmp:
         for shard in source["shards"]:
@@ -184,7 +193,7 @@ def reindex(source_dir: str, index_dir: str, settings: FaissSettings | PlaidSett
             shutil.copyfile(
                 os.path.join(source_dir, f"{shard['name']}.pids.json"), os.path.join(tmp, f"{shard['name']}.pids.json")
             )
-        _finish(tmp, {**meta, "version": VERSION, "reindexed_from": os.path.abspath(source_dir)}, settings)
+        _finish(tmp, {**meta, "version": VERSION, "reindexed_from": os.path.abspath(source_dir)}, settings, centroids)
     return read_meta(index_dir)
 
 

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 PLAID_FILE = "plaid.safetensors"
 COMPRESSIONS = ("none", "residual")
+KMEANS_FIELDS = ("ncentroids", "points_per_centroid", "niters", "seed")
 ASSIGN_ELEMENTS = 1 << 25  # (tokens, centroids) scores per assignment block: ~128 MB of float32
 
 
@@ -42,7 +43,7 @@ class PlaidSettings:
 
     ncentroids: int = 0
     points_per_centroid: int = 64
-    niters: int = 20
+    niters: int = 4  # ColBERTv2's default
     compression: str = "none"
     nbits: int = 2
     seed: int = 0
@@ -61,6 +62,11 @@ class PlaidSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def same_kmeans(self, stored: dict[str, Any]) -> bool:
+        """Whether an index's stored settings would train the very centroids these train (the codec aside)."""
+        mine = {k: v for k, v in self.to_dict().items() if k in KMEANS_FIELDS and (k != "ncentroids" or v)}
+        return all(stored.get(k) == v for k, v in mine.items())
 
 
 def default_ncentroids(n_tokens: int) -> int:
@@ -134,19 +140,25 @@ def _sample(shard_files: Sequence[str], counts: Sequence[int], take: int, seed: 
 
 
 def build_plaid(
-    shard_files: Sequence[str], counts: Sequence[int], plaid_file: str, settings: PlaidSettings
+    shard_files: Sequence[str],
+    counts: Sequence[int],
+    plaid_file: str,
+    settings: PlaidSettings,
+    centroids: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Train centroids (and the codec) on a sample of the fp16 shards, add each token's code to its shard
-    (replacing its vectors by packed residuals when compressed), write ``plaid_file``; returns meta."""
+    """Train centroids (unless given: ``(C, dim)`` float32) and the codec on a sample of the fp16 shards, add
+    each token's code to its shard (replacing its vectors by packed residuals when compressed), write
+    ``plaid_file``; returns meta."""
     total = sum(counts)
-    k = settings.ncentroids or default_ncentroids(total)
+    k = len(centroids) if centroids is not None else settings.ncentroids or default_ncentroids(total)
     if k > total:
         raise ConfigError(f"--ncentroids {k} is more than the {total} token vectors of the collection")
     sample = _sample(shard_files, counts, min(total, settings.points_per_centroid * k), settings.seed)
-    logger.info(
-        "k-means: %d centroids on %d of %d token vectors, %d iterations", k, len(sample), total, settings.niters
-    )
-    centroids = train_centroids(sample, k, settings.niters, settings.seed)  # (k, dim)
+    if centroids is None:
+        logger.info(
+            "k-means: %d centroids on %d of %d token vectors, %d iterations", k, len(sample), total, settings.niters
+        )
+        centroids = train_centroids(sample, k, settings.niters, settings.seed)  # (k, dim)
     codec = None
     if settings.compression == "residual":
         codec = ResidualCodec.train(centroids, sample, assign_centroids(sample, centroids), settings.nbits)

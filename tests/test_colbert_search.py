@@ -208,5 +208,12 @@ def test_reindex_builds_plaid_over_a_faiss_index_without_re_encoding(indexes, tm
     _, again, _ = load_index(str(tmp_path / "again"))
     _, direct, _ = load_index(str(indexes / "plaid"))
     assert torch.equal(again.embeddings, direct.embeddings) and torch.equal(again.codes, direct.codes)
+    # from a PLAID index with the same k-means settings: its centroids, no k-means
+    settings = PlaidSettings(ncentroids=8, niters=5, compression="residual")
+    reindex(str(indexes / "plaid"), str(tmp_path / "lent"), settings)
+    _, lent, plaid = load_index(str(tmp_path / "lent"))
+    _, direct, direct_plaid = load_index(str(indexes / "residual"))
+    assert torch.equal(plaid.centroids, direct_plaid.centroids) and torch.equal(lent.embeddings, direct.embeddings)
+    assert not settings.same_kmeans({**settings.to_dict(), "niters": 4})
     with pytest.raises(ConfigError, match="compressed vectors"):
         reindex(str(indexes / "residual"), str(tmp_path / "no"), PlaidSettings(ncentroids=8))
