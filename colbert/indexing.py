@@ -276,15 +276,19 @@ class DocStore:
     def num_tokens(self) -> int:
         return int(self.embeddings.shape[0])
 
+    def tokens(self, rows: np.ndarray) -> slice | torch.Tensor:
+        """Positions of the tokens of the documents ``rows`` ``(n,)``: a slice for a contiguous run, else ``(t,)``."""
+        lens = self.doclens[rows]  # (n,)
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and bool(np.all(np.diff(rows) == 1)):
+            start = int(self.offsets[rows[0]])
+            return slice(start, start + int(lens.sum()))
+        starts = np.repeat(self.offsets[rows] - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
+        return torch.from_numpy(starts + np.arange(int(lens.sum())))
+
     def packed(self, rows: np.ndarray, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """The documents at ``rows`` packed: ``(sum(doclens[rows]), dim)`` float32 vectors and ``(n,)`` doclens."""
         lens = self.doclens[rows]  # (n,)
-        if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and bool(np.all(np.diff(rows) == 1)):
-            start = int(self.offsets[rows[0]])  # a contiguous run: slice
-            tokens: slice | torch.Tensor = slice(start, start + int(lens.sum()))
-        else:
-            starts = np.repeat(self.offsets[rows] - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
-            tokens = torch.from_numpy(starts + np.arange(int(lens.sum())))
+        tokens = self.tokens(rows)
         vectors = self.embeddings[tokens]
         if self.codec is not None:
             assert self.codes is not None

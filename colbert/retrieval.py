@@ -128,6 +128,15 @@ def centroid_interaction(scores: torch.Tensor, plaid: PlaidIndex, rows: np.ndarr
     return best.sum(dim=1)  # (n,)
 
 
+def full_centroid_interaction(scores: torch.Tensor, store: DocStore, rows: np.ndarray) -> torch.Tensor:
+    """PLAID's unpruned centroid interaction: MaxSim with every token of the documents ``rows`` ``(n,)``
+    replaced by its centroid; ``scores`` ``(Lq, C)`` -> ``(n,)``."""
+    assert store.codes is not None
+    values = scores.T[store.codes[store.tokens(rows)].long()]  # (t, Lq)
+    lens = torch.from_numpy(store.doclens[rows])  # (n,)
+    return torch.segment_reduce(values, "max", lengths=lens, axis=0).sum(dim=1)  # (n,)
+
+
 def plaid_search(
     q: torch.Tensor,
     qids: Sequence[str],
@@ -143,8 +152,9 @@ def plaid_search(
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> Ranking:
-    """PLAID: every query token's ``ncells`` nearest centroids give the candidate documents; centroid
-    interaction keeps the best ``ndocs``; those are scored with exact MaxSim and the best ``depth`` kept.
+    """PLAID: every query token's ``ncells`` nearest centroids give the candidate documents; pruned centroid
+    interaction keeps the best ``ndocs``, full centroid interaction the best ``max(ndocs // 4, depth)`` of
+    those (PLAID's stages 2 and 3); these are scored with exact MaxSim and the best ``depth`` kept.
 
     Centroid scores are inner products under both similarities (the vectors are unit vectors).
     """
@@ -159,6 +169,9 @@ def plaid_search(
             if len(rows) > ndocs:
                 approx = centroid_interaction(scores, plaid, rows, centroid_score_threshold)  # (n,)
                 rows = np.sort(rows[approx.topk(ndocs).indices.numpy()])  # (ndocs,)
+            if len(rows) > max(ndocs // 4, depth):
+                approx = full_centroid_interaction(scores, store, rows)  # (n,)
+                rows = np.sort(rows[approx.topk(max(ndocs // 4, depth)).indices.numpy()])  # (ndocs / 4,)
             exact = score_documents(batch[offset : offset + 1], store, rows, similarity, device)[0]  # (n,)
             ranking[qids[start + offset]] = _ranked(exact, rows, store, depth)
     return ranking

@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--ndocs",
         type=int,
-        help=f"PLAID: candidates scored exactly, after centroid interaction ({PLAID_DEFAULTS['ndocs']})",
+        help=f"PLAID: candidates kept by centroid interaction ({PLAID_DEFAULTS['ndocs']}); "
+        "the best max(ndocs / 4, --depth) of them are scored exactly",
     )
     r.add_argument("--depth", type=int, default=1000, help="documents ranked per query")
     r.add_argument("--bsize", type=int, default=128, help="queries (or documents) per encoder batch")

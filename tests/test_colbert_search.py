@@ -21,7 +21,7 @@ from colbert.encoding import encode_queries
 from colbert.faiss_index import FaissSettings
 from colbert.indexing import build_index, index_bytes, load_index, reindex
 from colbert.plaid import PlaidIndex, PlaidSettings, assign_centroids, build_ivf, default_ncentroids, train_centroids
-from colbert.retrieval import brute_force, centroid_interaction, plaid_search
+from colbert.retrieval import brute_force, centroid_interaction, full_centroid_interaction, plaid_search
 from dpr.cli import run_cli
 from dpr.configs import ConfigError
 
@@ -170,13 +170,14 @@ def test_cli_plaid_compressed_index_and_retrieve(data_files, tiny_bert_dir, tmp_
     assert colbert_index.main(["--checkpoint", ckpt, *_index_args(data_files, tmp_path), *plaid_flags]) == 0
     assert "PLAID 8 centroids, 2-bit residuals" in capsys.readouterr().out
     common = _query_args(data_files, tmp_path, "--qrels", str(data_files / "qrels.tsv"), "--depth", "5")
-    exhaustive = ["--ncells", "8", "--centroid_score_threshold", "-10", "--ndocs", "12"]
+    # every centroid, no pruning, and ndocs / 4 >= the 12 documents: nothing is left out before exact MaxSim
+    exhaustive = ["--ncells", "8", "--centroid_score_threshold", "-10", "--ndocs", "48"]
     assert colbert_retrieve.main([*common, *exhaustive, "--output_dir", str(tmp_path / "plaid")]) == 0
     assert colbert_retrieve.main([*common, "--brute_force", "--output_dir", str(tmp_path / "bf")]) == 0
     plaid = (tmp_path / "plaid" / "ranking.tsv").read_text().splitlines()
     assert len(plaid) == 4 * 5 and plaid == (tmp_path / "bf" / "ranking.tsv").read_text().splitlines()
     record = json.loads((tmp_path / "plaid" / "metrics.json").read_text())
-    assert record["mode"] == "plaid" and record["ndocs"] == 12 and "nDCG@10" in record["metrics"]
+    assert record["mode"] == "plaid" and record["ndocs"] == 48 and "nDCG@10" in record["metrics"]
     assert colbert_retrieve.main([*common, "--output_dir", str(tmp_path / "defaults")]) == 0  # PLAID's defaults
     # PLAID flags on brute force, and compression without PLAID, are refused
     assert run_cli(colbert_retrieve.main, [*common, "--brute_force", "--ndocs", "4", "--output_dir", "x"]) == 2
@@ -217,3 +218,16 @@ def test_reindex_builds_plaid_over_a_faiss_index_without_re_encoding(indexes, tm
     assert not settings.same_kmeans({**settings.to_dict(), "niters": 4})
     with pytest.raises(ConfigError, match="compressed vectors"):
         reindex(str(indexes / "residual"), str(tmp_path / "no"), PlaidSettings(ncentroids=8))
+
+
+def test_full_centroid_interaction_is_maxsim_over_the_tokens_centroids(indexes):
+    _, store, plaid = load_index(str(indexes / "plaid"))
+    scores = torch.rand(5, plaid.ncentroids)  # (Lq, C), positive: the pruned form's floor of 0 never bites
+    rows = np.array([0, 3, 4, 9])
+    full = full_centroid_interaction(scores, store, rows)
+    by_hand = [
+        scores[:, store.codes[store.offsets[r] : store.offsets[r] + store.doclens[r]].long()].amax(1).sum()
+        for r in rows
+    ]
+    assert torch.allclose(full, torch.stack(by_hand))
+    assert torch.allclose(full, centroid_interaction(scores, plaid, rows, threshold=-np.inf))
