@@ -121,6 +121,15 @@ def _plaid_flags(args: argparse.Namespace, meta: dict[str, Any] | None) -> dict[
     }
 
 
+def _mode(args: argparse.Namespace, meta: dict[str, Any] | None) -> str:
+    """ "rerank", "brute_force", "plaid" (end to end over a PLAID index) or "end_to_end" (over FAISS)."""
+    if args.topk:
+        return "rerank"
+    if args.brute_force:
+        return "brute_force"
+    return "plaid" if meta is not None and index_mode(meta) == "plaid" else "end_to_end"
+
+
 def _queries(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, dict[str, int]] | None]:
     queries = read_queries(args.queries)
     if not args.qrels:
@@ -205,7 +214,7 @@ def _search(args: argparse.Namespace, index_dir: str | None, queries: dict[str, 
     elif args.brute_force:
         store = load_index(index_dir, False, dtype)[1]
         ranking = brute_force(q, qids, store, args.depth, similarity, device=device, progress=args.progress)
-    elif index_mode(meta) == "plaid":
+    elif _mode(args, meta) == "plaid":
         _, store, plaid = load_index(index_dir, True, dtype)
         assert isinstance(plaid, PlaidIndex)
         ranking = plaid_search(
@@ -259,15 +268,13 @@ def main(argv: list[str] | None = None) -> int:
         {qid: dict(rows) for qid, rows in ranking.items()}, os.path.join(args.output_dir, "ranking.trec"), tag="colbert"
     )
     meta = read_meta(index_dir) if index_dir else None
-    plaid = meta is not None and index_mode(meta) == "plaid" and not (args.brute_force or args.topk)
+    mode = _mode(args, meta)
     record: dict[str, Any] = {
         "queries": len(ranking),
-        "mode": "rerank"
-        if args.topk
-        else ("brute_force" if args.brute_force else ("plaid" if plaid else "end_to_end")),
+        "mode": mode,
         "index": index_dir,
         "depth": args.depth,
-        **(_plaid_flags(args, meta) if plaid else {"faiss_depth": args.faiss_depth, "nprobe": args.nprobe}),
+        **(_plaid_flags(args, meta) if mode == "plaid" else {"faiss_depth": args.faiss_depth, "nprobe": args.nprobe}),
     }
     if qrels is not None:
         record["metrics"] = _evaluate(args, ranking, qrels)
