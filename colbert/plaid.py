@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
-from colbert.compression import ResidualCodec, check_nbits
+from colbert.compression import NBITS, ResidualCodec
 from dpr.configs import ConfigError
 from dpr.data.readers import DataFormatError
 
@@ -58,7 +58,8 @@ class PlaidSettings:
             )
         if self.compression not in COMPRESSIONS:
             raise ConfigError(f"--compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
-        check_nbits(self.nbits, 8)
+        if self.nbits not in NBITS:
+            raise ConfigError(f"--nbits must be one of {NBITS}, got {self.nbits}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -231,3 +231,10 @@ def test_full_centroid_interaction_is_maxsim_over_the_tokens_centroids(indexes):
     ]
     assert torch.allclose(full, torch.stack(by_hand))
     assert torch.allclose(full, centroid_interaction(scores, plaid, rows, threshold=-np.inf))
+
+
+def test_bad_compression_settings_are_refused():
+    with pytest.raises(ConfigError, match="--nbits must be one of"):
+        PlaidSettings(compression="residual", nbits=3)
+    with pytest.raises(ConfigError, match="multiple of 8; dim is 3"):
+        ResidualCodec.train(torch.eye(3), np.eye(3, dtype=np.float32), np.arange(3), nbits=1)
