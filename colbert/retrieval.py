@@ -1,7 +1,9 @@
-"""Search: end-to-end (FAISS candidates, then exact MaxSim), exact brute force, and re-ranking a run.
+"""Search: end-to-end (FAISS candidates, then exact MaxSim), PLAID (centroid candidates, centroid
+interaction, then exact MaxSim), exact brute force, and re-ranking a run.
 
-All three score documents with the same exact MaxSim over the stored token vectors, so with a
-``faiss_depth`` that reaches every token, end-to-end retrieval returns the brute-force ranking.
+All score documents with the same exact MaxSim over the stored token vectors (decoded, for a compressed
+index), so with a ``faiss_depth`` that reaches every token, end-to-end retrieval returns the brute-force
+ranking, and so does PLAID with ``ncells`` = every centroid, no pruning and ``ndocs`` = every document.
 Rankings are ``qid -> [(pid, score)]``, best first; ties go to the smaller pid string.
 """
 
@@ -16,6 +18,7 @@ from tqdm import tqdm
 
 from colbert.faiss_index import TokenIndex
 from colbert.indexing import DocStore
+from colbert.plaid import PlaidIndex, csr_gather
 from colbert.scoring import maxsim_packed
 from dpr.data.readers import DataFormatError
 
@@ -97,6 +100,80 @@ def end_to_end(
         rows = np.unique(store.emb2doc[labels[labels >= 0]])  # (n,) sorted
         scores = score_documents(q[i : i + 1], store, rows, similarity, device)[0]  # (n,)
         ranking[qids[i]] = _ranked(scores, rows, store, depth)
+    return ranking
+
+
+def centroid_candidates(scores: torch.Tensor, plaid: PlaidIndex, ncells: int) -> np.ndarray:
+    """Documents in the ``ncells`` best centroids of each query token: ``(Lq, C)`` scores -> sorted rows ``(n,)``."""
+    cells = np.unique(scores.topk(min(ncells, plaid.ncentroids), dim=1).indices.numpy())  # (m,)
+    return np.unique(csr_gather(plaid.ivf_offsets, plaid.ivf_docs, cells)[0])
+
+
+def centroid_interaction(scores: torch.Tensor, plaid: PlaidIndex, rows: np.ndarray, threshold: float) -> torch.Tensor:
+    """PLAID's approximate MaxSim of one query with the documents ``rows`` ``(n,)`` (sorted): each document
+    token stands for its centroid, and centroids no query token scores ``>= threshold`` are dropped
+    (a query token left with no centroid of the document adds 0). ``scores`` ``(Lq, C)`` -> ``(n,)``.
+
+    Walks the inverted lists of the kept centroids, not the documents' tokens: the work is the kept
+    (centroid, document) pairs only.
+    """
+    kept = torch.nonzero(scores.amax(dim=0) >= threshold).squeeze(1).numpy()  # (k,)
+    docs, which = csr_gather(plaid.ivf_offsets, plaid.ivf_docs, kept)  # (P,), (P,)
+    position = np.minimum(np.searchsorted(rows, docs), len(rows) - 1)  # (P,)
+    hit = rows[position] == docs  # (P,) pairs of a candidate document
+    values = scores.T[torch.from_numpy(kept[which[hit]])]  # (P', Lq)
+    best = torch.zeros(len(rows), scores.shape[0])  # (n, Lq): 0 for a query token that meets no kept centroid
+    index = torch.from_numpy(position[hit]).unsqueeze(1).expand(-1, scores.shape[0])  # (P', Lq)
+    best.scatter_reduce_(0, index, values, "amax", include_self=True)
+    return best.sum(dim=1)  # (n,)
+
+
+def full_centroid_interaction(scores: torch.Tensor, store: DocStore, rows: np.ndarray) -> torch.Tensor:
+    """PLAID's unpruned centroid interaction: MaxSim with every token of the documents ``rows`` ``(n,)``
+    replaced by its centroid; ``scores`` ``(Lq, C)`` -> ``(n,)``."""
+    assert store.codes is not None
+    values = scores.T[store.codes[store.tokens(rows)].long()]  # (t, Lq)
+    lens = torch.from_numpy(store.doclens[rows])  # (n,)
+    return torch.segment_reduce(values, "max", lengths=lens, axis=0).sum(dim=1)  # (n,)
+
+
+def plaid_search(
+    q: torch.Tensor,
+    qids: Sequence[str],
+    store: DocStore,
+    plaid: PlaidIndex,
+    *,
+    depth: int,
+    ncells: int,
+    centroid_score_threshold: float,
+    ndocs: int,
+    similarity: str,
+    query_batch: int = 64,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> Ranking:
+    """PLAID: every query token's ``ncells`` nearest centroids give the candidate documents; pruned centroid
+    interaction keeps the best ``ndocs``, full centroid interaction the best ``max(ndocs // 4, depth)`` of
+    those (PLAID's stages 2 and 3); these are scored with exact MaxSim and the best ``depth`` kept.
+
+    Centroid scores are inner products under both similarities (the vectors are unit vectors).
+    """
+    if ncells < 1 or ndocs < 1:
+        raise ValueError(f"ncells and ndocs must be >= 1, found {ncells} and {ndocs}")
+    ranking: Ranking = {}
+    for start in tqdm(range(0, len(qids), query_batch), desc="PLAID retrieval", disable=not progress):
+        batch = q[start : start + query_batch].float()  # (b, Lq, dim)
+        all_scores = batch @ plaid.centroids.T  # (b, Lq, C)
+        for offset, scores in enumerate(all_scores):
+            rows = centroid_candidates(scores, plaid, ncells)  # (n,)
+            if len(rows) > ndocs:
+                approx = centroid_interaction(scores, plaid, rows, centroid_score_threshold)  # (n,)
+                rows = np.sort(rows[approx.topk(ndocs).indices.numpy()])  # (ndocs,)
+            if len(rows) > max(ndocs // 4, depth):
+                approx = full_centroid_interaction(scores, store, rows)  # (n,)
+                rows = np.sort(rows[approx.topk(max(ndocs // 4, depth)).indices.numpy()])  # (ndocs / 4,)
+            exact = score_documents(batch[offset : offset + 1], store, rows, similarity, device)[0]  # (n,)
+            ranking[qids[start + offset]] = _ranked(exact, rows, store, depth)
     return ranking
 
 

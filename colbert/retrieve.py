@@ -3,6 +3,7 @@
   python -m colbert.retrieve --index_root indexes --index_name scifact --queries Q --qrels QRELS --output_dir OUT
 
   end to end:   --index_root R --index_name N --queries Q [--nprobe 10 --faiss_depth 1024] --depth 1000
+                (a --index_mode plaid index: [--ncells 2 --centroid_score_threshold 0.45 --ndocs 256])
   brute force:  --index_root R --index_name N --queries Q --brute_force     (exact MaxSim, small corpora)
   re-rank:      --topk RUN --queries Q  (--index_root R --index_name N, or --checkpoint C --collection F)
 
@@ -27,10 +28,11 @@ import torch
 from colbert.checkpoint import load_colbert
 from colbert.data import read_collection, read_queries
 from colbert.encoding import encode_documents, encode_queries
-from colbert.indexing import DocStore, check_model, load_index, read_meta
+from colbert.indexing import DocStore, check_model, index_mode, load_index, read_meta
 from colbert.model import ColBERT
 from colbert.options import add_colbert_model_params, colbert_overrides_from_args
-from colbert.retrieval import Ranking, brute_force, end_to_end, rerank
+from colbert.plaid import PlaidIndex
+from colbert.retrieval import Ranking, brute_force, end_to_end, plaid_search, rerank
 from colbert.runs import read_qrels, read_topk, write_ranking_tsv
 from colbert.tokenization import ColBERTTokenizer
 from dpr.atomic import atomic_file
@@ -44,6 +46,8 @@ from dpr.options import ConfigError
 logger = logging.getLogger("colbert.retrieve")  # not __name__: under `python -m` that is "__main__"
 
 REPORTED = ("MRR@10", "R@50", "R@200", "R@1000", "nDCG@10")
+# PLAID's defaults (its settings for k = 10 to 100); a PLAID index ranks at most --ndocs documents a query.
+PLAID_DEFAULTS = {"ncells": 2, "centroid_score_threshold": 0.45, "ndocs": 256}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--brute_force", action="store_true", help="exact MaxSim against every document")
     r.add_argument("--nprobe", type=int, default=10, help="IVF cells visited per query token")
     r.add_argument("--faiss_depth", type=int, default=1024, help="nearest document tokens per query token")
+    r.add_argument("--ncells", type=int, help=f"PLAID: centroids a query token visits ({PLAID_DEFAULTS['ncells']})")
+    r.add_argument(
+        "--centroid_score_threshold",
+        type=float,
+        help=f"PLAID: centroids below this score are dropped ({PLAID_DEFAULTS['centroid_score_threshold']})",
+    )
+    r.add_argument(
+        "--ndocs",
+        type=int,
+        help=f"PLAID: candidates kept by centroid interaction ({PLAID_DEFAULTS['ndocs']}); "
+        "the best max(ndocs / 4, --depth) of them are scored exactly",
+    )
     r.add_argument("--depth", type=int, default=1000, help="documents ranked per query")
     r.add_argument("--bsize", type=int, default=128, help="queries (or documents) per encoder batch")
     r.add_argument(
@@ -77,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_args(args: argparse.Namespace) -> str | None:
     """The index folder (or None), after checking that the flags make one mode."""
-    for name in ("nprobe", "faiss_depth", "depth", "bsize"):
-        if getattr(args, name) < 1:
+    for name in ("nprobe", "faiss_depth", "depth", "bsize", "ncells", "ndocs"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if bool(args.index_root) != bool(args.index_name):
         raise ConfigError("pass both --index_root and --index_name, or neither")
@@ -90,6 +106,28 @@ def _check_args(args: argparse.Namespace) -> str | None:
     if args.brute_force and args.topk:
         raise ConfigError("--brute_force and --topk are two different modes; pass one")
     return index_dir
+
+
+def _plaid_flags(args: argparse.Namespace, meta: dict[str, Any] | None) -> dict[str, Any]:
+    """PLAID's search settings (flags over defaults); refused for an index without centroids."""
+    given = {name for name in PLAID_DEFAULTS if getattr(args, name) is not None}
+    if given and (meta is None or index_mode(meta) != "plaid" or args.brute_force or args.topk):
+        raise ConfigError(
+            f"--{', --'.join(sorted(given))}: PLAID settings, for end-to-end search of a --index_mode plaid index"
+        )
+    return {
+        name: default if getattr(args, name) is None else getattr(args, name)
+        for name, default in PLAID_DEFAULTS.items()
+    }
+
+
+def _mode(args: argparse.Namespace, meta: dict[str, Any] | None) -> str:
+    """ "rerank", "brute_force", "plaid" (end to end over a PLAID index) or "end_to_end" (over FAISS)."""
+    if args.topk:
+        return "rerank"
+    if args.brute_force:
+        return "brute_force"
+    return "plaid" if meta is not None and index_mode(meta) == "plaid" else "end_to_end"
 
 
 def _queries(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, dict[str, int]] | None]:
@@ -144,6 +182,7 @@ def _store_for_rerank(
 
 def _search(args: argparse.Namespace, index_dir: str | None, queries: dict[str, str]) -> Ranking:
     meta = read_meta(index_dir) if index_dir else None
+    _plaid_flags(args, meta)  # refuse misplaced PLAID flags before loading anything
     model = _model(args, meta, index_dir)
     backbone = model.config.backbone
     tokenizer = ColBERTTokenizer.from_config(
@@ -175,6 +214,20 @@ def _search(args: argparse.Namespace, index_dir: str | None, queries: dict[str, 
     elif args.brute_force:
         store = load_index(index_dir, False, dtype)[1]
         ranking = brute_force(q, qids, store, args.depth, similarity, device=device, progress=args.progress)
+    elif _mode(args, meta) == "plaid":
+        _, store, plaid = load_index(index_dir, True, dtype)
+        assert isinstance(plaid, PlaidIndex)
+        ranking = plaid_search(
+            q,
+            qids,
+            store,
+            plaid,
+            depth=args.depth,
+            similarity=similarity,
+            device=device,
+            progress=args.progress,
+            **_plaid_flags(args, meta),
+        )
     else:
         _, store, token_index = load_index(index_dir, True, dtype)
         ranking = end_to_end(
@@ -214,13 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     write_trec_run(
         {qid: dict(rows) for qid, rows in ranking.items()}, os.path.join(args.output_dir, "ranking.trec"), tag="colbert"
     )
+    meta = read_meta(index_dir) if index_dir else None
+    mode = _mode(args, meta)
     record: dict[str, Any] = {
         "queries": len(ranking),
-        "mode": "rerank" if args.topk else ("brute_force" if args.brute_force else "end_to_end"),
+        "mode": mode,
         "index": index_dir,
         "depth": args.depth,
-        "faiss_depth": args.faiss_depth,
-        "nprobe": args.nprobe,
+        **(_plaid_flags(args, meta) if mode == "plaid" else {"faiss_depth": args.faiss_depth, "nprobe": args.nprobe}),
     }
     if qrels is not None:
         record["metrics"] = _evaluate(args, ranking, qrels)
