@@ -370,14 +370,16 @@ def read_triples(path: str, queries_path: str | None = None, collection_path: st
     return triples
 
 
-def triples_from_dpr(samples: Sequence[BiEncoderSample], hard_negatives: int = 1) -> tuple[list[Triple], int]:
-    """Triples (question, first positive, negative) from DPR samples; returns ``(triples, skipped)``.
+def dpr_rows(
+    samples: Sequence[BiEncoderSample], hard_negatives: int
+) -> tuple[list[tuple[str, Passage, tuple[Passage, ...]]], int]:
+    """``(question, first positive, its first hard_negatives negatives)`` of DPR samples, and the count skipped.
 
-    Each question gives one triple per hard negative, up to ``hard_negatives`` (BM25 hits without the
-    answer); questions without hard negatives use their random ``negative_ctxs``; questions with no
-    negative at all are skipped and counted. Empty passages are errors.
+    The negatives are the hard negatives (BM25 or mined hits without the answer), else the random
+    ``negative_ctxs``; questions with no positive or no negative at all are skipped and counted. Empty
+    passages are errors.
     """
-    triples: list[Triple] = []
+    rows = []
     skipped = 0
     for number, sample in enumerate(samples, start=1):
         negatives = (sample.hard_negative_passages or sample.negative_passages)[:hard_negatives]
@@ -386,9 +388,17 @@ def triples_from_dpr(samples: Sequence[BiEncoderSample], hard_negatives: int = 1
             continue
         where = f"DPR sample {number} ({sample.question[:40]!r})"
         positive = check_doc(sample.positive_passages[0], f"{where}, positive")
-        for negative in negatives:
-            triples.append(Triple(sample.question, positive, check_doc(negative, f"{where}, negative")))
-    return triples, skipped
+        rows.append((sample.question, positive, tuple(check_doc(n, f"{where}, negative") for n in negatives)))
+    return rows, skipped
+
+
+def triples_from_dpr(samples: Sequence[BiEncoderSample], hard_negatives: int = 1) -> tuple[list[Triple], int]:
+    """Triples (question, first positive, negative) from DPR samples, one per negative of :func:`dpr_rows`;
+    returns ``(triples, skipped)``."""
+    rows, skipped = dpr_rows(samples, hard_negatives)
+    return [
+        Triple(question, positive, negative) for question, positive, negatives in rows for negative in negatives
+    ], skipped
 
 
 def _tsv_safe(text: str) -> str:

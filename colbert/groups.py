@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from colbert.data import Triple, check_doc
+from colbert.data import Triple, dpr_rows
 from dpr.data.readers import BiEncoderSample, Passage
 
 logger = logging.getLogger(__name__)
@@ -40,20 +40,8 @@ Row = Triple | Group
 
 
 def groups_from_dpr(samples: Sequence[BiEncoderSample], hard_negatives: int) -> tuple[list[Group], int]:
-    """One group a DPR question: (question, first positive, its first ``hard_negatives`` hard negatives).
-
-    The negatives are chosen as ``colbert.data.triples_from_dpr`` chooses them (hard negatives, else the
-    random ``negative_ctxs``), so a question may have fewer than ``hard_negatives``. Questions with no
-    positive or no negative are skipped; returns ``(groups, skipped)``.
-    """
-    groups: list[Group] = []
-    skipped = 0
-    for number, sample in enumerate(samples, start=1):
-        negatives = (sample.hard_negative_passages or sample.negative_passages)[:hard_negatives]
-        if not sample.positive_passages or not negatives:
-            skipped += 1
-            continue
-        where = f"DPR sample {number} ({sample.question[:40]!r})"
-        positive = check_doc(sample.positive_passages[0], f"{where}, positive")
-        groups.append(Group(sample.question, positive, tuple(check_doc(n, f"{where}, negative") for n in negatives)))
-    return groups, skipped
+    """One group a DPR question: (question, first positive, its first ``hard_negatives`` negatives), chosen
+    as ``colbert.data.dpr_rows`` chooses them, so a question may have fewer than ``hard_negatives``.
+    Returns ``(groups, skipped)``."""
+    rows, skipped = dpr_rows(samples, hard_negatives)
+    return [Group(question, positive, negatives) for question, positive, negatives in rows], skipped
