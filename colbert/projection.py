@@ -62,12 +62,13 @@ def pca_directions(states: Tensor, dim: int) -> Tensor:
 
 
 def sample_passages(rows: Sequence[Row], count: int, seed: int) -> list[Passage]:
-    """Up to ``count`` distinct documents of ``count`` training rows (``row.passages``) drawn with ``seed``;
-    only the drawn rows are read (a lazy triples file stays on disk)."""
+    """Up to ``count`` distinct documents of ``count`` training rows drawn with ``seed`` (each row's positive
+    and first negative, so a pool of 30 negatives does not fill the sample from a few rows); only the drawn
+    rows are read (a lazy triples file stays on disk)."""
     drawn = np.random.default_rng([seed, 0x5CA]).choice(len(rows), size=min(len(rows), count), replace=False)
     chosen: dict[tuple[str, str], Passage] = {}
     for index in drawn:
-        for passage in rows[int(index)].passages:
+        for passage in rows[int(index)].passages[:2]:
             chosen.setdefault((passage.title, passage.text), passage)
     return list(chosen.values())[:count]
 

@@ -38,7 +38,7 @@ import torch
 
 from colbert.checkpoint import checkpoint_path, latest_checkpoint, load_colbert, load_training_state
 from colbert.data import read_triples, triples_from_dpr
-from colbert.groups import Row, groups_from_dpr
+from colbert.groups import Pool, Row, groups_from_dpr, pools_from_dpr
 from colbert.model import ColBERT, build_colbert
 from colbert.options import add_colbert_model_params, colbert_config_from_args, colbert_overrides_from_args
 from colbert.projection import PCA_DOCS, init_projection, sample_passages
@@ -66,12 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_rows(cfg: ColBERTTrainConfig) -> Sequence[Row]:
-    """The training rows: triples (ColBERT v1), or one group a DPR question with --group_negatives."""
+def load_rows(cfg: ColBERTTrainConfig) -> Sequence[Row | Pool]:
+    """The training rows: triples (ColBERT v1), or one group a DPR question with --group_negatives; from DPR
+    data with --negative_pool, rows that draw their negatives afresh at every step."""
     if cfg.triples:
         return read_triples(cfg.triples, cfg.queries, cfg.collection)
     samples = read_dpr_files(list(cfg.dpr_train_file))
-    if cfg.group_negatives:
+    if cfg.negative_pool:
+        rows, skipped = pools_from_dpr(samples, cfg.negative_pool, cfg.hard_negatives, cfg.group_negatives)
+        what = f"rows drawing {cfg.hard_negatives if cfg.group_negatives else 1} of up to {cfg.negative_pool} negatives"
+    elif cfg.group_negatives:
         rows, skipped = groups_from_dpr(samples, cfg.hard_negatives)
         what = f"groups of up to {cfg.hard_negatives} negatives"
     else:

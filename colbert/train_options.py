@@ -25,6 +25,8 @@ from dpr.options import RETRIEVAL_METRICS, add_dropout_params
 LINEAR_LR_CAP = 1e-4
 # ColBERT v1's run folder: <root>/<experiment>/<script>/<run>, the script being train.py.
 V1_SCRIPT = "train.py"
+# After --warmup: "linear" decays to 0 at --maxsteps (ColBERTv2, DPR); "constant" keeps the rate (ColBERT v1).
+LR_SCHEDULES = ("linear", "constant")
 V1_ROOT, V1_EXPERIMENT = "experiments", "dirty"  # ColBERT v1's defaults of --root and --experiment
 
 
@@ -37,6 +39,7 @@ class ColBERTTrainConfig:
     collection: str | None = None
     dpr_train_file: tuple[str, ...] = ()
     hard_negatives: int = 1
+    negative_pool: int = 0
     group_negatives: bool = False
     dev_file: tuple[str, ...] = ()
     val_ctx_file: str | None = None
@@ -49,6 +52,7 @@ class ColBERTTrainConfig:
     linear_lr: float | None = None  # None: min(lr, LINEAR_LR_CAP), resolved in __post_init__
     maxsteps: int = 400_000
     warmup: int = 0
+    lr_schedule: str = "linear"
     max_grad_norm: float = 2.0
     in_batch_negatives: bool = False
     linear_init: str = "pca"
@@ -73,6 +77,12 @@ class ColBERTTrainConfig:
                 f"--bsize {self.bsize} must be divisible by --accum {self.accum} "
                 f"(each optimizer step splits the batch into --accum parts)"
             )
+        if self.negative_pool < 0:
+            raise ConfigError(f"--negative_pool must be >= 0, got {self.negative_pool}")
+        if self.negative_pool and not self.dpr_train_file:
+            raise ConfigError(
+                "--negative_pool draws from the hard negatives of DPR questions: it needs --dpr_train_file"
+            )
         if self.group_negatives and not self.dpr_train_file:
             raise ConfigError("--group_negatives groups the negatives of DPR questions: it needs --dpr_train_file")
         self._check_validation()
@@ -85,6 +95,8 @@ class ColBERTTrainConfig:
             object.__setattr__(self, "linear_lr", min(self.lr, LINEAR_LR_CAP))
         elif self.linear_lr <= 0:
             raise ConfigError(f"--linear_lr must be > 0, got {self.linear_lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"--lr_schedule {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
         if self.precision not in REQUESTS:
             raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(REQUESTS)}")
 
@@ -132,6 +144,13 @@ def add_colbert_training_params(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=d.hard_negatives,
         help="negatives per DPR question (default 1): that many triples, or one group with --group_negatives",
+    )
+    data.add_argument(
+        "--negative_pool",
+        type=int,
+        default=d.negative_pool,
+        help="draw each step's negatives afresh from the first N hard negatives of every DPR question (0: always "
+        "the first --hard_negatives, as ColBERT v1's fixed triples)",
     )
     data.add_argument(
         "--group_negatives",
@@ -185,7 +204,13 @@ def add_colbert_training_params(parser: argparse.ArgumentParser) -> None:
         f"prefix tuning's large --lr would overwrite the fresh projection in a few dozen steps)",
     )
     train.add_argument("--maxsteps", type=int, default=d.maxsteps, help="optimizer steps in all")
-    train.add_argument("--warmup", type=int, default=d.warmup, help="linear warmup steps, then constant")
+    train.add_argument("--warmup", type=int, default=d.warmup, help="linear warmup steps, then --lr_schedule")
+    train.add_argument(
+        "--lr_schedule",
+        choices=LR_SCHEDULES,
+        default=d.lr_schedule,
+        help="after the warmup: linear decay to 0 at --maxsteps (default, as ColBERTv2) or constant (ColBERT v1)",
+    )
     train.add_argument("--max_grad_norm", type=float, default=d.max_grad_norm, help="clip (0 = off)")
     train.add_argument(
         "--in_batch_negatives",

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from colbert.batch_loss import batch_loss
 from colbert.checkpoint import checkpoint_path, prune_checkpoints, save_colbert
-from colbert.groups import Row
+from colbert.groups import Pool, Row
 from colbert.model import ColBERT
 from colbert.tokenization import ColBERTTokenizer
 from colbert.train_options import ColBERTTrainConfig
@@ -85,11 +85,16 @@ def _two_group_state(state: dict[str, Any], optimizer: torch.optim.Optimizer, mo
     return {"state": moved, "param_groups": groups}
 
 
-def _warmup_factor(warmup: int) -> Callable[[int], float]:
-    """LambdaLR factor: linear warmup over ``warmup`` steps, then constant (ColBERT v1 keeps the rate fixed)."""
+def lr_factor(warmup: int, maxsteps: int, schedule: str) -> Callable[[int], float]:
+    """LambdaLR factor of step ``step``: linear warmup over ``warmup`` steps, then constant (ColBERT v1) or a
+    linear decay that reaches 0 at ``maxsteps`` (``"linear"``: ColBERTv2's and DPR's schedule)."""
 
     def factor(step: int) -> float:
-        return min(1.0, (step + 1) / (warmup + 1)) if warmup else 1.0
+        if warmup and step < warmup:
+            return (step + 1) / (warmup + 1)
+        if schedule == "constant":
+            return 1.0
+        return max(0.0, (maxsteps - step) / max(1, maxsteps - warmup))
 
     return factor
 
@@ -107,7 +112,7 @@ class ColBERTTrainer:
         cfg: ColBERTTrainConfig,
         model: ColBERT,
         tokenizer: ColBERTTokenizer,
-        triples: Sequence[Row],
+        triples: Sequence[Row | Pool],
         device: torch.device,
         start_step: int = 0,
         training_state: dict[str, Any] | None = None,
@@ -130,7 +135,9 @@ class ColBERTTrainer:
         self.wrapped = wrap_ddp(self.model, self.ctx)  # the module to call forward on
         groups = param_groups(model, cfg.lr, cfg.linear_lr)
         self.optimizer = torch.optim.AdamW(groups, eps=1e-8, weight_decay=0.0)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_factor(cfg.warmup))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_factor(cfg.warmup, cfg.maxsteps, cfg.lr_schedule)
+        )
         self.amp = MixedPrecision(device, cfg.precision)
         if training_state is not None:
             self._restore(training_state)
@@ -148,7 +155,7 @@ class ColBERTTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.amp.load_state_dict(state.get("scaler"))
         self.scheduler.base_lrs = [self.cfg.lr, self.cfg.linear_lr]
-        factor = _warmup_factor(self.cfg.warmup)(self.scheduler.last_epoch)
+        factor = lr_factor(self.cfg.warmup, self.cfg.maxsteps, self.cfg.lr_schedule)(self.scheduler.last_epoch)
         for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
             group.update(initial_lr=base, lr=base * factor)
         self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
@@ -159,9 +166,18 @@ class ColBERTTrainer:
         takes its ``m / world_size`` of it, so in-batch negatives are those of one process's micro-batch."""
         cfg, ctx = self.cfg, self.ctx
         chosen = [self.triples[i] for i in batch_indices(self.step, cfg.bsize, len(self.triples), cfg.seed)]
+        chosen = [self._drawn(row, k) for k, row in enumerate(chosen)]
         micro = cfg.bsize // cfg.accum
         part = micro // ctx.world_size
         return [chosen[k + ctx.rank * part : k + (ctx.rank + 1) * part] for k in range(0, cfg.bsize, micro)]
+
+    def _drawn(self, row: Row | Pool, position: int) -> Row:
+        """A pool's row of this step (its negatives drawn from ``(seed, step, position)``: a resumed run draws
+        the same ones), or a fixed row as it is."""
+        if not isinstance(row, Pool):
+            return row
+        rng = np.random.default_rng([self.cfg.seed, self.step, position])
+        return row.draw(rng, self.cfg.hard_negatives, self.cfg.group_negatives)
 
     def accumulate(self) -> float:
         """Forward and backward over this step's rows in ``accum`` micro-batches (the gradients are left in

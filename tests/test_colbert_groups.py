@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from colbert.data import Triple
-from colbert.groups import Group, groups_from_dpr
+from colbert.groups import Group, groups_from_dpr, pools_from_dpr
 from colbert.losses import group_loss
 from colbert.model import build_colbert
 from colbert.options import ColBERTConfig
@@ -125,6 +126,7 @@ def test_a_tiny_model_learns_to_rank_each_positive_first(tiny_bert_dir, tmp_path
         output_dir=str(tmp_path),
         bsize=4,
         lr=1e-3,
+        lr_schedule="constant",
         maxsteps=50,
         save_every=1000,
         seed=0,
@@ -157,3 +159,47 @@ def test_cli_trains_on_groups_of_dpr_questions(tiny_bert_dir, tiny_dpr_files, tm
     assert colbert_train.main(argv) == 0
     stored = json.loads((tmp_path / "run" / "colbert-2" / "config.json").read_text())["training"]
     assert stored["group_negatives"] and stored["hard_negatives"] == 3 and stored["linear_init"] == "pca"
+
+
+def test_pools_draw_their_negatives_afresh_each_step_without_replacement(tiny_dpr_files):
+    samples = read_dpr_files([tiny_dpr_files[0]])  # 3 hard negatives a question
+    pools, skipped = pools_from_dpr(samples, pool_size=3, hard_negatives=2, group=True)
+    assert skipped == 0 and len(pools) == 24 and pools[0].negatives == tuple(samples[0].hard_negative_passages)
+    draws = [pools[0].draw(np.random.default_rng([0, step]), 2, group=True) for step in range(20)]
+    assert all(isinstance(g, Group) and len(set(g.negatives)) == 2 for g in draws)
+    assert all(set(g.negatives) <= set(pools[0].negatives) for g in draws)
+    assert len({g.negatives for g in draws}) > 1  # not the same pair every step
+    assert {n for g in draws for n in g.negatives} == set(pools[0].negatives)  # every negative gets its turn
+    again = pools[0].draw(np.random.default_rng([0, 7]), 2, group=True)
+    assert again == draws[7]  # the same seed draws the same row: a resumed run trains on the same negatives
+    assert len(pools[0].draw(np.random.default_rng(0), 10, group=True).negatives) == 3  # at most the pool
+    triple = pools[0].draw(np.random.default_rng(0), 2, group=False)
+    assert isinstance(triple, Triple) and triple.negative in pools[0].negatives
+    # triples mode: one pool row per --hard_negatives, as the fixed triples are one per negative
+    assert len(pools_from_dpr(samples, 3, 2, group=False)[0]) == 48
+    assert len(pools_from_dpr(samples, 1, 1, group=True)[0][0].negatives) == 1  # pool of the first one
+
+
+def test_the_trainer_draws_pool_rows_by_seed_step_and_position(tiny_bert_dir, tiny_dpr_files, tmp_path):
+    model, tok = _model(tiny_bert_dir)
+    pools, _ = pools_from_dpr(read_dpr_files([tiny_dpr_files[0]]), 3, 2, group=True)
+    cfg = ColBERTTrainConfig(
+        dpr_train_file=("unused.json",),
+        negative_pool=3,
+        hard_negatives=2,
+        group_negatives=True,
+        output_dir=str(tmp_path),
+        bsize=4,
+        maxsteps=3,
+        seed=5,
+    )
+    trainer = ColBERTTrainer(cfg, model, tok, pools, torch.device("cpu"))
+    first = trainer.micro_batches()
+    assert all(isinstance(row, Group) and len(row.negatives) == 2 for batch in first for row in batch)
+    assert trainer.micro_batches() == first  # deterministic for a step
+    trainer.step = 1
+    assert trainer.micro_batches() != first
+    with pytest.raises(ConfigError, match="--negative_pool .* --dpr_train_file"):
+        ColBERTTrainConfig(triples="t.tsv", negative_pool=5)
+    with pytest.raises(ConfigError, match="--negative_pool must be >= 0"):
+        ColBERTTrainConfig(dpr_train_file=("x.json",), negative_pool=-1)

@@ -16,7 +16,7 @@ from colbert.options import ColBERTConfig, colbert_config_from_args
 from colbert.scoring import maxsim
 from colbert.tokenization import ColBERTTokenizer
 from colbert.train_options import ColBERTTrainConfig
-from colbert.training import ColBERTTrainer, batch_indices, batch_loss
+from colbert.training import ColBERTTrainer, batch_indices, batch_loss, lr_factor
 from dpr.configs import BackboneConfig, PrefixConfig, tuning_from_flat
 from dpr.data.readers import Passage
 from dpr.models.hub import load_tokenizer
@@ -128,8 +128,11 @@ def test_training_lowers_the_loss_and_changes_only_prefix_and_projection(tiny_be
     model.eval()
     with torch.no_grad():
         loss_before = batch_loss(model, ct, data).item()
-    # A random tiny BERT's prefix alone learns slowly: the projection trains at the prefix's rate here.
-    trainer = ColBERTTrainer(train_cfg(tmp_path, linear_lr=1e-2), model, ct, data, torch.device("cpu"))
+    # A random tiny BERT's prefix alone learns slowly: the projection trains at the prefix's rate here, and
+    # the rate stays (a linear decay would halve the 12 steps' learning).
+    trainer = ColBERTTrainer(
+        train_cfg(tmp_path, linear_lr=1e-2, lr_schedule="constant"), model, ct, data, torch.device("cpu")
+    )
     trainer.run(progress=False)
     model.eval()
     with torch.no_grad():
@@ -141,17 +144,18 @@ def test_training_lowers_the_loss_and_changes_only_prefix_and_projection(tiny_be
 
 
 def test_resume_continues_exactly(tiny_bert_dir, tok, tmp_path):
+    # A run that stopped after its step-2 checkpoint (a crash) and is started again from it ends where the
+    # run that never stopped ends: data order, dropout seeds, optimizer moments and the lr schedule continue.
     data = triples()
     straight = make(tiny_bert_dir)
     ct = ColBERTTokenizer.from_config(tok, straight.config)
-    ColBERTTrainer(train_cfg(tmp_path / "a", maxsteps=4), straight, ct, data, torch.device("cpu")).run(progress=False)
-    first = make(tiny_bert_dir)
-    ColBERTTrainer(train_cfg(tmp_path / "b", maxsteps=2), first, ct, data, torch.device("cpu")).run(progress=False)
-    resumed, info = load_colbert(str(tmp_path / "b" / "colbert-2"))
-    state = torch.load(tmp_path / "b" / "colbert-2" / "training_state.pt", weights_only=True)
-    ColBERTTrainer(train_cfg(tmp_path / "b", maxsteps=4), resumed, ct, data, torch.device("cpu"), info.step, state).run(
-        progress=False
-    )
+    cfg = train_cfg(tmp_path / "a", maxsteps=4, save_every=2)
+    ColBERTTrainer(cfg, straight, ct, data, torch.device("cpu")).run(progress=False)
+    resumed, info = load_colbert(str(tmp_path / "a" / "colbert-2"))
+    state = torch.load(tmp_path / "a" / "colbert-2" / "training_state.pt", weights_only=True)
+    cfg_b = dataclasses.replace(cfg, output_dir=str(tmp_path / "b"))
+    ColBERTTrainer(cfg_b, resumed, ct, data, torch.device("cpu"), info.step, state).run(progress=False)
+    assert info.step == 2
     for name, param in straight.named_parameters():
         assert torch.allclose(param, dict(resumed.named_parameters())[name], atol=1e-6), name
 
@@ -266,13 +270,15 @@ def test_one_step_moves_the_projection_by_linear_lr_and_the_prefix_by_lr(tiny_be
     # Adam's first step moves every weight with a gradient by the learning rate (m / sqrt(v) = +-1).
     assert moved["linear.weight"] == pytest.approx(1e-4, rel=1e-3)
     assert moved["encoder.prefix.embedding.weight"] == pytest.approx(1e-2, rel=1e-3)
-    assert [g["lr"] for g in trainer.optimizer.param_groups] == [1e-2, 1e-4]
+    assert [g["initial_lr"] for g in trainer.optimizer.param_groups] == [1e-2, 1e-4]
 
 
 def test_an_optimizer_state_with_one_group_continues_with_the_moments_of_each_parameter(tiny_bert_dir, tok, tmp_path):
     model = make(tiny_bert_dir)
     ct = ColBERTTokenizer.from_config(tok, model.config)
-    trainer = ColBERTTrainer(train_cfg(tmp_path, accum=1), model, ct, triples(), torch.device("cpu"))
+    trainer = ColBERTTrainer(
+        train_cfg(tmp_path, accum=1, lr_schedule="constant"), model, ct, triples(), torch.device("cpu")
+    )
     trainer.train_step()
     # What a run saved before --linear_lr: the same moments, one group over model.parameters() order.
     old = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -280,8 +286,31 @@ def test_an_optimizer_state_with_one_group_continues_with_the_moments_of_each_pa
         old.state[param] = {k: v.clone() for k, v in trainer.optimizer.state[param].items()}
     state = {"optimizer": old.state_dict(), "scheduler": trainer.scheduler.state_dict(), "scaler": None}
     state["scheduler"]["base_lrs"] = [1e-2]
-    resumed = ColBERTTrainer(train_cfg(tmp_path, accum=1), model, ct, triples(), torch.device("cpu"), 1, state)
+    resumed = ColBERTTrainer(
+        train_cfg(tmp_path, accum=1, lr_schedule="constant"), model, ct, triples(), torch.device("cpu"), 1, state
+    )
     assert [g["lr"] for g in resumed.optimizer.param_groups] == [1e-2, 1e-4]
     for param in (p for p in model.parameters() if p.requires_grad):
         assert torch.equal(resumed.optimizer.state[param]["exp_avg"], trainer.optimizer.state[param]["exp_avg"])
     resumed.train_step()  # the moved state steps
+
+
+def test_the_learning_rate_warms_up_then_decays_linearly_to_zero_or_stays_constant():
+    linear = lr_factor(warmup=2, maxsteps=6, schedule="linear")
+    assert [linear(s) for s in range(7)] == pytest.approx([1 / 3, 2 / 3, 1.0, 0.75, 0.5, 0.25, 0.0])
+    constant = lr_factor(warmup=2, maxsteps=6, schedule="constant")
+    assert [constant(s) for s in range(7)] == pytest.approx([1 / 3, 2 / 3, 1, 1, 1, 1, 1])
+    assert lr_factor(0, 4, "linear")(0) == 1.0  # no warmup: the first step takes the full rate
+    with pytest.raises(ConfigError, match="--lr_schedule"):
+        ColBERTTrainConfig(triples="t.tsv", lr_schedule="cosine")
+
+
+def test_a_resumed_run_continues_the_decay_where_it_stopped(tiny_bert_dir, tok, tmp_path):
+    model = make(tiny_bert_dir)
+    ct = ColBERTTokenizer.from_config(tok, model.config)
+    cfg = train_cfg(tmp_path, maxsteps=4, lr_schedule="linear")
+    trainer = ColBERTTrainer(cfg, model, ct, triples(), torch.device("cpu"))
+    trainer.train_step()
+    state = {"optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(), "scaler": None}
+    resumed = ColBERTTrainer(cfg, model, ct, triples(), torch.device("cpu"), 1, state)
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == pytest.approx([cfg.lr * 3 / 4, cfg.linear_lr * 3 / 4])
