@@ -149,7 +149,7 @@ def train(args: argparse.Namespace, cfg: ColBERTTrainConfig, ctx: DistributedCon
     base = load_tokenizer(model.config.backbone.pretrained_model_cfg, model.config.backbone.do_lower_case)
     tokenizer = ColBERTTokenizer.from_config(base, model.config)
     rows = load_rows(cfg)  # the whole file is checked here, before the first step
-    dev = read_dev(cfg.dev_file, cfg.val_ctx_file) if cfg.val_every and ctx.is_main else None
+    dev = read_dev(cfg.dev_file, cfg.val_ctx_file, cfg.val_pool) if cfg.val_every and ctx.is_main else None
     if new:  # the same on every process (DDP also copies rank 0's weights to the others)
         model.to(ctx.device)
         init_projection(model, cfg.linear_init, tokenizer, sample_passages(rows, PCA_DOCS, cfg.seed))

@@ -44,6 +44,7 @@ class ColBERTTrainConfig:
     dev_file: tuple[str, ...] = ()
     val_ctx_file: str | None = None
     val_every: int = 0
+    val_pool: int = 0
     val_metric: str = "ndcg@10"
     output_dir: str = "outputs/colbert"
     bsize: int = 32
@@ -103,6 +104,8 @@ class ColBERTTrainConfig:
     def _check_validation(self) -> None:
         if self.val_metric not in RETRIEVAL_METRICS:
             raise ConfigError(f"--val_metric {self.val_metric!r} is not one of {', '.join(RETRIEVAL_METRICS)}")
+        if self.val_pool < 0:
+            raise ConfigError(f"--val_pool must be >= 0, got {self.val_pool}")
         if self.val_every < 0:
             raise ConfigError(f"--val_every must be >= 0, got {self.val_every}")
         given = [name for name in ("dev_file", "val_ctx_file") if getattr(self, name)]
@@ -172,6 +175,13 @@ def add_colbert_training_params(parser: argparse.ArgumentParser) -> None:
         default=d.val_every,
         help="validate (and checkpoint) every N steps, at the last step and at the start of a new run "
         "(the untrained model's value); 0 = never",
+    )
+    val.add_argument(
+        "--val_pool",
+        type=int,
+        default=d.val_pool,
+        help="rank only the dev questions' positives and first N hard negatives of --val_ctx_file (a re-ranking "
+        "pool, far cheaper than the whole corpus; 0: the whole corpus)",
     )
     val.add_argument("--val_metric", choices=RETRIEVAL_METRICS, default=d.val_metric, help="best checkpoint by")
     train = parser.add_argument_group("training")

@@ -9,6 +9,7 @@ in the number a checkpoint is chosen by) and ``dpr.evaluation.metrics.evaluate_r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -27,10 +28,21 @@ from dpr.training.validation import RETRIEVAL_KS, DevRetrieval, ValidationResult
 logger = logging.getLogger(__name__)
 
 
-def read_dev(dev_files: Sequence[str], corpus: str) -> DevRetrieval:
-    """The dev questions of ``dev_files`` (DPR JSON) judged against the passages of ``corpus``."""
+def read_dev(dev_files: Sequence[str], corpus: str, pool: int = 0) -> DevRetrieval:
+    """The dev questions of ``dev_files`` (DPR JSON) judged against the passages of ``corpus``.
+
+    ``pool`` > 0: only the passages that are some dev question's positive or one of its first ``pool`` hard
+    negatives are kept, a shared re-ranking pool every question ranks (a validation costs the encoding of
+    that pool, not of the whole corpus; the number is higher than over the corpus, but it moves with it).
+    """
     samples = read_dpr_files(list(dev_files))
-    return read_dev_retrieval(corpus, samples, len(samples))
+    dev = read_dev_retrieval(corpus, samples, len(samples))
+    if not pool:
+        return dev
+    wanted = {p.passage_id for s in samples for p in (*s.positive_passages, *s.hard_negative_passages[:pool])}
+    keep = [i for i, pid in enumerate(dev.ids) if pid in wanted]
+    logger.info("retrieval validation: a pool of %d of the %d passages (--val_pool %d)", len(keep), len(dev.ids), pool)
+    return dataclasses.replace(dev, ids=tuple(dev.ids[i] for i in keep), passages=tuple(dev.passages[i] for i in keep))
 
 
 def validate_retrieval(

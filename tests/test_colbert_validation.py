@@ -102,3 +102,15 @@ def test_cli_validates_logs_every_value_and_records_the_best(tiny_bert_dir, tiny
     assert best["value"] == max(values.values()) and values[best["path"]] == best["value"]
     kept = sorted(name for name in os.listdir(out) if name.startswith("colbert-"))
     assert kept == sorted({best["path"], "colbert-4"})  # the latest and the best
+
+
+def test_a_val_pool_keeps_only_the_dev_positives_and_first_hard_negatives(tiny_dpr_files, tmp_path):
+    corpus = _corpus(tmp_path, tiny_dpr_files[1])
+    whole, pooled = read_dev([tiny_dpr_files[1]], corpus), read_dev([tiny_dpr_files[1]], corpus, pool=1)
+    samples = read_dpr_files([tiny_dpr_files[1]])
+    expected = {p.passage_id for s in samples for p in (*s.positive_passages, *s.hard_negative_passages[:1])}
+    assert set(pooled.ids) == expected and len(pooled.ids) < len(whole.ids)
+    assert [whole.passages[whole.ids.index(pid)] for pid in pooled.ids] == list(pooled.passages)  # aligned
+    assert (pooled.qrels, pooled.questions) == (whole.qrels, whole.questions)
+    with pytest.raises(ConfigError, match="--val_pool"):
+        ColBERTTrainConfig(dpr_train_file=("x.json",), val_pool=-1)
