@@ -23,6 +23,10 @@ from dpr.options import RETRIEVAL_METRICS, add_dropout_params
 # nDCG@10 fell from 0.60 untrained to 0.46 after 69 steps). 1e-4 moves a weight by at most ~0.3% of its
 # size per step, the usual rate of a freshly initialised head over a pretrained encoder.
 LINEAR_LR_CAP = 1e-4
+# Hard negatives a DPR question's rows draw from, afresh at every step (prepare_data.py keeps 30 BM25 ones).
+# Always the first one instead cost 0.10 dev nDCG@10 on SciFact (BENCHMARKS.md section 8): it is often an
+# unlabelled positive, and repeating it every epoch teaches the model to push such passages down.
+DEFAULT_POOL = 30
 # ColBERT v1's run folder: <root>/<experiment>/<script>/<run>, the script being train.py.
 V1_SCRIPT = "train.py"
 # After --warmup: "linear" decays to 0 at --maxsteps (ColBERTv2, DPR); "constant" keeps the rate (ColBERT v1).
@@ -39,7 +43,7 @@ class ColBERTTrainConfig:
     collection: str | None = None
     dpr_train_file: tuple[str, ...] = ()
     hard_negatives: int = 1
-    negative_pool: int = 0
+    negative_pool: int | None = None  # None: DEFAULT_POOL with DPR data, 0 with --triples (resolved below)
     group_negatives: bool = False
     dev_file: tuple[str, ...] = ()
     val_ctx_file: str | None = None
@@ -78,6 +82,8 @@ class ColBERTTrainConfig:
                 f"--bsize {self.bsize} must be divisible by --accum {self.accum} "
                 f"(each optimizer step splits the batch into --accum parts)"
             )
+        if self.negative_pool is None:
+            object.__setattr__(self, "negative_pool", DEFAULT_POOL if self.dpr_train_file else 0)
         if self.negative_pool < 0:
             raise ConfigError(f"--negative_pool must be >= 0, got {self.negative_pool}")
         if self.negative_pool and not self.dpr_train_file:
@@ -152,8 +158,8 @@ def add_colbert_training_params(parser: argparse.ArgumentParser) -> None:
         "--negative_pool",
         type=int,
         default=d.negative_pool,
-        help="draw each step's negatives afresh from the first N hard negatives of every DPR question (0: always "
-        "the first --hard_negatives, as ColBERT v1's fixed triples)",
+        help=f"draw each step's negatives afresh from the first N hard negatives of every DPR question (default "
+        f"{DEFAULT_POOL}; 0: always the first --hard_negatives, fixed triples as ColBERT v1's files)",
     )
     data.add_argument(
         "--group_negatives",

@@ -16,7 +16,7 @@ from colbert.model import build_colbert
 from colbert.options import ColBERTConfig
 from colbert.scoring import maxsim_all
 from colbert.tokenization import ColBERTTokenizer
-from colbert.train_options import ColBERTTrainConfig
+from colbert.train_options import DEFAULT_POOL, ColBERTTrainConfig
 from colbert.training import ColBERTTrainer, batch_loss
 from dpr.configs import BackboneConfig, tuning_from_flat
 from dpr.data.readers import Passage, read_dpr_files
@@ -201,5 +201,7 @@ def test_the_trainer_draws_pool_rows_by_seed_step_and_position(tiny_bert_dir, ti
     assert trainer.micro_batches() != first
     with pytest.raises(ConfigError, match="--negative_pool .* --dpr_train_file"):
         ColBERTTrainConfig(triples="t.tsv", negative_pool=5)
+    assert ColBERTTrainConfig(dpr_train_file=("x.json",)).to_dict()["negative_pool"] == DEFAULT_POOL  # resolved
+    assert ColBERTTrainConfig(triples="t.tsv").negative_pool == 0  # a triples file's rows are fixed
     with pytest.raises(ConfigError, match="--negative_pool must be >= 0"):
         ColBERTTrainConfig(dpr_train_file=("x.json",), negative_pool=-1)
