@@ -98,8 +98,23 @@ def save_colbert(
     return path
 
 
+def resolve_checkpoint(path: str) -> str:
+    """``path`` itself, or for a training output folder the checkpoint it stands for: the best one
+    (``best_checkpoint.json``, as a DPR run folder stands for its best), else the latest."""
+    if os.path.isfile(os.path.join(path, CONFIG_FILE)) or not os.path.isdir(path):
+        return path
+    best = read_best_file(path)
+    chosen = best["path"] if best is not None else latest_checkpoint(path)
+    if chosen is None:
+        return path  # not a checkpoint folder: read_checkpoint_info says so
+    logger.info("%s: using its %s checkpoint %s", path, "best" if best is not None else "latest", chosen)
+    return chosen
+
+
 def read_checkpoint_info(path: str) -> CheckpointInfo:
-    """Read and validate ``config.json`` of a ColBERT checkpoint folder."""
+    """Read and validate ``config.json`` of a ColBERT checkpoint folder (or of the checkpoint a training
+    output folder stands for: ``resolve_checkpoint``); ``CheckpointInfo.path`` is the checkpoint's."""
+    path = resolve_checkpoint(path)
     config_path = os.path.join(path, CONFIG_FILE)
     if not os.path.isfile(config_path):
         raise CheckpointError(f"{path} is not a checkpoint folder (no {CONFIG_FILE})")
@@ -129,6 +144,7 @@ def load_colbert(
     must agree with the stored config, else ConfigError names both values.
     """
     info = read_checkpoint_info(path)
+    path = info.path
     config = apply_colbert_overrides(info.config, overrides, source=path) if overrides else info.config
     model = build_colbert(config, prompt_init_ids)
     check_backbone(info.backbone, model.backbone, path)

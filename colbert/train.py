@@ -113,7 +113,7 @@ def load_model(args: argparse.Namespace, cfg: ColBERTTrainConfig) -> tuple[ColBE
     model, info = load_colbert(source, colbert_overrides_from_args(args))
     if not args.resume:
         return model, 0, None, False
-    state = load_training_state(source)
+    state = load_training_state(info.path)
     if state is None:
         logger.warning("%s has no optimizer state: the optimizer starts fresh at step %d", source, info.step)
     logger.info("resuming from %s at step %d", source, info.step)

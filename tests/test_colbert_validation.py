@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from colbert import train as colbert_train
-from colbert.checkpoint import prune_checkpoints, save_colbert
+from colbert.checkpoint import prune_checkpoints, read_checkpoint_info, save_colbert
 from colbert.model import build_colbert
 from colbert.options import ColBERTConfig
 from colbert.scoring import maxsim_all
@@ -102,6 +102,10 @@ def test_cli_validates_logs_every_value_and_records_the_best(tiny_bert_dir, tiny
     assert best["value"] == max(values.values()) and values[best["path"]] == best["value"]
     kept = sorted(name for name in os.listdir(out) if name.startswith("colbert-"))
     assert kept == sorted({best["path"], "colbert-4"})  # the latest and the best
+    # The run folder stands for its best checkpoint wherever a checkpoint is read (index, retrieve).
+    assert read_checkpoint_info(str(out)).path == str(out / best["path"])
+    (out / "best_checkpoint.json").unlink()
+    assert read_checkpoint_info(str(out)).path == str(out / "colbert-4")  # no record: the latest
 
 
 def test_a_val_pool_keeps_only_the_dev_positives_and_first_hard_negatives(tiny_dpr_files, tmp_path):
