@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 
 import numpy as np
@@ -15,12 +16,13 @@ from test_tasks import PASSAGES, QUESTIONS, make_checkpoint
 from colbert import train as colbert_train
 from colbert.checkpoint import load_colbert
 from dpr.configs import BiEncoderConfig, ConfigError, LoraConfig, tuning_from_dict
+from dpr.device import quantize_int8
 from dpr.encoding import encode_texts
 from dpr.models.biencoder import build_biencoder, build_biencoder_from_backbone
 from dpr.models.checkpoint_format import load_biencoder
 from dpr.models.encoder import parameter_counts
 from dpr.models.hub import load_tokenizer
-from dpr.models.lora import LoraError, merged_backbone
+from dpr.models.lora import LoraError, lora_router, merged_backbone
 from dpr.options import add_encoder_params, add_tuning_params, encoder_config_from_args
 from dpr.retrieval import InferenceModelConfig, TaskEncoder, load_inference_model
 from dpr.training.checkpoint import save_checkpoint
@@ -282,3 +284,31 @@ def test_colbert_trains_one_step_with_lora(tiny_bert_dir, tmp_path):
     assert "linear.weight" in tuned and all(n == "linear.weight" or ".lora.deltas." in n for n in tuned)
     b_weights = [p for n, p in model.named_parameters() if n.endswith(".B.weight")]
     assert b_weights and any(p.abs().max() > 0 for p in b_weights)  # B left zero: the step trained it
+
+
+def test_merge_lora_is_a_flag_of_the_embedding_and_retrieval_clis():
+    from dpr.commands import embed, retrieve
+    from dpr.inference_options import inference_config_from_args
+
+    base = {embed: ["--ctx_file", "c.tsv", "--out_file", "o"], retrieve: ["--encoded_ctx_file", "e_*"]}
+    for command, argv in base.items():
+        given = command.build_parser().parse_args([*argv, "--model_file", "ckpt", "--merge_lora"])
+        assert inference_config_from_args(given).merge_lora
+        assert not inference_config_from_args(command.build_parser().parse_args(argv)).merge_lora
+
+
+def test_a_deep_copy_and_int8_quantization_keep_applying_the_deltas():
+    model = make().eval()
+    randomise(model)
+    ids, mask = batch()
+    copied = copy.deepcopy(model)  # what quantize_int8 does first
+    assert copied.backbone is not model.backbone
+    int8 = quantize_int8(model)
+    with torch.no_grad():
+        expected = model.encode_query(ids, mask)
+        plain = plain_cls(model.backbone, ids, mask)
+        assert torch.equal(copied.encode_query(ids, mask), expected)
+        with lora_router(model.backbone).use(model.question_encoder.lora):  # the original's active set ...
+            assert torch.equal(plain_cls(copied.backbone, ids, mask), plain)  # ... is not the copy's
+        error = (int8.encode_query(ids, mask) - expected).abs().max()
+    assert error < 0.2 * (expected - plain).abs().max()  # int8 rounding, well below the deltas' effect

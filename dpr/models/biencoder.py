@@ -1,6 +1,6 @@
 """The DPR bi-encoder: a question encoder and a passage encoder (encoding only; no loss here).
 
-In the frozen-backbone modes (prefix, prompt, adapter) both encoders hold the SAME backbone module, so
+In the frozen-backbone modes (prefix, prompt, adapter, lora) both encoders hold the SAME backbone module, so
 its weights exist once in memory; each side owns only its tuned parameters. Fine-tuning and BitFit keep
 two backbones unless ``share_encoder``.
 """

@@ -115,6 +115,27 @@ class LoraSet(nn.Module):
         return output + self.scale * update.to(output.dtype)
 
 
+class _LoraHook:
+    """The forward hook on one adapted linear layer: adds the active set's delta for ``path``.
+
+    An object, not a closure, so that a deep copy of the backbone (``copy.deepcopy``, int8 quantization) gets
+    hooks bound to the copy's router rather than to the original's.
+    """
+
+    _dpr_router_hook = True  # what _plain_copy removes
+
+    def __init__(self, router: LoraRouter, path: str) -> None:
+        self.router = router
+        self.path = path
+        self.key = module_key(path)
+
+    def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        lora = self.router.active
+        if lora is None or self.key not in lora.deltas:
+            return None  # None keeps the module's own output
+        return lora.apply(self.path, inputs[0], output)
+
+
 class LoraRouter:
     """Hooks on one backbone's linear layers that apply whichever LoraSet is active (none: plain backbone)."""
 
@@ -132,18 +153,8 @@ class LoraRouter:
         """Hook the layers of ``paths`` not hooked yet (tasks may adapt different layers of one backbone)."""
         for path in paths:
             if path not in self._hooked:
-                self._backbone.get_submodule(path).register_forward_hook(self._hook(path))
+                self._backbone.get_submodule(path).register_forward_hook(_LoraHook(self, path))
                 self._hooked.add(path)
-
-    def _hook(self, path: str):
-        def apply(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
-            lora = self.active
-            if lora is None or module_key(path) not in lora.deltas:
-                return None  # None keeps the module's own output
-            return lora.apply(path, inputs[0], output)
-
-        apply._dpr_router_hook = True  # type: ignore[attr-defined]  # what _plain_copy removes
-        return apply
 
     @contextlib.contextmanager
     def use(self, lora: LoraSet | None) -> Iterator[None]:
@@ -153,6 +164,15 @@ class LoraRouter:
             yield
         finally:
             self._local.active = previous
+
+    def __deepcopy__(self, memo: dict) -> LoraRouter:
+        # A copied model (e.g. quantize_int8's) gets its own router, hooks and thread-local, nothing active.
+        copied = LoraRouter.__new__(LoraRouter)
+        memo[id(self)] = copied
+        copied._backbone = copy.deepcopy(self._backbone, memo)
+        copied._local = threading.local()
+        copied._hooked = set(self._hooked)
+        return copied
 
 
 def lora_router(backbone: nn.Module) -> LoraRouter:
