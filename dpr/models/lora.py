@@ -109,7 +109,7 @@ class LoraSet(nn.Module):
     def delta(self, path: str) -> LoraDelta:
         return self.deltas[module_key(path)]
 
-    def apply(self, path: str, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    def add_delta(self, path: str, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         """``output + scale * B(A(dropout(x)))``: ``x`` ``(..., in)``, ``output`` ``(..., out)``."""
         update = self.delta(path)(self.dropout(x))  # (..., out)
         return output + self.scale * update.to(output.dtype)
@@ -133,7 +133,7 @@ class _LoraHook:
         lora = self.router.active
         if lora is None or self.key not in lora.deltas:
             return None  # None keeps the module's own output
-        return lora.apply(self.path, inputs[0], output)
+        return lora.add_delta(self.path, inputs[0], output)
 
 
 class LoraRouter:
