@@ -344,7 +344,7 @@ def test_lora_adapter_saved_by_peft_imports(peft, tiny_bert_dir, tmp_path, layer
         assert not delta.B.weight.any()
 
 
-def test_bad_lora_input_is_named(peft, lora_exported, exported, tiny_bert_dir, tmp_path):
+def test_bad_lora_input_is_named(lora_exported, exported, tiny_bert_dir, tmp_path):
     folder = tmp_path / "dora"
     folder.mkdir()
     config = json.loads(open(os.path.join(lora_exported["question"], "adapter_config.json")).read())
