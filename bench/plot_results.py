@@ -12,7 +12,7 @@ Quality against trainable share (``--table``): one or more JSON files, each a li
 ``bench/quality.py`` writes them), or CSV files with a header. Per row:
 
     name             str    point label, e.g. "minilm-l6-prefix-scifact"
-    mode             str    finetune | prefix | prompt | bitfit | adapter | zero-shot | bm25 | ...
+    mode             str    finetune | prefix | prompt | bitfit | adapter | lora | zero-shot | bm25 | ...
     model            str    e.g. minilm-l6, bert-tiny (one marker shape per model)
     trainable_share  float  trained parameters / all parameters, in [0, 1]; 0 for untrained baselines
     nDCG@10, R@100   float  test metrics in [0, 1] ("ndcg10" and "r100" are accepted too)
@@ -44,6 +44,7 @@ MODE_COLOURS = {
     "prompt": "tab:orange",
     "bitfit": "tab:green",
     "adapter": "tab:purple",
+    "lora": "tab:cyan",
     "finetune": "tab:red",
     "zero-shot": "tab:gray",
     "bm25": "black",

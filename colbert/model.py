@@ -3,7 +3,7 @@
 Queries and documents share ONE encoder, prefix included (ColBERT v1 shares the whole encoder; the
 PT-Retrieval ColBERT trained a single prefix): the ``[Q]`` / ``[D]`` marker tokens tell the two sides
 apart, so a second prefix would double the tuned parameters without a role to play. In the frozen
-modes (prefix, prompt, adapter) only the tuned parameters and the linear layer ``H -> dim`` train;
+modes (prefix, prompt, adapter, lora) only the tuned parameters and the linear layer ``H -> dim`` train;
 fine-tuning trains everything, BitFit the biases and the linear layer.
 
 The model encodes only: tokenizing, scoring and losses live in ``colbert.tokenization``,

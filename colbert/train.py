@@ -1,4 +1,4 @@
-"""Train a ColBERT (late interaction) model over a prefix-tuned (or prompt, BitFit, adapter, fine-tuned) BERT.
+"""Train a ColBERT (late interaction) model over a prefix-tuned (or prompt, BitFit, adapter, LoRA, fine-tuned) BERT.
 
   python -m colbert.train --pretrained_model_cfg bert-tiny --prefix --pre_seq_len 16 \\
       --dpr_train_file data/scifact/scifact-train.json --output_dir runs/colbert --bsize 32 --lr 1e-2 --maxsteps 2000

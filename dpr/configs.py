@@ -23,9 +23,9 @@ from dpr.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-TUNING_MODES = ("finetune", "prefix", "prompt", "bitfit", "adapter")
+TUNING_MODES = ("finetune", "prefix", "prompt", "bitfit", "adapter", "lora")
 # Modes whose backbone stays frozen: question and passage encoders then share ONE backbone in memory.
-FROZEN_BACKBONE_MODES = ("prefix", "prompt", "adapter")
+FROZEN_BACKBONE_MODES = ("prefix", "prompt", "adapter", "lora")
 POOLING_MODES = ("auto", "cls", "mean")
 PROMPT_ENCODERS = ("none", "lstm", "mlp")
 TUNE_SIDES = ("both", "question")
@@ -183,9 +183,46 @@ class AdapterConfig(_Tuning):
             raise ConfigError(f"--adapter_size must be >= 1, got {self.adapter_size}")
 
 
-TuningConfig = Union[FinetuneConfig, BitFitConfig, PrefixConfig, PromptConfig, AdapterConfig]
+@dataclass(frozen=True)
+class LoraConfig(_Tuning):
+    """LoRA (Hu et al.): ``W x + (alpha / r) B A dropout(x)`` on the chosen linear layers of a frozen backbone.
+
+    Field meanings follow PEFT's ``LoraConfig`` (``r``, ``lora_alpha``, ``lora_dropout``, ``target_modules``);
+    ``lora_target`` names match module names' last components (or longer dotted suffixes), as in PEFT.
+    A comma-separated string or a JSON list is read as a tuple.
+    """
+
+    method: ClassVar[str] = "lora"
+    ARCHITECTURE: ClassVar[tuple[str, ...]] = ("lora_r", "lora_alpha", "lora_target")
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.1
+    lora_target: tuple[str, ...] = ("query", "key", "value", "dense")
+
+    def __post_init__(self) -> None:
+        target = self.lora_target
+        names = target.split(",") if isinstance(target, str) else list(target)
+        names = [n.strip() if isinstance(n, str) else n for n in names]
+        if not names or any(not isinstance(n, str) or not n for n in names):
+            raise ConfigError(f"--lora_target needs module names separated by commas (query,value), got {target!r}")
+        object.__setattr__(self, "lora_target", tuple(dict.fromkeys(names)))
+        if isinstance(self.lora_r, bool) or not isinstance(self.lora_r, int) or self.lora_r < 1:
+            raise ConfigError(f"--lora_r must be an integer >= 1, got {self.lora_r!r}")
+        alpha = self.lora_alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < float("inf"):
+            raise ConfigError(f"--lora_alpha must be a finite number > 0, got {alpha!r}")  # nan fails 0 < nan
+        object.__setattr__(self, "lora_alpha", float(alpha))
+        _check_dropout("lora_dropout", self.lora_dropout)
+
+    @property
+    def scale(self) -> float:
+        """What multiplies ``B A x``: ``lora_alpha / lora_r`` (PEFT's ``scaling``, without rsLoRA)."""
+        return self.lora_alpha / self.lora_r
+
+
+TuningConfig = Union[FinetuneConfig, BitFitConfig, PrefixConfig, PromptConfig, AdapterConfig, LoraConfig]
 TUNING_CONFIGS: dict[str, type] = {
-    cls.method: cls for cls in (FinetuneConfig, BitFitConfig, PrefixConfig, PromptConfig, AdapterConfig)
+    cls.method: cls for cls in (FinetuneConfig, BitFitConfig, PrefixConfig, PromptConfig, AdapterConfig, LoraConfig)
 }
 # Every tuning field under its flag name, with its default (what format 1 stored for every method).
 TUNING_FIELDS: dict[str, Any] = {f.name: f.default for cls in TUNING_CONFIGS.values() for f in dataclasses.fields(cls)}
@@ -291,6 +328,9 @@ ARCHITECTURE_FIELDS = (
     "prefix_hidden_size",
     "prompt_encoder",
     "adapter_size",
+    "lora_r",
+    "lora_alpha",
+    "lora_target",
     "pooling",
     "projection_dim",
     "share_encoder",
@@ -298,7 +338,7 @@ ARCHITECTURE_FIELDS = (
     "normalize",
     "title_mode",
 )
-_FLAG_NAMES = {"tuning": "the tuning mode (--prefix/--prompt/--bitfit/--adapter, none = fine-tuning)"}
+_FLAG_NAMES = {"tuning": "the tuning mode (--prefix/--prompt/--bitfit/--adapter/--lora, none = fine-tuning)"}
 _PARTS = {"backbone": BackboneConfig, "head": HeadConfig, "passages": PassageFormat, "sides": SidesConfig}
 
 
@@ -326,9 +366,9 @@ class BiEncoderConfig:
                 "--tune_side question keeps the passage encoder fixed; it cannot be combined "
                 f"with --projection_dim {self.head.projection_dim} or --share_encoder"
             )
-        if self.backbone.gradient_checkpointing and method in ("prefix", "adapter"):
-            # BERT's checkpointed layers drop past_key_values, and adapter hooks would not run on the
-            # recomputation: either would silently train the wrong model, so refuse.
+        if self.backbone.gradient_checkpointing and method in ("prefix", "adapter", "lora"):
+            # BERT's checkpointed layers drop past_key_values, and adapter / LoRA hooks would not see their
+            # set on the recomputation: either would silently train the wrong model, so refuse.
             raise ConfigError(
                 f"--gradient_checkpointing cannot be combined with --{method}: the "
                 f"recomputed layers would run without the {method}"

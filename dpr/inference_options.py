@@ -15,11 +15,12 @@ __all__ = ["encoder_overrides_from_args", "inference_config_from_args"]
 
 
 def inference_config_from_args(args: argparse.Namespace) -> InferenceModelConfig:
-    """--model_file / --task, the encoder and tuning flags, --fp16 / --bf16 and --no_cuda."""
+    """--model_file / --task, the encoder and tuning flags, --fp16 / --bf16, --no_cuda and --merge_lora."""
     return InferenceModelConfig(
         model_file=args.model_file,
         encoder_overrides=encoder_overrides_from_args(args),
         tasks=tuple(getattr(args, "tasks", None) or ()),
         precision=args.precision,
         no_cuda=args.no_cuda,
+        merge_lora=getattr(args, "merge_lora", False),
     )

@@ -148,6 +148,13 @@ def add_tuning_params(parser: argparse.ArgumentParser) -> None:
         "--adapter", dest="tuning", action="store_const", const="adapter", help="bottleneck adapters in every layer"
     )
     modes.add_argument(
+        "--lora",
+        dest="tuning",
+        action="store_const",
+        const="lora",
+        help="LoRA: low-rank updates (alpha / r) B A of the --lora_target linear layers of the frozen backbone",
+    )
+    modes.add_argument(
         "--finetune",
         dest="tuning",
         action="store_const",
@@ -174,6 +181,29 @@ def add_tuning_params(parser: argparse.ArgumentParser) -> None:
         "--prompt_init_text", default=None, help="initialise the --prompt embeddings from this text's token embeddings"
     )
     group.add_argument("--adapter_size", type=int, default=None, help="adapter bottleneck size (64)")
+    group.add_argument("--lora_r", type=int, default=None, help="LoRA rank (8)")
+    group.add_argument(
+        "--lora_alpha", type=float, default=None, help="LoRA alpha: the update is scaled by alpha / r (16)"
+    )
+    group.add_argument("--lora_dropout", type=float, default=None, help="dropout on the LoRA input (0.1)")
+    group.add_argument(
+        "--lora_target",
+        type=parse_names,
+        default=None,
+        help="comma-separated linear layers to adapt, matched against module names' last components as PEFT's "
+        "target_modules (default query,key,value,dense; in BERT, dense is the attention output, intermediate "
+        "and output projections)",
+    )
+
+
+def add_merge_lora_param(group: argparse._ArgumentGroup) -> None:
+    """--merge_lora (inference): encode with the LoRA deltas folded into the weights instead of hooks."""
+    group.add_argument(
+        "--merge_lora",
+        action="store_true",
+        help="with a --lora --model_file: fold its deltas into a copy of the backbone per side (W += alpha/r B A), "
+        "so encoding runs the plain BERT; same vectors, one backbone copy per tuned side",
+    )
 
 
 def encoder_overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -200,6 +230,14 @@ def encoder_config_from_args(
     names the flag, its value and the checkpoint's value.
     """
     return apply_overrides(stored, encoder_overrides_from_args(args), source)
+
+
+def parse_names(value: str) -> tuple[str, ...]:
+    """argparse type for comma-separated names (``--lora_target query,value``); refuses empty names."""
+    names = tuple(name.strip() for name in value.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected names separated by commas (e.g. query,value), found {value!r}")
+    return names
 
 
 def parse_upsample_rates(value: str) -> tuple[int, ...]:

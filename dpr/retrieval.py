@@ -35,7 +35,7 @@ from dpr.embeddings_io import INDEX_SOURCE_FILE, EmbeddingsError, EmbeddingShard
 from dpr.encoding import Side, encode_texts
 from dpr.identity import EncoderIdentity
 from dpr.indexer.faiss_index import DenseIndex, IndexParams, merge_topk
-from dpr.models.biencoder import BiEncoder, build_biencoder
+from dpr.models.biencoder import BiEncoder, build_biencoder, merge_lora
 from dpr.models.checkpoint_format import WEIGHTS_FILE, CheckpointInfo, load_biencoder, read_checkpoint_info
 from dpr.models.hub import load_backbone, load_tokenizer
 from dpr.models.tasks import TaskLibrary
@@ -66,6 +66,7 @@ class InferenceModelConfig:
     tasks: tuple[tuple[str, str], ...] = ()
     precision: str = "auto"  # auto, fp32, fp16, bf16 or int8 (CPU); resolved when the model is loaded
     no_cuda: bool = False
+    merge_lora: bool = False  # fold a --lora checkpoint's deltas into one backbone copy per side (no hooks)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.encoder_overrides) - _ENCODER_FIELDS)
@@ -78,6 +79,11 @@ class InferenceModelConfig:
             raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(INFERENCE_REQUESTS)}")
         if self.tasks and self.model_file:
             raise ConfigError("pass either --model_file (one checkpoint) or --task NAME=CHECKPOINT (several), not both")
+        if self.merge_lora and (self.tasks or not self.model_file):
+            raise ConfigError(
+                "--merge_lora folds the LoRA deltas of one --model_file checkpoint into its backbone; "
+                "--task checkpoints share one unmerged backbone and the base model has no deltas"
+            )
         names = [name for name, _ in self.tasks]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
@@ -138,6 +144,8 @@ def load_inference_model(cfg: InferenceModelConfig, device: torch.device | None 
                 config.tuning.method,
             )
         model, checkpoint, training = build_biencoder(config), None, {}
+    if cfg.merge_lora:
+        model = merge_lora(model)
     tokenizer = load_tokenizer(model.config.backbone.pretrained_model_cfg, model.config.backbone.do_lower_case)
     model.to(device).eval()
     precision = resolve_precision(cfg.precision, device)

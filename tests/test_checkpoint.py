@@ -51,7 +51,7 @@ def perturb(model):
             dict(model.named_parameters())[name].add_(torch.randn_like(dict(model.named_parameters())[name]) * 0.3)
 
 
-@pytest.mark.parametrize("tuning", ["prefix", "prompt", "adapter", "bitfit", "finetune"])
+@pytest.mark.parametrize("tuning", ["prefix", "prompt", "adapter", "lora", "bitfit", "finetune"])
 def test_save_load_reproduces_embeddings_exactly(tmp_path, tiny_model_dir, tuning):
     cfg = BiEncoderConfig.from_flat(
         pretrained_model_cfg=tiny_model_dir,

@@ -22,6 +22,7 @@ from dpr.configs import (
     ConfigError,
     FinetuneConfig,
     HeadConfig,
+    LoraConfig,
     PassageFormat,
     PrefixConfig,
     PromptConfig,
@@ -52,6 +53,7 @@ def test_every_method_round_trips_through_its_nested_and_flat_forms():
         PrefixConfig(pre_seq_len=4, prefix_mlp=True, prefix_hidden_size=16),
         PromptConfig(pre_seq_len=3, prompt_encoder="lstm", prompt_init_text="find the answer"),
         AdapterConfig(adapter_size=8),
+        LoraConfig(lora_r=4, lora_alpha=12.0, lora_dropout=0.0, lora_target=("query", "output.dense")),
     ):
         config = BiEncoderConfig(
             backbone=BackboneConfig("bert-tiny", sequence_length=64),
@@ -126,8 +128,8 @@ def test_bad_configs_name_the_flag_or_key():
         PromptConfig(pre_seq_len=0)
     with pytest.raises(ConfigError, match="--title_mode 'both' is not one of auto, pair, concat"):
         PassageFormat(title_mode="both")
-    with pytest.raises(ConfigError, match=r"tuning mode 'lora' is not one of"):
-        tuning_from_dict({"method": "lora"})
+    with pytest.raises(ConfigError, match=r"tuning mode 'ia3' is not one of .*, adapter, lora$"):
+        tuning_from_dict({"method": "ia3"})
     with pytest.raises(ConfigError, match=r"ckpt/config.json: unknown prefix tuning config keys \['adapter_size'\]"):
         tuning_from_dict({"method": "prefix", "adapter_size": 4}, "ckpt/config.json")
     nested = BiEncoderConfig().to_dict()

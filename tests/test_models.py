@@ -16,7 +16,7 @@ from dpr.models.encoder import cache_argument, parameter_counts, pool, prefixed_
 from dpr.models.hub import SHORT_NAMES, ModelNotFoundError, load_backbone, resolve_model_path
 from dpr.options import ConfigError
 
-MODES = ("finetune", "prefix", "prompt", "bitfit", "adapter")
+MODES = ("finetune", "prefix", "prompt", "bitfit", "adapter", "lora")
 
 
 def tiny_backbone(seed: int = 0) -> BertModel:
@@ -55,7 +55,7 @@ def batch(lengths=(7, 3), vocab=99, seed=0):
     return ids, mask, torch.zeros_like(ids)
 
 
-@pytest.mark.parametrize("tuning", ["prefix", "prompt", "adapter", "bitfit"])
+@pytest.mark.parametrize("tuning", ["prefix", "prompt", "adapter", "lora", "bitfit"])
 def test_only_tuned_parameters_get_gradients_and_backbone_is_unchanged(tuning):
     model = make(tuning).train()
     backbone_before = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
@@ -128,7 +128,7 @@ def test_prefix_gradients_flow_through_the_mlp_reparameterisation():
     assert trans and all(p.grad is not None and p.grad.abs().sum() > 0 for p in trans)
 
 
-@pytest.mark.parametrize("tuning", ["prefix", "prompt", "adapter"])
+@pytest.mark.parametrize("tuning", ["prefix", "prompt", "adapter", "lora"])
 def test_frozen_modes_share_one_backbone(tuning):
     model = make(tuning)
     q, c = model.question_encoder, model.ctx_encoder

@@ -20,7 +20,7 @@ from dpr.device import add_hardware_params
 from dpr.embedding import EmbedConfig, check_shard_ids, embed_corpus
 from dpr.inference_options import inference_config_from_args
 from dpr.models.encoder import trainable_report
-from dpr.options import add_encoder_params, add_tuning_params
+from dpr.options import add_encoder_params, add_merge_lora_param, add_tuning_params
 from dpr.retrieval import load_inference_model
 
 logger = logging.getLogger("generate_embeddings")
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--fp16_storage", action="store_true", help="store vectors as float16 (half the disk)")
     h = add_hardware_params(parser, training=False, int8=True)
+    add_merge_lora_param(h)
     h.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bar")
     return parser
 

@@ -48,7 +48,7 @@ from dpr.evaluation.qa_validation import MATCH_TYPES
 from dpr.indexer.faiss_index import IndexParams
 from dpr.inference_options import inference_config_from_args
 from dpr.models.encoder import trainable_report
-from dpr.options import ConfigError, add_encoder_params, add_tuning_params
+from dpr.options import ConfigError, add_encoder_params, add_merge_lora_param, add_tuning_params
 from dpr.retrieval import InferenceModelConfig, load_inference_model, load_task_encoder
 from dpr.search import (
     Retrieval,
@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in INDEX_PARAM_FLAGS:
         r.add_argument(f"--{name}", type=int, default=getattr(defaults, name), help="index setting")
     h = add_hardware_params(parser, training=False, int8=True)
+    add_merge_lora_param(h)
     h.add_argument("--no_progress", dest="progress", action="store_false")
     return parser
 

@@ -65,6 +65,7 @@ class AdapterRouter:
                 return None  # None keeps the module's own output
             return getattr(adapters, where)[index](output)
 
+        apply._dpr_router_hook = True  # type: ignore[attr-defined]  # dropped from copies (dpr.models.lora)
         return apply
 
     @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """The DPR bi-encoder: a question encoder and a passage encoder (encoding only; no loss here).
 
-In the frozen-backbone modes (prefix, prompt, adapter) both encoders hold the SAME backbone module, so
+In the frozen-backbone modes (prefix, prompt, adapter, lora) both encoders hold the SAME backbone module, so
 its weights exist once in memory; each side owns only its tuned parameters. Fine-tuning and BitFit keep
 two backbones unless ``share_encoder``.
 """
@@ -18,6 +18,7 @@ from dpr.configs import BiEncoderConfig, ConfigError, FinetuneConfig
 from dpr.identity import EncoderIdentity, encoder_digest
 from dpr.models.encoder import TunedEncoder, build_tuned_encoder
 from dpr.models.hub import default_normalize, default_pooling, default_title_mode, load_backbone
+from dpr.models.lora import LoraError, merged_backbone
 from dpr.models.serialization import backbone_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -26,9 +27,16 @@ logger = logging.getLogger(__name__)
 class BiEncoder(nn.Module):
     """Question and passage encoders with dot-product similarity (Tevatron-style interface)."""
 
-    def __init__(self, question_encoder: TunedEncoder, ctx_encoder: TunedEncoder, config: BiEncoderConfig) -> None:
+    def __init__(
+        self,
+        question_encoder: TunedEncoder,
+        ctx_encoder: TunedEncoder,
+        config: BiEncoderConfig,
+        identity: EncoderIdentity | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
+        self._identity = identity  # a merged LoRA model keeps the identity of the model it was merged from
         self.question_encoder = question_encoder
         self.ctx_encoder = ctx_encoder
         # Names of the parameters the tuning mode trains: exactly what a checkpoint stores. Fixed at build
@@ -55,6 +63,8 @@ class BiEncoder(nn.Module):
         """What an index of this model's passage vectors records: the passage side's own config (the
         base model's with ``tune_side='question'``, so an index built before training matches), the
         backbone's shape, the passage format and the passage encoder's weights."""
+        if self._identity is not None:
+            return self._identity
         return EncoderIdentity.of_config(
             self.config.passage_config(), backbone_fingerprint(self.backbone), encoder_digest(self.ctx_encoder)
         )
@@ -135,3 +145,25 @@ def build_biencoder(config: BiEncoderConfig, prompt_init_ids: list[int] | None =
         attention_dropout=config.backbone.attention_dropout,
     )
     return build_biencoder_from_backbone(config, backbone, prompt_init_ids)
+
+
+def merge_lora(model: BiEncoder) -> BiEncoder:
+    """An inference copy of a --lora bi-encoder: each LoRA side on its own merged backbone, without hooks.
+
+    The vectors are the same (up to float rounding), and so is :meth:`BiEncoder.passage_identity` (indexes made
+    with either model can be searched with the other); ``model`` and its shared backbone are left as they were.
+    The copy holds one backbone per LoRA side and trains nothing: it is for encoding, not for checkpoints.
+    """
+    if model.config.tuning.method != "lora":
+        raise LoraError(f"--merge_lora applies to --lora checkpoints; this one is {model.config.tuning.method}")
+
+    def merged(encoder: TunedEncoder) -> TunedEncoder:
+        if encoder.lora is None:  # the fixed base passage encoder of --tune_side question
+            return encoder
+        plain = TunedEncoder(merged_backbone(encoder), FinetuneConfig(), encoder.head)
+        plain.projection = copy.deepcopy(encoder.projection)
+        return plain.requires_grad_(False).train(encoder.training)
+
+    return BiEncoder(
+        merged(model.question_encoder), merged(model.ctx_encoder), model.config, identity=model.passage_identity()
+    )

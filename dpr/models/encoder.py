@@ -14,8 +14,18 @@ import torch
 from torch import nn
 from transformers import BertModel
 
-from dpr.configs import AdapterConfig, BackboneConfig, ConfigError, HeadConfig, PrefixConfig, PromptConfig, TuningConfig
+from dpr.configs import (
+    AdapterConfig,
+    BackboneConfig,
+    ConfigError,
+    HeadConfig,
+    LoraConfig,
+    PrefixConfig,
+    PromptConfig,
+    TuningConfig,
+)
 from dpr.models.adapters import AdapterSet, adapter_router
+from dpr.models.lora import LoraSet, lora_router
 from dpr.models.prefix import PrefixEncoder, PromptEncoder, prefix_cache, prompt_init_embeddings
 
 
@@ -75,7 +85,7 @@ class TunedEncoder(nn.Module):
     """A BERT encoder in one tuning mode, with an optional head (pooling, projection, normalisation).
 
     ``backbone`` may be shared with other encoders (frozen modes); only this encoder's prefix, prompt,
-    adapters and projection are its own. ``head.pooling`` must already be resolved (cls or mean); without
+    adapters, LoRA deltas and projection are its own. ``head.pooling`` must already be resolved (cls or mean); without
     a head (ColBERT) the encoder gives token states only.
     """
 
@@ -96,6 +106,7 @@ class TunedEncoder(nn.Module):
         self.prefix: PrefixEncoder | None = None
         self.prompt: PromptEncoder | None = None
         self.adapters: AdapterSet | None = None
+        self.lora: LoraSet | None = None
         if isinstance(tuning, PrefixConfig):
             self.prefix = PrefixEncoder(
                 bert_config, tuning.pre_seq_len, tuning.prefix_mlp, tuning.prefix_hidden_size, tuning.prefix_dropout
@@ -105,6 +116,9 @@ class TunedEncoder(nn.Module):
         elif isinstance(tuning, AdapterConfig):
             self.adapters = AdapterSet(bert_config.hidden_size, bert_config.num_hidden_layers, tuning.adapter_size)
             adapter_router(backbone)
+        elif isinstance(tuning, LoraConfig):
+            self.lora = LoraSet(backbone, tuning)
+            lora_router(backbone).install(self.lora.paths)
         projection_dim = head.projection_dim if head is not None else 0
         self.projection = nn.Linear(bert_config.hidden_size, projection_dim) if projection_dim > 0 else None
 
@@ -125,13 +139,18 @@ class TunedEncoder(nn.Module):
             return self._prefix_states(input_ids, attention_mask, token_type_ids)
         if self.prompt is not None:
             return self._prompt_states(input_ids, attention_mask, token_type_ids)
-        context = (
-            adapter_router(self.backbone).use(self.adapters) if self.adapters is not None else contextlib.nullcontext()
-        )
-        with context:
+        with self._hooks():
             return self.backbone(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
             ).last_hidden_state
+
+    def _hooks(self) -> contextlib.AbstractContextManager:
+        """Make this encoder's adapters or LoRA deltas the ones the shared backbone's hooks apply."""
+        if self.adapters is not None:
+            return adapter_router(self.backbone).use(self.adapters)
+        if self.lora is not None:
+            return lora_router(self.backbone).use(self.lora)
+        return contextlib.nullcontext()
 
     def _prefix_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor

@@ -1,5 +1,7 @@
 """Hugging Face PEFT interop: one side's P-tuning v2 prefix <-> a PEFT prefix-tuning adapter folder.
 
+(LoRA adapters: :mod:`dpr.models.peft_lora`, on the folder helpers and errors of this module.)
+
 A PEFT prefix-tuning adapter (``PrefixTuningConfig``, ``task_type="FEATURE_EXTRACTION"``, applied to a
 ``BertModel``) is a folder with ``adapter_config.json`` and ``adapter_model.safetensors``. The weights
 file holds ONE tensor, ``prompt_embeddings`` of shape ``(P, num_layers * 2 * hidden)``: the flattened
@@ -30,8 +32,8 @@ PEFT also drops ``token_type_ids`` for prompt learning; questions use segment 0 
 lost there, but titled passages (``[CLS] title [SEP] text [SEP]``, segments 0 then 1) differ.
 
 Not representable in a PEFT prefix adapter, hence refused on export: a ``--projection_dim`` layer,
-and the prompt / adapter modes. Pooling (cls or mean) is not part of PEFT's format; our own settings
-travel in a side file, ``dpr_encoder.json``, which PEFT ignores and import reads.
+and the prompt / adapter modes (LoRA has its own format). Pooling (cls or mean) is not part of PEFT's
+format; our own settings travel in a side file, ``dpr_encoder.json``, which PEFT ignores and import reads.
 """
 
 from __future__ import annotations
@@ -127,8 +129,8 @@ def write_peft_adapter(
     """
     if encoder.prefix is None:
         raise PeftAdapterError(
-            f"PEFT prefix-tuning export needs a --prefix encoder; this one is "
-            f"{encoder.tuning.method} (prompt and adapter tuning have no PEFT prefix form)"
+            f"PEFT export needs a --prefix or --lora encoder; this one is "
+            f"{encoder.tuning.method} (prompt and adapter tuning have no PEFT form here)"
         )
     if encoder.projection is not None:
         raise PeftAdapterError(
@@ -147,7 +149,7 @@ def write_peft_adapter(
     return folder
 
 
-def _read_json(path: str) -> dict[str, Any]:
+def read_adapter_json(path: str) -> dict[str, Any]:
     data = read_json_file(path, error=PeftAdapterError)
     if not isinstance(data, dict):
         raise PeftAdapterError(f"{path}: expected a JSON object, found {type(data).__name__}")
@@ -165,7 +167,7 @@ def _check_config(config: dict[str, Any], path: str) -> None:
     if config.get("peft_type") != "PREFIX_TUNING":
         raise PeftAdapterError(
             f"{path}: peft_type {config.get('peft_type')!r}, expected 'PREFIX_TUNING' "
-            f"(only prefix-tuning adapters map onto our --prefix encoders)"
+            f"(only prefix-tuning adapters map onto our --prefix encoders; LORA ones onto --lora, dpr.models.peft_lora)"
         )
     if config.get("task_type") not in (TASK_TYPE, None):
         # The tensor layout is the same for every BERT task head; only the head itself is not imported.
@@ -177,8 +179,8 @@ def _check_config(config: dict[str, Any], path: str) -> None:
         )
 
 
-def read_peft_adapter(folder: str) -> PeftPrefix:
-    """Read and validate a PEFT prefix-tuning adapter folder; every error names the file and the value."""
+def adapter_files(folder: str) -> tuple[str, str]:
+    """``(adapter_config.json, adapter_model.safetensors)`` of a PEFT adapter folder; PeftAdapterError if missing."""
     config_path, weights_path = os.path.join(folder, CONFIG_FILE), os.path.join(folder, WEIGHTS_FILE)
     if not os.path.isfile(config_path):
         raise PeftAdapterError(f"{folder} is not a PEFT adapter folder: no {CONFIG_FILE}")
@@ -189,7 +191,22 @@ def read_peft_adapter(folder: str) -> PeftPrefix:
             else ""
         )
         raise PeftAdapterError(f"{weights_path}: missing{pickle_hint}")
-    config = _read_json(config_path)
+    return config_path, weights_path
+
+
+def peft_type(folder: str) -> str:
+    """The ``peft_type`` of a PEFT adapter folder (``PREFIX_TUNING``, ``LORA``, ...), checked to be a string."""
+    config_path, _ = adapter_files(folder)
+    value = read_adapter_json(config_path).get("peft_type")
+    if not isinstance(value, str):
+        raise PeftAdapterError(f"{config_path}: peft_type {value!r}, expected 'PREFIX_TUNING' or 'LORA'")
+    return value
+
+
+def read_peft_adapter(folder: str) -> PeftPrefix:
+    """Read and validate a PEFT prefix-tuning adapter folder; every error names the file and the value."""
+    config_path, weights_path = adapter_files(folder)
+    config = read_adapter_json(config_path)
     _check_config(config, config_path)
     fields = {
         k: _int_field(config, k, config_path)
@@ -222,7 +239,7 @@ def read_peft_adapter(folder: str) -> PeftPrefix:
     if config.get("prefix_projection"):
         logger.info("%s: prefix_projection adapter saved by PEFT as its MLP output; imported as a plain prefix", folder)
     sidecar_path = os.path.join(folder, SIDECAR_FILE)
-    sidecar = _read_json(sidecar_path) if os.path.isfile(sidecar_path) else None
+    sidecar = read_adapter_json(sidecar_path) if os.path.isfile(sidecar_path) else None
     if sidecar is not None and sidecar.get("format") != SIDECAR_FORMAT:
         raise PeftAdapterError(f"{sidecar_path}: format {sidecar.get('format')!r}, expected {SIDECAR_FORMAT!r}")
     return PeftPrefix(

@@ -1,12 +1,12 @@
 """Many tasks on one frozen backbone: a registry of tuned bi-encoders that all hold the SAME BERT.
 
-Each task is a prefix, prompt or adapter checkpoint: a few megabytes of tuned parameters on top of a
+Each task is a prefix, prompt, adapter or LoRA checkpoint: a few megabytes of tuned parameters on top of a
 backbone that none of them changes. The library loads that backbone once and wraps it per task in a
 :class:`~dpr.models.biencoder.BiEncoder` built by ``build_biencoder_from_backbone``, so every task's
 question and passage encoders point at one ``BertModel`` object: its weights exist once in memory
 however many tasks are registered, and switching tasks moves no backbone weight (a prefix or prompt
-is computed per call from the task's own parameters; adapters are selected per call by the
-backbone's thread-local ``adapter_router``).
+is computed per call from the task's own parameters; adapters and LoRA deltas are selected per call by
+the backbone's thread-local ``adapter_router`` / ``lora_router``).
 
 Fine-tuned and BitFit checkpoints change the backbone itself, so they cannot share one: they are
 refused with a message saying to load them alone.
