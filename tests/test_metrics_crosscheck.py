@@ -48,6 +48,7 @@ def _assert_agree(a: dict[str, float], b: dict[str, float]) -> None:
 
 def test_hand_computed_ties():
     """One query, three docs tied: we rank a, b, c (id ascending); trec_eval on raw scores ranks c, b, a."""
+    pytest.importorskip("pytrec_eval")  # comes with ir-measures
     qrels = {"q": {"a": 1}}
     run = {"q": {"a": 0.5, "b": 0.5, "c": 0.5}}
     assert ours(qrels, run) == {"nDCG@10": 1.0, "MRR@10": 1.0, "R@100": 1.0}
