@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from dpr.data.readers import Passage
 from dpr.encoding import encode_texts
 from dpr.models.checkpoint_format import load_biencoder
 from dpr.models.hub import load_tokenizer
-from dpr.models.st_export import SentenceTransformersExportError, export_sentence_transformers
+from dpr.models.st_export import SentenceTransformersExportError, _backbone_for_export, export_sentence_transformers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -57,6 +60,23 @@ def _st_vectors(st, folder: str, side: str, title_mode: str = "pair", insert_tit
     return model.encode(items, batch_size=3, convert_to_numpy=True)
 
 
+@pytest.fixture(scope="module")
+def cased_bert_dir(tiny_bert_dir, tmp_path_factory) -> str:
+    """tiny_bert_dir with a CASED tokenizer (its normaliser's lower-casing off): --do_lower_case then matters."""
+    path = str(tmp_path_factory.mktemp("cased") / "model")
+    shutil.copytree(tiny_bert_dir, path)
+    for name, edit in (
+        ("tokenizer.json", ("normalizer", "lowercase")),
+        ("tokenizer_config.json", (None, "do_lower_case")),
+    ):
+        data = json.loads(open(os.path.join(path, name)).read())
+        (data[edit[0]] if edit[0] else data)[edit[1]] = False
+        open(os.path.join(path, name), "w").write(json.dumps(data))
+    cased = load_tokenizer(path)
+    assert cased("PARIS")["input_ids"] != cased("paris")["input_ids"]  # the vocab is uncased: capitals differ
+    return path
+
+
 CASES = {
     "finetune-mean-projection-normalize-pair": (
         "finetune",
@@ -81,6 +101,16 @@ def test_sentence_transformers_gives_our_vectors(st, case, side, tiny_bert_dir, 
     assert theirs.shape == ours.shape == (len(ours), settings.get("projection_dim") or 32)
     np.testing.assert_allclose(theirs, ours, atol=TOL, rtol=0)
     assert np.abs(ours).max() > 0.1 and np.abs(ours[0] - ours[1]).max() > 1e-3  # not a degenerate encoder
+
+
+def test_do_lower_case_travels_with_the_tokenizer(st, cased_bert_dir, tmp_path):
+    checkpoint = make_checkpoint(str(tmp_path / "ckpt"), cased_bert_dir, "finetune", 26, do_lower_case=True)
+    folder = export_sentence_transformers(checkpoint, str(tmp_path / "st"), "question")
+    shouted = [q.upper() for q in QUESTIONS]
+    ours = _ours(checkpoint, "question", shouted)
+    np.testing.assert_allclose(ours, _ours(checkpoint, "question", QUESTIONS), atol=TOL, rtol=0)  # lower-cased
+    model = st.SentenceTransformer(folder, device="cpu")
+    np.testing.assert_allclose(model.encode(shouted, convert_to_numpy=True), ours, atol=TOL, rtol=0)
 
 
 def test_folder_layout_and_readme(st, tiny_bert_dir, tmp_path):
@@ -131,6 +161,18 @@ def test_modes_that_change_the_network_are_refused(method, why, tiny_bert_dir, t
         with pytest.raises(SentenceTransformersExportError, match=f"--{method} encoder {why}"):
             export_sentence_transformers(checkpoint, str(tmp_path / side), side)
         assert not (tmp_path / side).exists()
+
+
+def test_lora_goes_through_merged_backbone(monkeypatch):
+    """The seam: a lora encoder exports ``dpr.models.lora.merged_backbone(encoder)``, imported only then."""
+    merged = object()
+    fake = types.ModuleType("dpr.models.lora")
+    fake.merged_backbone = lambda encoder: (merged, encoder)
+    monkeypatch.setitem(sys.modules, "dpr.models.lora", fake)
+    encoder = types.SimpleNamespace(tuning=types.SimpleNamespace(method="lora"), backbone="plain")
+    assert _backbone_for_export(encoder) == (merged, encoder)
+    encoder.tuning.method = "bitfit"
+    assert _backbone_for_export(encoder) == "plain"
 
 
 def test_lora_merged_export_gives_our_vectors(st, tiny_bert_dir, tmp_path):

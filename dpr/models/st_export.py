@@ -174,6 +174,9 @@ def _readme(config: BiEncoderConfig, side: str, source: str) -> str:
             "",
             inputs or passage_input_format(config),
             "",
+            "Loading may report `pooler.dense.*` as MISSING: BERT's pooler was never part of this encoder and is "
+            "never used (the Pooling module pools the token states).",
+            "",
         ]
     )
 
