@@ -84,6 +84,12 @@ def test_sentence_transformers_export_writes_a_folder(tiny_bert_dir, tmp_path, c
     )
     assert (out / "modules.json").is_file() and (out / "model.safetensors").is_file()
     assert f"-> {out}" in capsys.readouterr().out
+    argv = ["sentence-transformers", "--model_file", checkpoint, "--out_dir", checkpoint]
+    assert run_cli(main, argv) == 2
+    assert _error_lines(capsys) == [
+        f"error: --out_dir {checkpoint} is the checkpoint itself; writing there would replace it"
+    ]
+    assert load_biencoder(checkpoint)  # untouched
 
 
 @pytest.mark.parametrize("fmt", ["peft", "sentence-transformers"])

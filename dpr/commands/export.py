@@ -37,7 +37,7 @@ def _add_export(commands: argparse._SubParsersAction, name: str, help_text: str)
     # Checked by the library, not by argparse choices: a bad value is then one `error:` line (exit 2), as for
     # every other bad input, instead of argparse's usage text.
     sub.add_argument("--side", default="question", metavar=SIDE_METAVAR, help="which encoder (default: question)")
-    sub.add_argument("--out_dir", required=True, help="folder to write (must not exist)")
+    sub.add_argument("--out_dir", required=True, help="folder to write (replaces an existing one, atomically)")
 
 
 def add_peft_import_args(parser: argparse.ArgumentParser) -> None:

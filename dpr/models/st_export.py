@@ -237,6 +237,8 @@ def export_sentence_transformers(model_file: str, out_dir: str, side: str = "que
     if side not in SIDES:
         raise ConfigError(f"--side must be question or passage, found {side!r}")
     model, info = load_biencoder(model_file)
+    if os.path.abspath(out_dir) in (os.path.abspath(model_file), os.path.abspath(info.path)):
+        raise ConfigError(f"--out_dir {out_dir} is the checkpoint itself; writing there would replace it")
     encoder = model.question_encoder if side == "question" else model.ctx_encoder
     # The passage side of a --tune_side question model is the base encoder: describe it by its own config.
     config = model.config if side == "question" else model.config.passage_config()
