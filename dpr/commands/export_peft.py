@@ -8,6 +8,9 @@
     # PEFT adapter folder(s) -> a checkpoint folder usable with --model_file
     python export_peft.py import --question_adapter peft_q --passage_adapter peft_p --out_dir ckpt_from_peft
 
+The old name of ``python -m dpr.export peft`` / ``python -m dpr.export import peft`` (dpr/commands/export.py),
+kept as an alias: same flags as before, same functions.
+
 Load an exported folder in PEFT with ``PeftModel.from_pretrained(BertModel.from_pretrained(...), folder)``.
 For prefixes, PEFT numbers the real tokens from P unless given ``position_ids``; see dpr/models/peft_interop.py
 for the exact correspondence (``peft_position_ids`` reproduces our vectors). LoRA adapters give our vectors
@@ -22,8 +25,8 @@ import logging
 import sys
 
 from dpr.cli import run_cli, setup_logging
-from dpr.options import POOLING_MODES
-from dpr.training.peft_export import SIDES, export_checkpoint, import_adapters
+from dpr.commands.export import add_peft_import_args, export_peft, import_peft
+from dpr.training.peft_export import SIDES
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--model_file", required=True, help="prefix or LoRA checkpoint folder")
     exp.add_argument("--side", choices=SIDES, default="question")
     exp.add_argument("--out_dir", required=True, help="PEFT adapter folder to write")
-    imp = commands.add_parser("import", help="PEFT adapter folder(s) -> checkpoint folder")
-    imp.add_argument("--question_adapter", required=True, help="PEFT prefix-tuning or LoRA adapter folder")
-    imp.add_argument("--passage_adapter", help="adapter for passages (default: the question adapter)")
-    imp.add_argument("--out_dir", required=True, help="checkpoint folder to write")
-    imp.add_argument("--pretrained_model_cfg", help="backbone (default: from the adapter's files)")
-    imp.add_argument("--pooling", choices=POOLING_MODES, help="default: exported value, else auto")
-    imp.add_argument("--sequence_length", type=int, help="default: exported value, else 512")
+    add_peft_import_args(commands.add_parser("import", help="PEFT adapter folder(s) -> checkpoint folder"))
     return parser
 
 
@@ -49,19 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     if args.command == "export":
-        path = export_checkpoint(args.model_file, args.out_dir, args.side)
-        print(f"PEFT adapter ({args.side} side of {args.model_file}) -> {path}")
-    else:
-        path = import_adapters(
-            args.question_adapter,
-            args.out_dir,
-            args.passage_adapter,
-            pretrained_model_cfg=args.pretrained_model_cfg,
-            pooling=args.pooling,
-            sequence_length=args.sequence_length,
-        )
-        print(f"checkpoint -> {path}")
-    return 0
+        return export_peft(args.model_file, args.side, args.out_dir)
+    return import_peft(args)
 
 
 def cli() -> None:
