@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -287,3 +290,20 @@ def test_training_writes_a_task_summary(tmp_path, tiny_bert_dir, tiny_dpr_files)
         train_dense_encoder.main, [*argv[:-1], str(tmp_path / "ft"), "--num_train_epochs", "1", "--task_summary"]
     )
     assert code == 2
+
+
+def test_bench_routing_prints_the_table(tasks, beir, tmp_path, capsys, monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_routing", os.path.join("bench", "routing.py"))
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_routing", bench)  # its dataclass looks its module up
+    spec.loader.exec_module(bench)
+    ckpts, out = tasks["ckpts"], tmp_path / "routing.json"
+    domain = [beir["dir"] + "/queries.jsonl", beir["dir"] + "/qrels/test.tsv", beir["emb"]]
+    argv = ["--task", f"geo={ckpts['geo']}", "--task", f"bio={ckpts['bio']}", "--domain", "geo", *domain]
+    assert (
+        bench.main([*argv, "--domain", "other", *domain, "--leave_one_out", "--n_docs", "10", "--out", str(out)]) == 0
+    )
+    rows = {row["domain"]: row for row in json.loads(out.read_text())["rows"]}
+    assert rows["geo"]["routes"] == {"geo": 3, "bio": 3, BASE_ROUTE: 2} and rows["other"]["own_prefix"] is None
+    assert rows["geo"]["held_out_routes"] == {"geo": 0, "bio": 3, BASE_ROUTE: 5}  # geo's queries go to the base
+    assert "| geo, its task unregistered | 8 |" in capsys.readouterr().out
