@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Per-query routing on a mixed query stream: own-prefix vs routed vs zero-shot nDCG@10 per domain.
 
-    python bench/routing.py \\
-        --task scifact=runs/recipe-minilm-l6/prefix-question-s12345 --task squad=runs/route-squad \\
-        --domain scifact ../shared/data/scifact/queries.jsonl ../shared/data/scifact/qrels/test.tsv \\
-            'runs/recipe-minilm-l6/zero-shot_*' \\
-        --domain squad runs/route-data/squad/squad-test-queries.jsonl runs/route-data/squad/squad-test-qrels.tsv \\
-            'runs/route-squad-zero-shot_*' \\
-        --max_queries 300 --out bench/results/routing.json
+    bash run_scripts/cpu_routing_bench.sh      # trains both tasks (with summaries), then runs:
+    python bench/routing.py --task scifact=runs/recipe-minilm-l6/prefix-question-s12345 \
+        --task squad=runs/route-squad/run \
+        --domain scifact ../shared/data/scifact/queries.jsonl ../shared/data/scifact/qrels/test.tsv \
+            'runs/recipe-minilm-l6/zero-shot_*' \
+        --domain squad runs/route-squad/data/squad-test-queries.jsonl runs/route-squad/data/squad-test-qrels.tsv \
+            'runs/route-squad/zero-shot_*' \
+        --max_queries 300 --leave_one_out --out bench/results/routing.json
 
 Every --task is a question-side task checkpoint with a task_summary.json (``python -m dpr.route summarize``);
 every --domain is NAME QUERIES.jsonl QRELS.tsv EMBEDDINGS (the zero-shot index of that domain's corpus: the

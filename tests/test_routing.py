@@ -276,7 +276,7 @@ def test_dense_retriever_task_auto_refusals(tasks, beir, tmp_path, capsys):
         retrieve_routed(encoder, open_shards(beir["emb"]), ["a river"])
 
 
-def test_training_writes_a_task_summary(tmp_path, tiny_bert_dir, tiny_dpr_files):
+def test_training_writes_a_task_summary(tmp_path, tiny_bert_dir, tiny_dpr_files, capsys):
     train, dev = tiny_dpr_files
     out = tmp_path / "run"
     flags = ["--prefix", "--pre_seq_len", "4", "--sequence_length", "32", "--batch_size", "8", "--num_train_epochs"]
@@ -289,7 +289,8 @@ def test_training_writes_a_task_summary(tmp_path, tiny_bert_dir, tiny_dpr_files)
     code = run_cli(
         train_dense_encoder.main, [*argv[:-1], str(tmp_path / "ft"), "--num_train_epochs", "1", "--task_summary"]
     )
-    assert code == 2
+    assert code == 2 and "--task_summary is for task-library checkpoints" in capsys.readouterr().err
+    assert not list(tmp_path.glob("ft/*/config.json"))  # refused before any training step or checkpoint
 
 
 def test_bench_routing_prints_the_table(tasks, beir, tmp_path, capsys, monkeypatch):
