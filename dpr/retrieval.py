@@ -230,9 +230,10 @@ class TaskEncoder:
         diffs = [f"{f}: {ours[f]!r} vs checkpoint {stored[f]!r}" for f in ARCHITECTURE_FIELDS if ours[f] != stored[f]]
         if diffs:
             raise ConfigError(f"task {name!r}: config contradicts {checkpoint_path} ({'; '.join(diffs)})")
+        summary = read_summary(info.path)  # before registering: a damaged file must not leave a half-registered task
         self.library.add(name, config, info.backbone, os.path.join(checkpoint_path, WEIGHTS_FILE), checkpoint_path)
         self._checkpoints[name] = os.path.abspath(checkpoint_path)
-        self._summaries[name] = read_summary(info.path)
+        self._summaries[name] = summary
         return info
 
     def unregister(self, name: str) -> None:
