@@ -287,7 +287,8 @@ def test_training_writes_a_task_summary(tmp_path, tiny_bert_dir, tiny_dpr_files,
     assert summary.questions + summary.held_out == 24 and summary.model_name == tiny_bert_dir
     assert summary.pooling == "cls"  # auto pooling of a plain BERT folder, as the tasks resolve it
     code = run_cli(
-        train_dense_encoder.main, [*argv[:-1], str(tmp_path / "ft"), "--num_train_epochs", "1", "--task_summary"]
+        train_dense_encoder.main,
+        [*argv[:-1], str(tmp_path / "ft"), "--sequence_length", "32", "--num_train_epochs", "1", "--task_summary"],
     )
     assert code == 2 and "--task_summary is for task-library checkpoints" in capsys.readouterr().err
     assert not list(tmp_path.glob("ft/*/config.json"))  # refused before any training step or checkpoint
