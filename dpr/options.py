@@ -347,6 +347,7 @@ class TrainConfig:
     val_metric: str = "nll"
     val_ctx_file: str | None = None
     keep_checkpoints: int = 2
+    task_summary: bool = False  # write task_summary.json (per-query routing) into the best checkpoint at the end
     loss_scale: float | None = None  # scores x scale in the loss; None: 20 for normalised vectors, else 1
     ctx_embeddings: tuple[str, ...] = ()
     precision: str = "auto"  # resolved by dpr.device.resolve_precision when training starts
@@ -497,6 +498,12 @@ def add_training_params(parser: argparse.ArgumentParser) -> None:
     for name in ("learning_rate", "adam_eps", "weight_decay", "max_grad_norm"):
         t.add_argument(f"--{name}", type=float, default=getattr(d, name))
     t.add_argument("--adam_betas", type=parse_betas, default=d.adam_betas)
+    t.add_argument(
+        "--task_summary",
+        action="store_true",
+        help="at the end, write task_summary.json (the base model's view of up to 2,000 training questions, "
+        "for --task auto routing) into the best checkpoint; costs one base-model pass over them",
+    )
     t.add_argument(
         "--grad_cache",
         action="store_true",

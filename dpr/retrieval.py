@@ -38,7 +38,18 @@ from dpr.indexer.faiss_index import DenseIndex, IndexParams, merge_topk
 from dpr.models.biencoder import BiEncoder, build_biencoder, merge_lora
 from dpr.models.checkpoint_format import WEIGHTS_FILE, CheckpointInfo, load_biencoder, read_checkpoint_info
 from dpr.models.hub import load_backbone, load_tokenizer
-from dpr.models.tasks import TaskLibrary
+from dpr.models.tasks import TaskError, TaskLibrary, same_model_name
+from dpr.routing import (
+    AUTO,
+    SUMMARIZE_COMMAND,
+    SUMMARY_FILE,
+    RoutingError,
+    TaskSummary,
+    base_question_encoder,
+    choose_routes,
+    encode_questions,
+    read_summary,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -180,9 +191,12 @@ class TaskEncoder:
 
     >>> encoder = TaskEncoder.from_checkpoints({"scifact": "ckpt/scifact", "nq": "ckpt/nq"})
     >>> vectors = encoder.encode(["what causes scurvy?"], task="scifact")       # (1, D) float32
+    >>> vectors, routes = encoder.encode(questions, task="auto", return_routes=True)  # per-query routing
 
     The backbone ``pretrained_model_cfg`` is loaded once; every registered checkpoint must have been
     trained on it (checked by name and shape). Switching tasks between calls moves no backbone weights.
+    ``task="auto"`` routes each question to the task it most resembles (``dpr.routing``; every task needs
+    its ``task_summary.json``) or to the base model (the backbone with no task active).
     """
 
     def __init__(self, pretrained_model_cfg: str, device: torch.device | str = "cpu", precision: str = "fp32") -> None:
@@ -190,6 +204,7 @@ class TaskEncoder:
         self.library = TaskLibrary(load_backbone(pretrained_model_cfg), pretrained_model_cfg).to(device)
         self.precision = precision  # the default autocast of encode()
         self._checkpoints: dict[str, str] = {}
+        self._summaries: dict[str, TaskSummary | None] = {}  # routing summaries (task_summary.json)
         self._tokenizers: dict[bool, PreTrainedTokenizerBase] = {}  # by do_lower_case: tasks may differ only in that
 
     @classmethod
@@ -214,6 +229,8 @@ class TaskEncoder:
         ``config`` (default: the checkpoint's) may change settings that do not alter the network, such
         as ``sequence_length``; an architecture field that differs from the checkpoint's is an error.
         """
+        if name == AUTO:
+            raise TaskError(f"task name {AUTO!r} is reserved: encode(task={AUTO!r}) routes each query to a task")
         info = read_checkpoint_info(checkpoint_path)
         if config is None:
             config = info.encoder
@@ -221,13 +238,26 @@ class TaskEncoder:
         diffs = [f"{f}: {ours[f]!r} vs checkpoint {stored[f]!r}" for f in ARCHITECTURE_FIELDS if ours[f] != stored[f]]
         if diffs:
             raise ConfigError(f"task {name!r}: config contradicts {checkpoint_path} ({'; '.join(diffs)})")
+        summary = read_summary(info.path)  # before registering: a damaged file must not leave a half-registered task
         self.library.add(name, config, info.backbone, os.path.join(checkpoint_path, WEIGHTS_FILE), checkpoint_path)
         self._checkpoints[name] = os.path.abspath(checkpoint_path)
+        self._summaries[name] = summary
         return info
 
     def unregister(self, name: str) -> None:
         self.library.remove(name)
         del self._checkpoints[name]
+        del self._summaries[name]
+
+    def summary(self, task: str) -> TaskSummary | None:
+        """The routing summary of ``task`` (None when its checkpoint has no task_summary.json)."""
+        self.library.model(task)
+        return self._summaries[task]
+
+    def set_summary(self, task: str, summary: TaskSummary) -> None:
+        """Use ``summary`` to route to ``task`` (instead of, or lacking, its checkpoint's file)."""
+        self.library.model(task)
+        self._summaries[task] = summary
 
     def model(self, task: str) -> BiEncoder:
         return self.library.model(task)
@@ -256,12 +286,23 @@ class TaskEncoder:
         max_length: int | None = None,
         precision: str | None = None,
         progress: bool = False,
-    ) -> np.ndarray:
+        return_routes: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, list[str]]:
         """Encode questions (strings) or passages with task ``task``; returns (N, D) float32 in input order.
 
         ``max_length`` defaults to the task's ``sequence_length``, ``precision`` to the encoder's; passages
-        are formatted as the task's checkpoint says (title mode, --no_title).
+        are formatted as the task's checkpoint says (title mode, --no_title). ``task="auto"`` (questions
+        only) encodes each question with the task :meth:`route` picks for it; ``return_routes`` then also
+        returns those picks (a task name or ``dpr.routing.BASE_ROUTE`` per question).
         """
+        if task == AUTO:
+            if side != "question":
+                raise TaskError(f"task={AUTO!r} routes questions; encode passages with a named task")
+            routes, base = self._route(texts, batch_size, max_length, precision, progress)
+            vectors = self._encode_routed(texts, routes, base, batch_size, max_length, precision, progress)
+            return (vectors, routes) if return_routes else vectors
+        if return_routes:
+            raise TaskError(f"return_routes needs task={AUTO!r}")
         model = self.library.model(task)
         config = model.config
         return encode_texts(
@@ -276,6 +317,92 @@ class TaskEncoder:
             insert_title=config.passages.insert_title,
             progress=progress,
         )
+
+    def route(
+        self, questions: Sequence[str], *, batch_size: int = 32, precision: str | None = None, progress: bool = False
+    ) -> list[str]:
+        """Per question the task it most resembles (above that task's threshold), else ``BASE_ROUTE``."""
+        return self._route(questions, batch_size, None, precision, progress)[0]
+
+    def base_encode(
+        self,
+        questions: Sequence[str],
+        *,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        precision: str | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Questions encoded by the base model (the shared backbone, no task active) -> (N, D) float32."""
+        first = self.library.model(self.tasks[0]).config if self.tasks else None
+        if first is None:
+            raise TaskError("no task is registered")
+        return encode_questions(
+            base_question_encoder(self.library.backbone, self.library.base_head()),
+            self.tokenizer(first.backbone.do_lower_case),
+            questions,
+            max_length=max_length or first.backbone.sequence_length,
+            batch_size=batch_size,
+            device=self.library.device,
+            precision=precision or self.precision,
+            progress=progress,
+        )
+
+    def _route(
+        self,
+        questions: Sequence[str],
+        batch_size: int,
+        max_length: int | None,
+        precision: str | None,
+        progress: bool,
+    ) -> tuple[list[str], np.ndarray]:
+        """The routes of ``questions`` and their base vectors (N, D): reused for those routed to the base."""
+        missing = [t for t in self.tasks if self._summaries.get(t) is None]
+        if missing or not self.tasks:
+            raise RoutingError(
+                f"task={AUTO!r} needs a {SUMMARY_FILE} in every task's checkpoint; missing for "
+                + (", ".join(f"{t!r} ({self._checkpoints[t]})" for t in missing) or "every task (none registered)")
+                + f"; make one with: {SUMMARIZE_COMMAND}"
+            )
+        summaries = {t: self._summaries[t] for t in self.tasks}
+        pooling = self.library.base_head().pooling
+        for task, summary in summaries.items():
+            if summary.pooling != pooling or not same_model_name(summary.model_name, self.library.model_name):
+                raise RoutingError(
+                    f"task {task!r}: its summary was made with base model {summary.model_name!r} ({summary.pooling} "
+                    f"pooling), the library's is {self.library.model_name!r} ({pooling} pooling); remake it with: "
+                    f"{SUMMARIZE_COMMAND}"
+                )
+        base = self.base_encode(
+            questions, batch_size=batch_size, max_length=max_length, precision=precision, progress=progress
+        )  # (N, D)
+        routes = choose_routes(summaries, base) if len(questions) else []
+        return routes, base
+
+    def _encode_routed(
+        self,
+        questions: Sequence[str],
+        routes: Sequence[str],
+        base: np.ndarray,
+        batch_size: int,
+        max_length: int | None,
+        precision: str | None,
+        progress: bool,
+    ) -> np.ndarray:
+        """Each question's vector from its route's encoder, in input order -> (N, D) float32."""
+        out = base.copy()  # (N, D): the base model's vectors stay for questions routed to it
+        for task in self.tasks:
+            rows = [i for i, r in enumerate(routes) if r == task]
+            if rows:
+                out[rows] = self.encode(
+                    [questions[i] for i in rows],
+                    task,
+                    batch_size=batch_size,
+                    max_length=max_length,
+                    precision=precision,
+                    progress=progress,
+                )  # (n_task, D)
+        return out
 
 
 def group_shards(shards: Sequence[EmbeddingShard], num_groups: int) -> list[list[EmbeddingShard]]:

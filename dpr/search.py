@@ -24,6 +24,7 @@ from dpr.evaluation.evaluate import QuerySet
 from dpr.indexer.faiss_index import IndexParams
 from dpr.options import ConfigError
 from dpr.retrieval import InferenceModel, TaskEncoder
+from dpr.routing import AUTO
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +211,49 @@ def retrieve_tasks(
         task: Retrieval(scores[i * q : (i + 1) * q], ids[i * q : (i + 1) * q], encoder.checkpoint(task), stats)
         for i, task in enumerate(encoder.tasks)
     }
+
+
+@dataclass(frozen=True)
+class RoutedRetrieval:
+    """A routed run (``--task auto``): one Retrieval, and per question the task it was encoded with."""
+
+    retrieval: Retrieval
+    routes: list[str]  # per question a task name or dpr.routing.BASE_ROUTE
+
+    def counts(self) -> dict[str, int]:
+        """Questions per route, in the order the routes first occur."""
+        counts: dict[str, int] = {}
+        for route in self.routes:
+            counts[route] = counts.get(route, 0) + 1
+        return counts
+
+
+def retrieve_routed(
+    encoder: TaskEncoder,
+    shards: Sequence[EmbeddingShard],
+    questions: Sequence[str],
+    cfg: RetrieveConfig = RetrieveConfig(),
+) -> RoutedRetrieval:
+    """Encode each question with the task it is routed to (or the base model) and search ONE index.
+
+    Only question-side tasks (``--tune_side question``: passages encoded by the base model) share one
+    index, so a both-sides task is refused; every task's passage encoder is checked against the shards.
+    """
+    both = [t for t in encoder.tasks if encoder.model(t).config.sides.tune_side != "question"]
+    if both:
+        raise ConfigError(
+            f"--task {AUTO}: task(s) {both} tune the passage side too, so a query routed to one must be searched "
+            f"in that task's own index; routing over one index needs question-side tasks (--tune_side question)"
+        )
+    for task in encoder.tasks:
+        check_identity(shards[0], encoder.identity(task), encoder.checkpoint(task))
+    vectors, routes = encoder.encode(
+        list(questions), AUTO, "question", batch_size=cfg.batch_size, progress=cfg.progress, return_routes=True
+    )  # (Q, D)
+    _check_dim(shards, vectors, "the routed query encoders")
+    scores, ids, stats = search(shards, vectors, cfg)
+    names = ", ".join(f"{t}={encoder.checkpoint(t)}" for t in encoder.tasks)
+    return RoutedRetrieval(Retrieval(scores, ids, f"routed ({names})", stats), routes)
 
 
 def retrieved_passages(

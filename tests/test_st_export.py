@@ -182,4 +182,6 @@ def test_lora_merged_export_gives_our_vectors(st, tiny_bert_dir, tmp_path):
     for side in ("question", "passage"):
         folder = export_sentence_transformers(checkpoint, str(tmp_path / side), side)
         ours = _ours(checkpoint, side, QUESTIONS if side == "question" else ALL_PASSAGES)
-        np.testing.assert_allclose(_st_vectors(st, folder, side), ours, atol=TOL, rtol=0)
+        # W + s*B@A folded into one matrix rounds differently from W x + s*B(A x) summed at run time: about
+        # 1e-5 relative on these vectors of norm ~5, hence rtol beside the absolute 1e-5 (seen: 1.1e-5 at 0.47).
+        np.testing.assert_allclose(_st_vectors(st, folder, side), ours, atol=TOL, rtol=TOL)

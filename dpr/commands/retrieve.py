@@ -16,6 +16,11 @@ checks each task's passage encoder against the index, builds the index once and 
 task; --out_file / --reliability_plot get the task name before their extension (run.trec ->
 run.scifact.trec) and the metrics JSON holds every task under "tasks".
 
+Per-query routing: ``--task auto --task scifact=ckpt/a --task squad=ckpt/b`` encodes each query with the
+task it most resembles (each checkpoint needs a task_summary.json: ``python -m dpr.route summarize``) or
+with the base model, and writes ONE run; the metrics JSON's "routing" holds the queries per task and each
+query id's task. Only question-side tasks (--tune_side question) share the base model's passage index.
+
 This file parses flags into configs and prints; the work is :mod:`dpr.search` (encode and search) and
 :mod:`dpr.evaluation.evaluate` (metrics).
 """
@@ -27,6 +32,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from dpr.atomic import atomic_file
@@ -50,13 +56,16 @@ from dpr.inference_options import inference_config_from_args
 from dpr.models.encoder import trainable_report
 from dpr.options import ConfigError, add_encoder_params, add_merge_lora_param, add_tuning_params
 from dpr.retrieval import InferenceModelConfig, load_inference_model, load_task_encoder
+from dpr.routing import AUTO, BASE_ROUTE
 from dpr.search import (
     Retrieval,
     RetrieveConfig,
+    RoutedRetrieval,
     check_index_type,
     metrics_record,
     open_shards,
     retrieve,
+    retrieve_routed,
     retrieve_tasks,
     retrieved_passages,
 )
@@ -75,7 +84,9 @@ def index_type(value: str) -> str:
 
 
 def task_spec(value: str) -> tuple[str, str]:
-    """argparse type for --task: ``NAME=CHECKPOINT_FOLDER``."""
+    """argparse type for --task: ``NAME=CHECKPOINT_FOLDER``, or ``auto`` (route each query to a task)."""
+    if value.strip() == AUTO:
+        return AUTO, ""
     name, sep, path = value.partition("=")
     if not sep or not name.strip() or not path.strip():
         raise argparse.ArgumentTypeError(f"expected NAME=CHECKPOINT_FOLDER (e.g. scifact=out/ckpt), found {value!r}")
@@ -94,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=task_spec,
         metavar="NAME=CHECKPOINT",
         help="evaluate this task checkpoint (repeat for several; instead of --model_file): one "
-        "backbone, one index, metrics per task",
+        "backbone, one index, metrics per task; '--task auto' routes each query to one of them instead",
     )
     d = parser.add_argument_group("data")
     d.add_argument(
@@ -243,6 +254,32 @@ def _report_tasks(
     return {**stats.to_dict(), "tasks": per_task}
 
 
+def _report_routed(
+    args: argparse.Namespace, model_cfg: InferenceModelConfig, cfg: RetrieveConfig, queries: QuerySet
+) -> dict[str, Any]:
+    """Retrieve with per-query routing over the --task checkpoints; the metrics JSON content with "routing"."""
+    shards = open_shards(args.encoded_ctx_file, queries, args.allow_partial_corpus)
+    encoder = load_task_encoder(model_cfg)
+    routed = retrieve_routed(encoder, shards, queries.texts, cfg)
+    print(routed.retrieval.stats.describe())
+    report = _report(args, queries, routed.retrieval, shards, args.out_file, args.reliability_plot)
+    routing = routing_record(routed, queries.ids, encoder.tasks)
+    width = max(len(r) for r in routing["counts"])
+    print(f"\n{'route':<{width}}  queries")
+    for route, count in routing["counts"].items():
+        print(f"{route:<{width}}  {count}")
+    return {**routed.retrieval.to_dict(), **report, "routing": routing}
+
+
+def routing_record(routed: RoutedRetrieval, ids: Sequence[str], tasks: Sequence[str]) -> dict[str, Any]:
+    """The metrics JSON's "routing": queries per route (every task and the base, zeros included) and per id."""
+    counts = routed.counts()
+    return {
+        "counts": {route: counts.get(route, 0) for route in (*tasks, BASE_ROUTE)},
+        "queries": dict(zip(ids, routed.routes, strict=True)),
+    }
+
+
 def _print_task_summary(per_task: dict[str, Any], mode: str) -> None:
     width = max(len(t) for t in per_task)
     if mode == "qa":
@@ -265,9 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     _check_args(args)
+    routed = any(name == AUTO for name, _ in args.tasks or ())
+    args.tasks = [spec for spec in args.tasks or () if spec[0] != AUTO]
+    if routed and not args.tasks:
+        raise ConfigError(f"--task {AUTO} routes queries among the other --task NAME=CHECKPOINT flags: give some")
     model_cfg, cfg = inference_config_from_args(args), retrieve_config_from_args(args)
     queries = load_qa_queries(args.qa_file) if args.qa_file else load_beir_queries(args.beir_dir, args.split)
-    report = _report_tasks if model_cfg.tasks else _report_single
+    report = _report_routed if routed else _report_tasks if model_cfg.tasks else _report_single
     content = report(args, model_cfg, cfg, queries)
     metrics_file = args.metrics_file or (f"{args.out_file}.metrics.json" if args.out_file else None)
     if metrics_file:

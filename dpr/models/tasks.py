@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from transformers import BertModel
 
-from dpr.configs import FROZEN_BACKBONE_MODES, BiEncoderConfig, ConfigError
+from dpr.configs import FROZEN_BACKBONE_MODES, BiEncoderConfig, ConfigError, HeadConfig
 from dpr.models.biencoder import BiEncoder, build_biencoder_from_backbone, resolve_config
 from dpr.models.encoder import TunedEncoder, parameter_counts
 from dpr.models.hub import resolve_model_path
@@ -155,6 +155,20 @@ class TaskLibrary:
     ) -> torch.Tensor:
         """Encode ``(B, T)`` token tensors with one task's question or passage encoder -> ``(B, D)``."""
         return self.encoder(name, side)(input_ids, attention_mask, token_type_ids)
+
+    def base_head(self) -> HeadConfig:
+        """The head every registered task shares: how the plain backbone (no task active) pools and normalises.
+
+        The base model is meaningful only if all tasks agree on it; TaskError names the tasks that differ.
+        """
+        heads = {name: model.config.head for name, model in self._tasks.items()}
+        if not heads:
+            raise TaskError("no task is registered: the base model's head comes from the tasks' checkpoints")
+        distinct = set(heads.values())
+        if len(distinct) > 1:
+            listed = "; ".join(f"{name}: {head}" for name, head in heads.items())
+            raise TaskError(f"the tasks pool or normalise differently, so they have no common base model ({listed})")
+        return distinct.pop()
 
     @property
     def device(self) -> torch.device:

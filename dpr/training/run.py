@@ -23,7 +23,8 @@ from dpr.models.biencoder import BiEncoder, build_biencoder
 from dpr.models.checkpoint_format import TrainingPosition, load_biencoder, load_training_state
 from dpr.models.encoder import trainable_report
 from dpr.models.hub import load_tokenizer
-from dpr.options import FILE_SETTINGS, PATH_SETTINGS, TrainConfig, absolute_pattern
+from dpr.options import FILE_SETTINGS, PATH_SETTINGS, ConfigError, TrainConfig, absolute_pattern
+from dpr.routing import SummaryConfig, base_question_encoder, summarize_questions, write_summary
 from dpr.training.distributed import (
     DistributedContext,
     barrier,
@@ -32,7 +33,7 @@ from dpr.training.distributed import (
     init_distributed,
 )
 from dpr.training.resume import choose_start, plan_resume, stored_setting
-from dpr.training.run_dir import BestRecord, check_output_dir
+from dpr.training.run_dir import BestRecord, check_output_dir, latest_checkpoint
 from dpr.training.trainer import BiEncoderTrainer
 
 if TYPE_CHECKING:
@@ -97,6 +98,11 @@ def _run(
     # Seeds the initialisation of prefixes, prompts, adapters and projections (dropout is re-seeded per step).
     torch.manual_seed(cfg.seed)
     model, tokenizer, cfg, start, state = _build_model(cfg, settings, model_file, allow_changed)
+    if cfg.task_summary and not model.config.frozen_backbone:  # now, not after the training
+        raise ConfigError(
+            f"--task_summary is for task-library checkpoints (prefix, prompt, adapters: a frozen backbone), "
+            f"not --{model.config.tuning.method}: its backbone changes, so it cannot be routed to"
+        )
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, ctx.device))  # stored resolved
     logger.info("encoder config: %s", json.dumps(model.config.to_dict(), sort_keys=True))
     logger.info("training config: %s", json.dumps(cfg.to_dict(), sort_keys=True))
@@ -104,7 +110,37 @@ def _run(
     best = BiEncoderTrainer(cfg, model, tokenizer, train_samples, dev, ctx, start, state).run()
     if ctx.is_main:
         logger.info("%s", trainable_report(model))
+        if cfg.task_summary:
+            _write_task_summary(cfg, model, tokenizer, [s.question for s in train_samples], best)
     return best if ctx.is_main else None
+
+
+def _write_task_summary(
+    cfg: TrainConfig,
+    model: BiEncoder,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: list[str],
+    best: BestRecord | None,
+) -> None:
+    """task_summary.json (routing) into the best checkpoint, or the last one without validation.
+
+    The base model is the frozen backbone this run trained on, with no task active: no second load.
+    """
+    folder = best.path if best is not None else latest_checkpoint(cfg.output_dir, cfg.checkpoint_file_name)
+    if folder is None:
+        logger.warning("--task_summary: no checkpoint was written, so no task summary either")
+        return
+    summary = summarize_questions(
+        base_question_encoder(model.backbone, model.config.head),
+        tokenizer,
+        questions,
+        SummaryConfig(seed=cfg.seed),
+        model_name=model.config.backbone.pretrained_model_cfg,
+        max_length=model.config.backbone.sequence_length,
+        precision=cfg.precision,
+        source=", ".join(cfg.train_file),
+    )
+    logger.info("task summary -> %s", write_summary(folder, summary))
 
 
 def train(
