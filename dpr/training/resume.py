@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 # Settings that cannot change what a run computes: they never block a resume. Keep this list small;
 # everything else (data, batch sizes, seed, optimizer, schedule, validation, precision) must match.
-RESULT_NEUTRAL_SETTINGS = ("output_dir", "log_batch_step", "keep_checkpoints", "no_cuda", "local_rank")
+RESULT_NEUTRAL_SETTINGS = ("output_dir", "log_batch_step", "keep_checkpoints", "no_cuda", "local_rank", "tensorboard")
 # Compared by choose_start instead (a restart may leave --model_file out).
 _NOT_COMPARED = RESULT_NEUTRAL_SETTINGS + ("init_checkpoint",)
 
