@@ -6,7 +6,8 @@ output folder::
     train_log.jsonl       one JSON line per logging interval (--log_batch_step / --log_every): step (optimizer
                           steps), the loop's position, loss, rolling mean loss, learning rate, samples/s
     tensorboard/          TensorBoard event files: train/* and val/<metric> scalars by optimizer step
-    training_curves.png   train loss and the validation metric(s) against the step (needs matplotlib)
+    training_curves.png   train loss and the validation metric(s) against the step (needs matplotlib),
+                          redrawn at validations (at most every REDRAW_SECONDS) and at the end
 
 ``validation_log.jsonl`` (``dpr.training.run_dir``) stays the record of validations; this module reads it
 for the picture. Lines are appended and flushed as they are logged, so a crash loses none. A resumed run
@@ -21,6 +22,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,6 +39,8 @@ TENSORBOARD_DIR = "tensorboard"
 CURVES_FILE = "training_curves.png"
 # Fields of a train record that say where it is, not what was measured: not TensorBoard scalars.
 _POSITION_FIELDS = ("step", "epoch", "iteration")
+# A validation redraws the picture at most this often (a draw costs ~0.3 s of CPU); the end of training always.
+REDRAW_SECONDS = 60.0
 
 
 class DashboardError(UserError, ImportError):
@@ -130,6 +134,7 @@ class TrainingLogger:
         self.path = os.path.join(output_dir, TRAIN_LOG)
         self._writer: Any = None
         self._plot = True  # False once matplotlib turned out missing
+        self._drawn_at = -math.inf  # time.monotonic() of the last picture
         if not enabled:
             return
         os.makedirs(output_dir, exist_ok=True)
@@ -183,7 +188,8 @@ class TrainingLogger:
         self._validation_scalars(record)
         if self._writer is not None:
             self._writer.flush()
-        self.write_curves()
+        if time.monotonic() - self._drawn_at >= REDRAW_SECONDS:
+            self.write_curves()
 
     def _validation_scalars(self, record: Mapping[str, Any]) -> None:
         if self._writer is not None:
@@ -194,6 +200,7 @@ class TrainingLogger:
         if not self.enabled or not self._plot:
             return None
         path = os.path.join(self.output_dir, CURVES_FILE)
+        self._drawn_at = time.monotonic()
         try:
             return plot_curves(self.output_dir, path)
         except ImportError:
