@@ -7,6 +7,7 @@ Layout of ``<output_dir>/colbert-<step>/`` (written atomically)::
                          names, step, training config
     model.safetensors    the tuned weights only (prefix + linear layer in prefix mode)
     training_state.pt    optimizer, scheduler and loss-scaler state (read with weights_only=True)
+    README.md            (training) the model card, for people; never read back
 
 Version 2 stores the config nested (backbone and tuning objects); version 1 stored a flat DPR encoder
 config under "encoder": both are read. Loading rebuilds the model from ``config.json`` alone; a flag that
@@ -32,7 +33,7 @@ from colbert.options import ColBERTConfig, apply_colbert_overrides
 from dpr.atomic import atomic_directory
 from dpr.configs import ConfigError
 from dpr.data.files import read_versioned_json
-from dpr.models.checkpoint_format import CheckpointError, load_training_state, read_best_file
+from dpr.models.checkpoint_format import CARD_FILE, CheckpointError, load_training_state, read_best_file
 from dpr.models.serialization import backbone_fingerprint, check_backbone, load_tuned_weights, save_tuned_weights
 
 logger = logging.getLogger(__name__)
@@ -77,8 +78,10 @@ def save_colbert(
     step: int = 0,
     training: dict[str, Any] | None = None,
     state: dict[str, Any] | None = None,
+    card: str | None = None,
 ) -> str:
-    """Write a checkpoint folder atomically; ``state`` holds optimizer / scheduler / scaler state dicts."""
+    """Write a checkpoint folder atomically; ``state`` holds optimizer / scheduler / scaler state dicts,
+    ``card`` the model card's Markdown (``README.md``)."""
     config = {
         "format": FORMAT,
         "version": VERSION,
@@ -94,6 +97,9 @@ def save_colbert(
         save_tuned_weights(model, os.path.join(tmp, WEIGHTS_FILE))
         if state is not None:
             torch.save(state, os.path.join(tmp, STATE_FILE))
+        if card is not None:
+            with open(os.path.join(tmp, CARD_FILE), "w", encoding="utf-8") as handle:
+                handle.write(card)
     logger.info("saved checkpoint %s", path)
     return path
 

@@ -51,6 +51,7 @@ from dpr.data.readers import DataFormatError, read_dpr_files
 from dpr.models.encoder import trainable_report
 from dpr.models.hub import load_tokenizer
 from dpr.options import ConfigError
+from dpr.training.dashboard import resolve_tensorboard
 from dpr.training.distributed import DistributedContext, cleanup_distributed, configure_logging, init_distributed
 
 logger = logging.getLogger("colbert.train")  # not __name__: under `python -m` that is "__main__"
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(args: argparse.Namespace, cfg: ColBERTTrainConfig, ctx: DistributedContext) -> ColBERTTrainer:
     """Build (or load) the model, read the data, train; returns the trainer after its last step."""
+    resolve_tensorboard(cfg.tensorboard)  # --tensorboard on without the package: an error now, not mid-run
     torch.manual_seed(cfg.seed)  # the linear layer's and the prefix's initialisation
     model, start, state, new = load_model(args, cfg)
     logger.info("ColBERT config: %s", json.dumps(model.config.to_dict(), sort_keys=True))

@@ -15,7 +15,7 @@ from typing import Any
 from colbert.projection import LINEAR_INITS
 from dpr.configs import ConfigError
 from dpr.device import REQUESTS, add_hardware_params
-from dpr.options import RETRIEVAL_METRICS, add_dropout_params
+from dpr.options import RETRIEVAL_METRICS, TENSORBOARD_CHOICES, add_dashboard_params, add_dropout_params
 
 # The largest learning rate --linear_lr defaults to. Adam moves every weight by about the learning rate
 # per step whatever its gradient's size, and the projection's weights are ~1/sqrt(H) (0.036 for H=768):
@@ -66,6 +66,7 @@ class ColBERTTrainConfig:
     save_every: int = 2000
     keep_checkpoints: int = 2
     log_every: int = 50
+    tensorboard: str = "auto"  # TensorBoard scalars in <output_dir>/tensorboard (dpr.training.dashboard)
 
     def __post_init__(self) -> None:
         sources = bool(self.triples) + bool(self.dpr_train_file)
@@ -106,6 +107,8 @@ class ColBERTTrainConfig:
             raise ConfigError(f"--lr_schedule {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
         if self.precision not in REQUESTS:
             raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(REQUESTS)}")
+        if self.tensorboard not in TENSORBOARD_CHOICES:
+            raise ConfigError(f"--tensorboard {self.tensorboard!r} is not one of {', '.join(TENSORBOARD_CHOICES)}")
 
     def _check_validation(self) -> None:
         if self.val_metric not in RETRIEVAL_METRICS:
@@ -246,6 +249,7 @@ def add_colbert_training_params(parser: argparse.ArgumentParser) -> None:
         "--keep_checkpoints", type=int, default=d.keep_checkpoints, help="most recent checkpoints kept (0 = all)"
     )
     train.add_argument("--log_every", type=int, default=d.log_every)
+    add_dashboard_params(train, d.tensorboard)
     train.add_argument(
         "--resume",
         action="store_true",

@@ -18,6 +18,7 @@ projection at ``--linear_lr`` (see ``colbert.train_options.LINEAR_LR_CAP`` for w
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections import deque
@@ -37,8 +38,11 @@ from colbert.train_options import ColBERTTrainConfig
 from colbert.validation import validate_retrieval
 from dpr.configs import ConfigError
 from dpr.device import MixedPrecision
+from dpr.models.encoder import parameter_counts
+from dpr.training.dashboard import TrainingLogger, resolve_tensorboard
 from dpr.training.distributed import DistributedContext, all_reduce_mean, barrier, wrap_ddp
-from dpr.training.run_dir import append_history, best_record, update_best
+from dpr.training.model_card import CardFacts, best_so_far, data_line, render_model_card
+from dpr.training.run_dir import append_history, best_record, read_best, update_best
 from dpr.training.validation import DevRetrieval
 
 logger = logging.getLogger(__name__)
@@ -143,6 +147,7 @@ class ColBERTTrainer:
             self._restore(training_state)
         self.step = start_step
         self.losses: deque[float] = deque(maxlen=cfg.log_every)
+        self.dashboard = TrainingLogger.inactive(cfg.output_dir)  # run() opens the real one
 
     def _restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint's training state; the learning rates are this run's (the same on a
@@ -209,8 +214,9 @@ class ColBERTTrainer:
         self.step += 1
         return loss
 
-    def save(self) -> str:
-        """Write ``colbert-<step>`` (rank 0 only; the others return its path) and prune older checkpoints."""
+    def save(self, validation: dict[str, Any] | None = None) -> str:
+        """Write ``colbert-<step>`` (rank 0 only; the others return its path) and prune older checkpoints;
+        ``validation``: the record of this step's validation, for the model card."""
         path = checkpoint_path(self.cfg.output_dir, self.step)
         if not self.ctx.is_main:
             return path
@@ -219,9 +225,37 @@ class ColBERTTrainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.amp.state_dict(),
         }
-        save_colbert(path, self.model, step=self.step, training=self.cfg.to_dict(), state=state)
+        card = self.model_card(path, validation)
+        save_colbert(path, self.model, step=self.step, training=self.cfg.to_dict(), state=state, card=card)
         prune_checkpoints(self.cfg.output_dir, self.cfg.keep_checkpoints)
         return path
+
+    def model_card(self, path: str, validation: dict[str, Any] | None) -> str:
+        """The README.md of checkpoint ``path`` (``dpr.training.model_card``)."""
+        cfg, config = self.cfg, self.model.config
+        trainable, total = parameter_counts(self.model)
+        what = "groups" if cfg.group_negatives else "triples"
+        data = [data_line("train", [cfg.triples] if cfg.triples else cfg.dpr_train_file, len(self.triples), what)]
+        if self.dev is not None:
+            data.append(data_line("dev", cfg.dev_file, len(self.dev.questions), "questions"))
+            data.append(f"dev corpus: `{os.path.basename(self.dev.corpus)}` ({len(self.dev.passages):,} passages)")
+        candidate = best_record(path, validation) if validation is not None else None
+        facts = CardFacts(
+            kind="ColBERT",
+            name=os.path.basename(path),
+            base_model=config.backbone.pretrained_model_cfg,
+            tuning=config.tuning.to_dict(),
+            config=config.to_dict(),
+            trainable=trainable,
+            total=total,
+            data=tuple(data),
+            progress=f"optimizer step {self.step} of {cfg.maxsteps} ({cfg.bsize} {what} a step)",
+            precision=self.amp.precision,
+            validation=validation,
+            best=best_so_far(read_best(cfg.output_dir), candidate),
+            usage=_usage(path),
+        )
+        return render_model_card(facts)
 
     def validate_and_save(self) -> str:
         """Validate on the dev corpus (rank 0), save, log the value and record the best checkpoint."""
@@ -231,21 +265,42 @@ class ColBERTTrainer:
             result = validate_retrieval(
                 self.model, self.tokenizer, self.dev, cfg.val_metric, precision=self.amp.precision, device=self.device
             )
-            self.save()
-            epoch = self.step * cfg.bsize // len(self.triples)
             record = {
                 "metric": result.metric,
                 "value": result.value,
-                "epoch": epoch,
+                "epoch": self._epoch(),
                 "iteration": self.step,
                 "global_step": self.step,
                 "details": result.details,
             }
+            self.save(record)
             append_history(cfg.output_dir, record)
             if update_best(cfg.output_dir, best_record(path, record)):
                 prune_checkpoints(cfg.output_dir, cfg.keep_checkpoints)  # the previous best may go now
+            self.dashboard.log_validation(record)
         barrier(self.ctx)
         return path
+
+    def _log_train(self, loss: float, rate: float) -> None:
+        """The log line and its train_log.jsonl record (and TensorBoard scalars) after step ``self.step``."""
+        mean, (lr, linear_lr) = sum(self.losses) / len(self.losses), self.scheduler.get_last_lr()
+        logger.info(
+            "step %d/%d: loss %.4f (mean of last %d %.4f), lr %.3g (projection %.3g), %.1f rows/s",
+            self.step,
+            self.cfg.maxsteps,
+            loss,
+            len(self.losses),
+            mean,
+            lr,
+            linear_lr,
+            rate,
+        )
+        record = {"step": self.step, "epoch": self._epoch(), "loss": loss, "loss_mean": mean, "lr": lr}
+        self.dashboard.log_train({**record, "linear_lr": linear_lr, "samples_per_s": rate})
+
+    def _epoch(self) -> int:
+        """Passes over the rows completed (the rows are a stream of per-epoch permutations)."""
+        return self.step * self.cfg.bsize // len(self.triples)
 
     def _checkpoint_due(self) -> bool:
         cfg = self.cfg
@@ -258,6 +313,23 @@ class ColBERTTrainer:
     def run(self, progress: bool = True) -> str:
         """Train up to ``maxsteps`` optimizer steps, saving every ``save_every`` and at the end; with a dev
         set, validating (and saving) every ``val_every`` steps, at the end and before a new run's first step."""
+        cfg = self.cfg
+        self.dashboard = TrainingLogger(
+            cfg.output_dir,
+            order=("step",),
+            resume_at=(self.step,),
+            resume_step=self.step,
+            tensorboard=resolve_tensorboard(cfg.tensorboard),
+            enabled=self.ctx.is_main,
+        )
+        try:
+            last = self._run(progress)
+            self.dashboard.write_curves()
+        finally:
+            self.dashboard.close()
+        return last
+
+    def _run(self, progress: bool) -> str:
         cfg = self.cfg
         last = None
         if cfg.val_every and self.step == 0:
@@ -277,20 +349,28 @@ class ColBERTTrainer:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
             if self.step % cfg.log_every == 0 or self.step == cfg.maxsteps:
-                rate = (self.step - first) * cfg.bsize / (time.perf_counter() - started)
-                logger.info(
-                    "step %d/%d: loss %.4f (mean of last %d %.4f), lr %.3g (projection %.3g), %.1f rows/s",
-                    self.step,
-                    cfg.maxsteps,
-                    loss,
-                    len(self.losses),
-                    sum(self.losses) / len(self.losses),
-                    *self.scheduler.get_last_lr(),
-                    rate,
-                )
+                self._log_train(loss, (self.step - first) * cfg.bsize / (time.perf_counter() - started))
             if self._validation_due():
                 last = self.validate_and_save()
             elif self._checkpoint_due():
                 last = self.save()
         bar.close()
         return last if last is not None else self.save()
+
+
+def _usage(path: str) -> tuple[tuple[str, str, str], ...]:
+    """How to load ColBERT checkpoint ``path``: in Python, and to index and search a collection."""
+    return (
+        (
+            "In Python (rebuilt from `config.json`):",
+            "python",
+            f"from colbert.checkpoint import load_colbert\n\nmodel, info = load_colbert({path!r})",
+        ),
+        (
+            "Index a collection and search it:",
+            "bash",
+            f"python -m colbert.index --checkpoint {path} --collection passages.tsv --index_root indexes "
+            "--index_name mycorpus\n"
+            "python -m colbert.retrieve --index_root indexes --index_name mycorpus --queries queries.tsv",
+        ),
+    )

@@ -294,6 +294,8 @@ VAL_METRICS = {
     )
 }
 RETRIEVAL_METRICS = tuple(name for name, m in VAL_METRICS.items() if m.key is not None)
+# --tensorboard: auto = on when the tensorboard package is installed (dpr.training.dashboard).
+TENSORBOARD_CHOICES = ("auto", "on", "off")
 
 
 def val_metric(name: str) -> ValMetric:
@@ -354,6 +356,7 @@ class TrainConfig:
     no_cuda: bool = False
     local_rank: int = -1
     init_checkpoint: str | None = None  # the --model_file the run started from (real path), for the record
+    tensorboard: str = "auto"  # TensorBoard scalars in <output_dir>/tensorboard: auto, on or off
 
     def __post_init__(self) -> None:
         positive = (
@@ -394,6 +397,8 @@ class TrainConfig:
             raise ConfigError(f"--warmup_percentage must be in [0, 1], got {self.warmup_percentage}")
         if self.precision not in REQUESTS:
             raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(REQUESTS)}")
+        if self.tensorboard not in TENSORBOARD_CHOICES:
+            raise ConfigError(f"--tensorboard {self.tensorboard!r} is not one of {', '.join(TENSORBOARD_CHOICES)}")
         if not self.train_file:
             raise ConfigError("--train_file is required (one or more files or glob patterns)")
         if self.grad_cache and self.precision == "fp16":
@@ -538,6 +543,7 @@ def add_training_params(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="warmup as a share of all steps (overrides --warmup_steps)",
     )
+    add_dashboard_params(t, d.tensorboard)
     add_dropout_params(t)
     t.add_argument(
         "--fix_ctx_encoder",
@@ -566,6 +572,18 @@ def add_training_params(parser: argparse.ArgumentParser) -> None:
         help="continue a run (the --output_dir's latest checkpoint, or a --model_file with training "
         "state) although training flags differ from the ones it was started with; the "
         "differences are logged and the new values used (default: refuse, naming them)",
+    )
+
+
+def add_dashboard_params(group: argparse._ArgumentGroup, default: str) -> None:
+    """``--tensorboard``, for both training commands (DPR and ColBERT)."""
+    group.add_argument(
+        "--tensorboard",
+        choices=TENSORBOARD_CHOICES,
+        default=default,
+        help="TensorBoard scalars (train loss, learning rate, samples/s, validation metrics) in "
+        "<output_dir>/tensorboard: auto (default) = on when the tensorboard package is installed; on without it "
+        "is an error at the start",
     )
 
 

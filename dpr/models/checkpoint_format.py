@@ -6,6 +6,8 @@ Layout of a checkpoint folder (``<output_dir>/<name>.<epoch>.<iteration>/`` in a
                          encoder identity, training position, training config, validation record
     model.safetensors    the tuned weights only (a prefix of BERT-base is a few MB)
     training_state.pt    (training only, see dpr.training.checkpoint) optimizer, scheduler, scaler state
+    README.md            (training only) the model card, for people: never read back, so a folder without
+                         it (older, or hand-made) loads the same
 
 Version 2 stores the encoder config nested, one object per concern (``dpr.configs``); version 1 stored it
 flat and kept ``insert_title`` in the training config: both are read. Loading rebuilds the model from
@@ -40,6 +42,7 @@ VERSION = 2
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 BEST_FILE = "best_checkpoint.json"  # in a training output folder: which checkpoint is the best
+CARD_FILE = "README.md"  # the model card (dpr.training.model_card): what the checkpoint is and how to load it
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ Layout of ``<output_dir>/<name>.<epoch>.<iteration>/``::
     model.safetensors    the tuned weights only
     training_state.pt    optimizer, scheduler and loss-scaler state and the rolling loss window
                          (torch.save; read back with weights_only=True)
+    README.md            the model card (``dpr.training.model_card``), for people; never read back
 
 ``config.json`` holds the validation result, so a run folder whose ``validation_log.jsonl`` or
 ``best_checkpoint.json`` missed it (a kill between the two writes) can be repaired from the checkpoints
@@ -26,6 +27,7 @@ from dpr.atomic import atomic_directory
 from dpr.models.biencoder import BiEncoder
 from dpr.models.checkpoint_format import (
     BEST_FILE,
+    CARD_FILE,
     CONFIG_FILE,
     FORMAT,
     STATE_FILE,
@@ -46,6 +48,7 @@ from dpr.models.serialization import save_tuned_weights
 
 __all__ = [
     "BEST_FILE",
+    "CARD_FILE",
     "CONFIG_FILE",
     "FORMAT",
     "STATE_FILE",
@@ -81,14 +84,19 @@ def save_checkpoint(
     training: dict[str, Any] | None = None,
     validation: Mapping[str, Any] | None = None,
     extra_state: Mapping[str, Any] | None = None,
+    card: str | None = None,
 ) -> str:
     """Write a checkpoint folder atomically and return its path.
 
     ``validation`` (the run folder's log record) goes into ``config.json``; ``extra_state`` (scaler,
-    rolling losses) into ``training_state.pt`` beside the optimizer and scheduler.
+    rolling losses) into ``training_state.pt`` beside the optimizer and scheduler; ``card`` (Markdown,
+    ``dpr.training.model_card``) into ``README.md``, inside the same atomic write.
     """
     with atomic_directory(path) as tmp:
         write_model_config(tmp, model, position=position, training=training, validation=validation)
+        if card is not None:
+            with open(os.path.join(tmp, CARD_FILE), "w", encoding="utf-8") as handle:
+                handle.write(card)
         save_tuned_weights(model, os.path.join(tmp, WEIGHTS_FILE))  # looked up here: bench/kill_resume.py hooks it
         if optimizer is not None or scheduler is not None:
             state = {

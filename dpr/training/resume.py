@@ -32,6 +32,7 @@ RESULT_NEUTRAL_SETTINGS = (
     "no_cuda",
     "local_rank",
     "task_summary",
+    "tensorboard",
 )
 # Compared by choose_start instead (a restart may leave --model_file out).
 _NOT_COMPARED = RESULT_NEUTRAL_SETTINGS + ("init_checkpoint",)

@@ -25,6 +25,7 @@ from dpr.models.encoder import trainable_report
 from dpr.models.hub import load_tokenizer
 from dpr.options import FILE_SETTINGS, PATH_SETTINGS, ConfigError, TrainConfig, absolute_pattern
 from dpr.routing import SummaryConfig, base_question_encoder, summarize_questions, write_summary
+from dpr.training.dashboard import resolve_tensorboard
 from dpr.training.distributed import (
     DistributedContext,
     barrier,
@@ -174,6 +175,7 @@ def train(
     if model_file and cfg.init_checkpoint is None:
         cfg = dataclasses.replace(cfg, init_checkpoint=os.path.realpath(model_file))
     check_output_dir(cfg.output_dir)  # now, not at the first checkpoint hours later
+    resolve_tensorboard(cfg.tensorboard)  # --tensorboard on without the package: an error now, not mid-run
     ctx = init_distributed(no_cuda=cfg.no_cuda, local_rank=cfg.local_rank, precision=cfg.precision)
     configure_logging(ctx)
     finished = False

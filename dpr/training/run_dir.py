@@ -122,20 +122,26 @@ def update_best(output_dir: str, candidate: BestRecord) -> bool:
     if not math.isfinite(candidate.value):
         logger.warning("not recording %s as best: its %s is %s", candidate.path, candidate.metric, candidate.value)
         return False
-    best = read_best(output_dir)
-    if (
-        best is not None
-        and best.metric == candidate.metric
-        and math.isfinite(best.value)
-        and not _beats(candidate.value, best.value, candidate.greater_is_better)
-        and os.path.isdir(best.path)
-    ):
+    if not replaces_best(read_best(output_dir), candidate):
         return False
     record = {**asdict(candidate), "path": os.path.basename(candidate.path)}
     with atomic_file(os.path.join(output_dir, BEST_FILE)) as handle:
         json.dump({**record, "greater_is_better": candidate.greater_is_better}, handle, indent=2)
     logger.info("new best checkpoint %s (%s %.4f)", candidate.path, candidate.metric, candidate.value)
     return True
+
+
+def replaces_best(best: BestRecord | None, candidate: BestRecord) -> bool:
+    """Whether ``candidate`` becomes the best in place of ``best`` (the rule of :func:`update_best`)."""
+    if not math.isfinite(candidate.value):
+        return False
+    return (
+        best is None
+        or best.metric != candidate.metric
+        or not math.isfinite(best.value)
+        or _beats(candidate.value, best.value, candidate.greater_is_better)
+        or not os.path.isdir(best.path)
+    )
 
 
 def _beats(value: float, best: float, greater_is_better: bool) -> bool:

@@ -31,6 +31,7 @@ from dpr.errors import UserError
 from dpr.models.biencoder import BiEncoder
 from dpr.options import TrainConfig, val_metric
 from dpr.training.checkpoint import TrainingPosition, checkpoint_name, save_checkpoint
+from dpr.training.dashboard import TrainingLogger, resolve_tensorboard
 from dpr.training.distributed import (
     DistributedContext,
     barrier,
@@ -39,6 +40,7 @@ from dpr.training.distributed import (
     wrap_ddp,
 )
 from dpr.training.grad_cache import grad_cache_step
+from dpr.training.model_card import biencoder_card, data_line
 from dpr.training.passage_cache import PassageVectorCache, all_passages
 from dpr.training.run_dir import (
     BestRecord,
@@ -151,6 +153,9 @@ class BiEncoderTrainer:
         self.position = start
         self.pending = 0  # micro-batches accumulated since the last optimizer step
         self.losses: deque[float] = deque(maxlen=cfg.train_rolling_loss_step)
+        # train_log.jsonl, TensorBoard, the curves: opened by run() (a resumed run's log is cut back then).
+        self.dashboard = TrainingLogger.inactive(cfg.output_dir)
+        self.data = self._data_lines(len(train), len(dev))
         if training_state is not None:
             self._restore(training_state)
         logger.info(
@@ -187,6 +192,21 @@ class BiEncoderTrainer:
             )
         # What get_last_lr() reports (logging only) until the next scheduler step.
         self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def _data_lines(self, train: int, dev: int) -> tuple[str, ...]:
+        """The model card's data section: the files and their sample counts."""
+        cfg = self.cfg
+        rates = (
+            f", upsampled {','.join(map(str, cfg.train_files_upsample_rates))}"
+            if cfg.train_files_upsample_rates
+            else ""
+        )
+        lines = [data_line("train", cfg.train_file, train, note=rates)]
+        if cfg.dev_file:
+            lines.append(data_line("dev", cfg.dev_file, dev))
+        if cfg.val_ctx_file:
+            lines.append(f"dev corpus: `{os.path.basename(cfg.val_ctx_file)}`")
+        return tuple(lines)
 
     def _passage_cache(self, train: Sequence[BiEncoderSample]) -> PassageVectorCache:
         """Fixed passage vectors for question-side training: from --ctx_embeddings, or encoded once now."""
@@ -229,11 +249,24 @@ class BiEncoderTrainer:
             repair_run_dir(self.cfg.output_dir, self.cfg.checkpoint_file_name)
             prune_checkpoints(self.cfg.output_dir, self.cfg.checkpoint_file_name, self.cfg.keep_checkpoints)
         barrier(self.ctx)
-        epoch, start_iteration = self.position.epoch, self.position.iteration
+        start = self.position
+        self.dashboard = TrainingLogger(
+            self.cfg.output_dir,
+            order=("epoch", "iteration"),
+            resume_at=(start.epoch, start.iteration),
+            resume_step=start.global_step,
+            tensorboard=resolve_tensorboard(self.cfg.tensorboard),
+            enabled=self.ctx.is_main,
+        )
+        epoch, start_iteration = start.epoch, start.iteration
         if start_iteration >= self.iterator.iterations_per_epoch:
             epoch, start_iteration = epoch + 1, 0
-        for current in range(epoch, self.cfg.num_train_epochs):
-            self._train_epoch(current, start_iteration if current == epoch else 0)
+        try:
+            for current in range(epoch, self.cfg.num_train_epochs):
+                self._train_epoch(current, start_iteration if current == epoch else 0)
+            self.dashboard.write_curves()
+        finally:
+            self.dashboard.close()
         return read_best(self.cfg.output_dir)
 
     def _train_epoch(self, epoch: int, start_iteration: int) -> None:
@@ -265,19 +298,35 @@ class BiEncoderTrainer:
                     self._check_weights(epoch, i)
                 self.position = TrainingPosition(epoch, i + 1, self.position.global_step)
                 if (i + 1) % self.cfg.log_batch_step == 0:
-                    logger.info(
-                        "epoch %d step %d/%d: loss %.4f (rolling %.4f), lr %.3g, %.1f samples/s",
-                        epoch,
-                        i + 1,
-                        iterations,
-                        loss,
-                        sum(self.losses) / len(self.losses),
-                        self.scheduler.get_last_lr()[0],
-                        seen / (time.perf_counter() - started),
-                    )
+                    self._log_train(epoch, i + 1, loss, seen / (time.perf_counter() - started))
                 if i in self.evals:
                     self.validate_and_save()
                     self.model.train()
+
+    def _log_train(self, epoch: int, iteration: int, loss: float, rate: float) -> None:
+        """The log line and its train_log.jsonl record (and TensorBoard scalars) after batch ``iteration``."""
+        rolling, lr = sum(self.losses) / len(self.losses), self.scheduler.get_last_lr()[0]
+        logger.info(
+            "epoch %d step %d/%d: loss %.4f (rolling %.4f), lr %.3g, %.1f samples/s",
+            epoch,
+            iteration,
+            self.iterator.iterations_per_epoch,
+            loss,
+            rolling,
+            lr,
+            rate,
+        )
+        self.dashboard.log_train(
+            {
+                "step": self.position.global_step,
+                "epoch": epoch,
+                "iteration": iteration,
+                "loss": loss,
+                "loss_mean": rolling,
+                "lr": lr,
+                "samples_per_s": rate,
+            }
+        )
 
     def _micro_step(self, epoch: int, samples: list[BiEncoderSample], iteration: int) -> float:
         cfg, ctx = self.cfg, self.ctx
@@ -421,20 +470,33 @@ class BiEncoderTrainer:
             }
         )
         if self.ctx.is_main:
+            model = unwrap(self.ddp_model)
+            card = biencoder_card(
+                model,
+                path,
+                progress=f"epoch {pos.epoch + 1} of {self.cfg.num_train_epochs}, batch {pos.iteration} of "
+                f"{self.iterator.iterations_per_epoch}; optimizer step {pos.global_step} of {self.total_steps}",
+                precision=self.amp.precision,
+                data=self.data,
+                validation=record,
+                previous_best=read_best(self.cfg.output_dir),
+            )
             # The checkpoint carries its validation record: a kill before the next two writes is repaired
             # from it on restart (repair_run_dir).
             save_checkpoint(
                 path,
-                unwrap(self.ddp_model),
+                model,
                 optimizer=self.optimizer,
                 scheduler=self.scheduler,
                 position=pos,
                 training=self.cfg.to_dict(),
                 validation=record,
                 extra_state={"scaler": self.amp.state_dict(), "rolling_losses": list(self.losses)},
+                card=card,
             )
             if record is not None:
                 append_history(self.cfg.output_dir, record)
                 update_best(self.cfg.output_dir, best_record(path, record))
+                self.dashboard.log_validation(record)
             prune_checkpoints(self.cfg.output_dir, self.cfg.checkpoint_file_name, self.cfg.keep_checkpoints)
         barrier(self.ctx)
