@@ -117,5 +117,5 @@ def test_mode_that_cannot_be_exported_is_one_line(prefix_checkpoint, tiny_bert_d
     finetune = make_checkpoint(str(tmp_path / "ft"), tiny_bert_dir, "finetune", 33)
     assert run_cli(main, ["peft", "--model_file", finetune, "--out_dir", str(tmp_path / "y")]) == 2
     (line,) = _error_lines(capsys)
-    assert "PEFT prefix-tuning export needs a --prefix encoder; this one is finetune" in line
+    assert "PEFT export needs a --prefix or --lora encoder; this one is finetune" in line
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
