@@ -325,3 +325,27 @@ def test_training_runs_the_fused_attention_kernel_unless_attention_dropout_is_as
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in kernels[None]  # the default: fused
     assert "aten::_scaled_dot_product_attention_math" not in kernels[None]
     assert "aten::_scaled_dot_product_attention_math" in kernels[0.1]  # what attention dropout costs
+
+
+def test_a_deep_copy_and_int8_quantization_of_an_adapter_model_keep_their_own_adapters():
+    # quantize_int8 deep-copies the model: the adapter router's thread-local made that fail, and closures
+    # would have left the copy's hooks applying the ORIGINAL's active adapters.
+    import copy
+
+    from dpr.device import quantize_int8
+    from dpr.models.adapters import adapter_router
+
+    model = make("adapter").eval()
+    ids, mask, seg = batch()
+    copied = copy.deepcopy(model)
+    assert copied.backbone is not model.backbone
+    with torch.no_grad():
+        expected = model.encode_query(ids, mask, seg)
+        plain = model.backbone(input_ids=ids, attention_mask=mask, token_type_ids=seg).last_hidden_state[:, 0]
+        assert not torch.allclose(expected, plain)
+        torch.testing.assert_close(copied.encode_query(ids, mask, seg), expected, rtol=0, atol=0)
+        with adapter_router(model.backbone).use(model.question_encoder.adapters):  # the original's active set ...
+            out = copied.backbone(input_ids=ids, attention_mask=mask, token_type_ids=seg).last_hidden_state[:, 0]
+            torch.testing.assert_close(out, plain, rtol=0, atol=0)  # ... is not the copy's
+        error = (quantize_int8(model).encode_query(ids, mask, seg) - expected).abs().max()
+    assert error < 0.2 * (expected - plain).abs().max()  # int8 rounding, well below the adapters' effect

@@ -44,6 +44,25 @@ class AdapterSet(nn.Module):
         self.ffn = nn.ModuleList(Adapter(hidden_size, bottleneck) for _ in range(num_layers))
 
 
+class _AdapterHook:
+    """The forward hook after one projection: applies the active set's adapter ``where``/``index``.
+
+    An object, not a closure, so that a deep copy of the backbone (``copy.deepcopy``, int8 quantization) gets
+    hooks bound to the copy's router rather than to the original's.
+    """
+
+    _dpr_router_hook = True  # dropped from plain copies (dpr.models.lora)
+
+    def __init__(self, router: AdapterRouter, where: str, index: int) -> None:
+        self.router, self.where, self.index = router, where, index
+
+    def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        adapters = self.router.active
+        if adapters is None:
+            return None  # None keeps the module's own output
+        return getattr(adapters, self.where)[self.index](output)
+
+
 class AdapterRouter:
     """Hooks on one backbone that apply whichever AdapterSet is active (none: plain backbone)."""
 
@@ -51,22 +70,20 @@ class AdapterRouter:
         # Thread-local so that two threads encoding with different tasks do not see each other's set.
         self._local = threading.local()
         for index, layer in enumerate(backbone.encoder.layer):
-            layer.attention.output.dense.register_forward_hook(self._hook("attention", index))
-            layer.output.dense.register_forward_hook(self._hook("ffn", index))
+            layer.attention.output.dense.register_forward_hook(_AdapterHook(self, "attention", index))
+            layer.output.dense.register_forward_hook(_AdapterHook(self, "ffn", index))
 
     @property
     def active(self) -> AdapterSet | None:
         return getattr(self._local, "active", None)
 
-    def _hook(self, where: str, index: int):
-        def apply(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
-            adapters = self.active
-            if adapters is None:
-                return None  # None keeps the module's own output
-            return getattr(adapters, where)[index](output)
-
-        apply._dpr_router_hook = True  # type: ignore[attr-defined]  # dropped from copies (dpr.models.lora)
-        return apply
+    def __deepcopy__(self, memo: dict) -> AdapterRouter:
+        # A copied model (e.g. quantize_int8's) gets its own router (its copied hooks point at it) and
+        # thread-local, nothing active; a thread-local itself cannot be copied.
+        copied = AdapterRouter.__new__(AdapterRouter)
+        memo[id(self)] = copied
+        copied._local = threading.local()
+        return copied
 
     @contextlib.contextmanager
     def use(self, adapters: AdapterSet | None) -> Iterator[None]:
