@@ -31,8 +31,7 @@ from dpr.embedding import EmbedConfig, embed_corpus
 from dpr.evaluation.evaluate import evaluate_beir, load_beir_queries
 from dpr.evaluation.metrics import write_trec_run
 from dpr.mining import mine_dense_negatives
-from dpr.models.checkpoint_format import load_biencoder, resolve_checkpoint
-from dpr.models.encoder import parameter_counts
+from dpr.models.checkpoint_format import resolve_checkpoint, tuned_parameter_counts
 from dpr.options import TrainConfig
 from dpr.retrieval import InferenceModelConfig, load_inference_model
 from dpr.search import RetrieveConfig, metrics_record, open_shards, retrieve
@@ -172,9 +171,7 @@ def _train(args: argparse.Namespace, data: PreparedData, train_file: str, base_e
 
 
 def _share(checkpoint: str) -> str:
-    model, _ = load_biencoder(checkpoint)
-    trainable = sum(p.numel() for n, p in model.named_parameters() if n in set(model.tuned_names))
-    total = parameter_counts(model)[1]
+    trainable, total = tuned_parameter_counts(checkpoint)
     return f"{100.0 * trainable / total:.2f}% ({trainable:,})"
 
 

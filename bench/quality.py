@@ -32,8 +32,7 @@ import prepare_data  # noqa: E402
 import train_dense_encoder  # noqa: E402
 from dpr.atomic import atomic_file  # noqa: E402
 from dpr.cli import setup_logging  # noqa: E402
-from dpr.models.encoder import parameter_counts  # noqa: E402
-from dpr.training.checkpoint import load_biencoder, resolve_checkpoint  # noqa: E402
+from dpr.models.checkpoint_format import resolve_checkpoint, tuned_parameter_counts  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 # PT-Retrieval's published learning rates per mode; LoRA's is not PT-Retrieval's (it has no LoRA) but within
@@ -248,9 +247,8 @@ def row(
 ) -> dict:
     share, trainable = 0.0, 0
     if checkpoint:
-        loaded, _ = load_biencoder(checkpoint)
-        trainable = sum(p.numel() for n, p in loaded.named_parameters() if n in set(loaded.tuned_names))
-        share = trainable / parameter_counts(loaded)[1]
+        trainable, total = tuned_parameter_counts(checkpoint)
+        share = trainable / total
     m = metrics["metrics"]
     return {
         "name": name,

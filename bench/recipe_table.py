@@ -19,17 +19,15 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from dpr.models.checkpoint_format import load_biencoder, resolve_checkpoint  # noqa: E402
-from dpr.models.encoder import parameter_counts  # noqa: E402
+from dpr.models.checkpoint_format import resolve_checkpoint, tuned_parameter_counts  # noqa: E402
 
 MODES = ("prefix-both", "prefix-question", "finetune")
 RUN = re.compile(r"^(?P<mode>[a-z-]+)-s(?P<seed>\d+)$")
 
 
 def trainable_share(checkpoint: str) -> tuple[int, float]:
-    model, _ = load_biencoder(checkpoint)
-    trainable = sum(p.numel() for n, p in model.named_parameters() if n in set(model.tuned_names))
-    return trainable, trainable / parameter_counts(model)[1]
+    trainable, total = tuned_parameter_counts(checkpoint)
+    return trainable, trainable / total
 
 
 def read_run(folder: str) -> dict | None:

@@ -32,6 +32,7 @@ from dpr.configs import BiEncoderConfig, apply_overrides
 from dpr.data.files import read_versioned_json
 from dpr.errors import UserError
 from dpr.models.biencoder import BiEncoder, build_biencoder
+from dpr.models.encoder import parameter_counts
 from dpr.models.serialization import backbone_fingerprint, check_backbone, load_tuned_weights
 
 logger = logging.getLogger(__name__)
@@ -203,6 +204,13 @@ def load_biencoder(
         info.position.iteration,
     )
     return model, info
+
+
+def tuned_parameter_counts(path: str) -> tuple[int, int]:
+    """(tuned, total) parameters of the bi-encoder checkpoint at ``path``: what its training changed, and all."""
+    model, _ = load_biencoder(path)
+    tuned = set(model.tuned_names)
+    return sum(p.numel() for n, p in model.named_parameters() if n in tuned), parameter_counts(model)[1]
 
 
 STATE_FILE = "training_state.pt"  # optimizer, scheduler, scaler, RNG: only in checkpoints written while training

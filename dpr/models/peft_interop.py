@@ -142,11 +142,27 @@ def write_peft_adapter(
         with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as handle:
             json.dump(peft_adapter_config(encoder, base_model_name), handle, indent=2, sort_keys=True)
         save_file({PEFT_KEY: flat_prefix(encoder.prefix)}, os.path.join(tmp, WEIGHTS_FILE), metadata={"format": "pt"})
-        if sidecar is not None:
-            with open(os.path.join(tmp, SIDECAR_FILE), "w", encoding="utf-8") as handle:
-                json.dump({"format": SIDECAR_FORMAT, "version": 1, **sidecar}, handle, indent=2, sort_keys=True)
+        write_sidecar(tmp, sidecar)
     logger.info("wrote PEFT prefix adapter (%d virtual tokens) to %s", encoder.prefix.pre_seq_len, folder)
     return folder
+
+
+def write_sidecar(folder: str, sidecar: dict[str, Any] | None) -> None:
+    """Write our encoder settings as ``dpr_encoder.json`` in an adapter folder (nothing when ``sidecar`` is None)."""
+    if sidecar is not None:
+        with open(os.path.join(folder, SIDECAR_FILE), "w", encoding="utf-8") as handle:
+            json.dump({"format": SIDECAR_FORMAT, "version": 1, **sidecar}, handle, indent=2, sort_keys=True)
+
+
+def read_sidecar(folder: str) -> dict[str, Any] | None:
+    """The ``dpr_encoder.json`` of an adapter folder we exported, or None when it has none (PEFT's own folders)."""
+    path = os.path.join(folder, SIDECAR_FILE)
+    if not os.path.isfile(path):
+        return None
+    sidecar = read_adapter_json(path)
+    if sidecar.get("format") != SIDECAR_FORMAT:
+        raise PeftAdapterError(f"{path}: format {sidecar.get('format')!r}, expected {SIDECAR_FORMAT!r}")
+    return sidecar
 
 
 def read_adapter_json(path: str) -> dict[str, Any]:
@@ -238,10 +254,7 @@ def read_peft_adapter(folder: str) -> PeftPrefix:
         )
     if config.get("prefix_projection"):
         logger.info("%s: prefix_projection adapter saved by PEFT as its MLP output; imported as a plain prefix", folder)
-    sidecar_path = os.path.join(folder, SIDECAR_FILE)
-    sidecar = read_adapter_json(sidecar_path) if os.path.isfile(sidecar_path) else None
-    if sidecar is not None and sidecar.get("format") != SIDECAR_FORMAT:
-        raise PeftAdapterError(f"{sidecar_path}: format {sidecar.get('format')!r}, expected {SIDECAR_FORMAT!r}")
+    sidecar = read_sidecar(folder)
     return PeftPrefix(
         path=folder,
         prompt_embeddings=tensor.to(torch.float32),

@@ -36,13 +36,13 @@ from dpr.models.encoder import TunedEncoder
 from dpr.models.lora import EXCLUDED_PREFIXES
 from dpr.models.peft_interop import (
     CONFIG_FILE,
-    SIDECAR_FILE,
-    SIDECAR_FORMAT,
     TASK_TYPE,
     WEIGHTS_FILE,
     PeftAdapterError,
     adapter_files,
     read_adapter_json,
+    read_sidecar,
+    write_sidecar,
 )
 
 logger = logging.getLogger(__name__)
@@ -135,9 +135,7 @@ def write_lora_adapter(
         with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as handle:
             json.dump(lora_adapter_config(encoder, base_model_name), handle, indent=2, sort_keys=True)
         save_file(lora_state_dict(encoder), os.path.join(tmp, WEIGHTS_FILE), metadata={"format": "pt"})
-        if sidecar is not None:
-            with open(os.path.join(tmp, SIDECAR_FILE), "w", encoding="utf-8") as handle:
-                json.dump({"format": SIDECAR_FORMAT, "version": 1, **sidecar}, handle, indent=2, sort_keys=True)
+        write_sidecar(tmp, sidecar)
     logger.info(
         "wrote PEFT LoRA adapter (%d layers, r %d) to %s", len(encoder.lora.paths), encoder.tuning.lora_r, folder
     )
@@ -207,10 +205,7 @@ def read_lora_adapter(folder: str) -> PeftLora:
         state = load_file(weights_path)
     except (SafetensorError, OSError) as err:
         raise PeftAdapterError(f"{weights_path}: not a readable safetensors file ({err})") from err
-    sidecar_path = os.path.join(folder, SIDECAR_FILE)
-    sidecar = read_adapter_json(sidecar_path) if os.path.isfile(sidecar_path) else None
-    if sidecar is not None and sidecar.get("format") != SIDECAR_FORMAT:
-        raise PeftAdapterError(f"{sidecar_path}: format {sidecar.get('format')!r}, expected {SIDECAR_FORMAT!r}")
+    sidecar = read_sidecar(folder)
     return PeftLora(
         path=folder,
         r=r,
