@@ -32,7 +32,7 @@ import prepare_data  # noqa: E402
 import train_dense_encoder  # noqa: E402
 from dpr.atomic import atomic_file  # noqa: E402
 from dpr.cli import setup_logging  # noqa: E402
-from dpr.models.checkpoint_format import resolve_checkpoint, tuned_parameter_counts  # noqa: E402
+from dpr.models.checkpoint_format import WEIGHTS_FILE, resolve_checkpoint, tuned_parameter_counts  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 # PT-Retrieval's published learning rates per mode; LoRA's is not PT-Retrieval's (it has no LoRA) but within
@@ -56,12 +56,20 @@ MODE_FLAGS = {
 }
 
 
-def mode_flags(args: argparse.Namespace, mode: str) -> list[str]:
+def variants(args: argparse.Namespace) -> list[tuple[str, str, int | None]]:
+    """(name, mode, LoRA rank) per row kind: LoRA gives one per ``--lora_r`` (``lora-r8``), other modes one."""
+    out: list[tuple[str, str, int | None]] = []
+    for mode in args.modes:
+        out += [(f"lora-r{r}", mode, r) for r in args.lora_r] if mode == "lora" else [(mode, mode, None)]
+    return out
+
+
+def mode_flags(args: argparse.Namespace, mode: str, lora_r: int | None = None) -> list[str]:
     flags = list(MODE_FLAGS[mode])
     if mode in ("prefix", "prompt"):
         flags += ["--pre_seq_len", str(args.pre_seq_len)]
     if mode == "lora":
-        flags += ["--lora_r", str(args.lora_r), "--lora_alpha", str(args.lora_alpha)]
+        flags += ["--lora_r", str(lora_r), "--lora_alpha", str(args.lora_alpha)]
     if args.dropout is not None:
         flags += ["--dropout", str(args.dropout), "--prefix_dropout", str(args.dropout)]
         if mode == "lora":
@@ -179,14 +187,17 @@ def evaluate(args: argparse.Namespace, name: str, model_flags: list[str]) -> dic
         return json.load(handle)
 
 
-def run_name(model: str, mode: str, train_data: str, seed: int) -> str:
-    """``<model>-<mode>-<data>``, with ``-s<seed>`` for seeds other than the first sweep's 12345."""
-    return f"{model}-{mode}-{train_data}" + ("" if seed == DEFAULT_SEED else f"-s{seed}")
+def run_name(model: str, variant: str, train_data: str, seed: int) -> str:
+    """``<model>-<variant>-<data>``, with ``-s<seed>`` for seeds other than the first sweep's 12345."""
+    return f"{model}-{variant}-{train_data}" + ("" if seed == DEFAULT_SEED else f"-s{seed}")
 
 
-def train(args: argparse.Namespace, mode: str, data: str, train_data: str, seed: int) -> tuple[str, float]:
-    """Train one mode with one seed (a finished run is reused: its time comes from quality_train.json)."""
-    run = os.path.join(args.out, run_name(args.model, mode, train_data, seed))
+def train(
+    args: argparse.Namespace, variant: tuple[str, str, int | None], data: str, train_data: str, seed: int
+) -> tuple[str, float]:
+    """Train one variant with one seed (a finished run is reused: its time comes from quality_train.json)."""
+    name, mode, lora_r = variant
+    run = os.path.join(args.out, run_name(args.model, name, train_data, seed))
     timing = os.path.join(run, "quality_train.json")
     if os.path.exists(timing):
         with open(timing, encoding="utf-8") as handle:
@@ -200,7 +211,7 @@ def train(args: argparse.Namespace, mode: str, data: str, train_data: str, seed:
             [
                 "--pretrained_model_cfg",
                 args.model,
-                *mode_flags(args, mode),
+                *mode_flags(args, mode, lora_r),
                 "--train_file",
                 train_file,
                 "--dev_file",
@@ -228,7 +239,7 @@ def train(args: argparse.Namespace, mode: str, data: str, train_data: str, seed:
                 "--eval_per_epoch",
                 "1",
                 "--log_batch_step",
-                "50",
+                "10",
                 "--val_av_rank_start_epoch",
                 str(args.av_rank_from),
                 "--val_av_rank_max_qs",
@@ -238,17 +249,42 @@ def train(args: argparse.Namespace, mode: str, data: str, train_data: str, seed:
     )
     seconds = time.perf_counter() - started
     with atomic_file(timing) as handle:
-        json.dump({"train_seconds": seconds}, handle)
+        json.dump({"train_seconds": seconds, "batch_size": args.batch_size}, handle)
     return run, seconds
 
 
+def step_seconds(run: str) -> float | None:
+    """Median seconds per training step from the run's train_log.jsonl (each record's samples/s is measured
+    over its epoch up to that batch, so validations are not in it); None when nothing was logged."""
+    path = os.path.join(run, "train_log.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        records = [json.loads(line) for line in handle if line.strip()]
+    with open(os.path.join(run, "quality_train.json"), encoding="utf-8") as handle:
+        batch = json.load(handle).get("batch_size")  # runs timed before the step time was kept lack it
+    if batch is None:
+        return None
+    rates = [r["samples_per_s"] for r in records if r.get("samples_per_s")]
+    return statistics.median(batch / rate for rate in rates) if rates else None
+
+
 def row(
-    name: str, mode: str, train_data: str, metrics: dict, checkpoint: str | None, seconds: float, model: str
+    name: str,
+    mode: str,
+    train_data: str,
+    metrics: dict,
+    checkpoint: str | None,
+    seconds: float,
+    model: str,
+    run: str | None = None,
 ) -> dict:
-    share, trainable = 0.0, 0
+    """One table row; ``run`` (the training folder) gives the step time, ``checkpoint`` the size and share."""
+    share, trainable, size = 0.0, 0, None
     if checkpoint:
         trainable, total = tuned_parameter_counts(checkpoint)
         share = trainable / total
+        size = os.path.getsize(os.path.join(checkpoint, WEIGHTS_FILE))
     m = metrics["metrics"]
     return {
         "name": name,
@@ -261,6 +297,8 @@ def row(
         "R@100": m["R@100"],
         "ECE": metrics.get("ece_top5"),
         "train_seconds": round(seconds, 1),
+        "step_seconds": step_seconds(run) if run else None,
+        "checkpoint_bytes": size,
         "checkpoint": checkpoint,
     }
 
@@ -268,8 +306,8 @@ def row(
 def aggregate(name: str, runs: list[dict]) -> dict:
     """One row for several seeds of a (model, mode, data): the mean of each metric and its standard deviation."""
     out = {**runs[0], "name": name, "seeds": len(runs), "checkpoint": [r["checkpoint"] for r in runs]}
-    for key in ("nDCG@10", "R@100", "ECE", "train_seconds"):
-        values = [r[key] for r in runs if r[key] is not None]
+    for key in ("nDCG@10", "R@100", "ECE", "train_seconds", "step_seconds"):
+        values = [r[key] for r in runs if r.get(key) is not None]
         out[key] = statistics.fmean(values) if values else None
         out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
     return out
@@ -279,6 +317,12 @@ def _metric(r: dict, key: str) -> str:
     if r.get("seeds", 1) > 1:
         return f"{r[key]:.4f} ± {r[key + '_std']:.4f}"
     return f"{r[key]:.4f}"
+
+
+def _size(n: int) -> str:
+    if n >= 100_000:
+        return f"{n / 1e6:.1f} MB"
+    return f"{n / 1e3:.0f} kB" if n >= 1000 else f"{n} B"
 
 
 def save_table(table: str, rows: list[dict]) -> list[dict]:
@@ -302,16 +346,18 @@ def save_table(table: str, rows: list[dict]) -> list[dict]:
 def markdown(rows: list[dict]) -> str:
     """The table as Markdown, as BENCHMARKS.md shows it."""
     lines = [
-        "| run | trained on | seeds | nDCG@10 | R@100 | ECE | trainable | train s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | trained on | seeds | nDCG@10 | R@100 | ECE | trainable | train s | s/step | checkpoint |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ece = f"{r['ECE']:.3f}" if r["ECE"] is not None else "-"
         share = f"{100 * r['trainable_share']:.2f}%" if r["trainable"] else "-"
         seconds = f"{r['train_seconds']:.0f}" if r["train_seconds"] else "-"
+        step = f"{r['step_seconds']:.2f}" if r.get("step_seconds") else "-"
+        size = _size(r["checkpoint_bytes"]) if r.get("checkpoint_bytes") else "-"
         lines.append(
             f"| {r['name']} | {r['train_data']} | {r.get('seeds', 1)} | {_metric(r, 'nDCG@10')} "
-            f"| {_metric(r, 'R@100')} | {ece} | {share} | {seconds} |"
+            f"| {_metric(r, 'R@100')} | {ece} | {share} | {seconds} | {step} | {size} |"
         )
     return "\n".join(lines)
 
@@ -329,7 +375,7 @@ MODE_LABELS = {
 def markdown_by_mode(rows: list[dict], in_domain: str = "scifact", out_domain: str = "squad") -> str:
     """One line per (model, mode): in-domain and out-of-domain metrics side by side, and the nDCG@10 change."""
     by_name = {r["name"]: r for r in rows}
-    models = list(dict.fromkeys(r["model"] for r in rows if r["mode"] in MODE_LABELS))
+    models = list(dict.fromkeys(r["model"] for r in rows if r["mode"] in MODE_LABELS or r["mode"].startswith("lora")))
 
     def cell(r: dict | None) -> str:
         return "not run" if r is None else f"{_metric(r, 'nDCG@10')} / {_metric(r, 'R@100')} / {r['ECE']:.3f}"
@@ -339,8 +385,16 @@ def markdown_by_mode(rows: list[dict], in_domain: str = "scifact", out_domain: s
         "nDCG@10 / R@100 / ECE | out-of-domain change in nDCG@10 |",
         "|---|---|---|---|---|---|",
     ]
+    present = dict.fromkeys(r["mode"] for r in rows)
+    kinds = [
+        (kind, MODE_LABELS.get(kind) or f"LoRA r{kind[len('lora-r') :]}")
+        for kind in [
+            *MODE_LABELS,
+            *sorted((k for k in present if k.startswith("lora-r")), key=lambda k: int(k[len("lora-r") :])),
+        ]
+    ]
     for model in models:
-        for mode, label in MODE_LABELS.items():
+        for mode, label in kinds:
             inside, outside = (by_name.get(f"{model}-{mode}-{d}") for d in (in_domain, out_domain))
             if inside is None and outside is None:
                 continue
@@ -367,7 +421,9 @@ def main() -> int:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--sequence_length", type=int, default=256)
     parser.add_argument("--pre_seq_len", type=int, default=32, help="prefix / prompt length")
-    parser.add_argument("--lora_r", type=int, default=8, help="LoRA rank (--modes lora)")
+    parser.add_argument(
+        "--lora_r", type=int, nargs="+", default=[8], help="LoRA ranks (--modes lora): one row kind per rank"
+    )
     parser.add_argument("--lora_alpha", type=float, default=16.0, help="LoRA alpha (--modes lora)")
     parser.add_argument(
         "--dropout",
@@ -430,19 +486,19 @@ def main() -> int:
             args.squad_train_questions = len(json.load(handle))
     for train_data in args.train_data:
         data = scifact if train_data == "scifact" else prepare(args.out, "squad")
-        for mode in args.modes:
+        for variant in variants(args):
             per_seed = []
             for seed in args.seeds:
-                run, seconds = train(args, mode, data, train_data, seed)
+                run, seconds = train(args, variant, data, train_data, seed)
                 best = resolve_checkpoint(run)
-                name = run_name(args.model, mode, train_data, seed)
+                name = run_name(args.model, variant[0], train_data, seed)
                 metrics = evaluate(args, name, ["--model_file", best])
-                per_seed.append(row(name, mode, train_data, metrics, best, seconds, args.model))
+                per_seed.append(row(name, variant[0], train_data, metrics, best, seconds, args.model, run))
                 print(json.dumps(per_seed[-1]), flush=True)
             rows += (
                 per_seed
                 if len(per_seed) == 1
-                else [*per_seed, aggregate(f"{args.model}-{mode}-{train_data}", per_seed)]
+                else [*per_seed, aggregate(f"{args.model}-{variant[0]}-{train_data}", per_seed)]
             )
             save_table(table, rows)
     print(markdown(save_table(table, rows)))

@@ -63,12 +63,27 @@ def test_markdown_rows_show_every_column(quality):
             "trainable": 10,
             "trainable_share": 0.0255,
             "train_seconds": 670.4,
+            "step_seconds": 3.456,
+            "checkpoint_bytes": 2_359_624,
+        },
+        {
+            "name": "m-lora-r8-squad",
+            "train_data": "squad",
+            "nDCG@10": 0.5,
+            "R@100": 0.9,
+            "ECE": 0.25,
+            "trainable": 10,
+            "trainable_share": 0.01,
+            "train_seconds": 10.0,
+            "step_seconds": None,
+            "checkpoint_bytes": 1500,
         },
     ]
     lines = quality.markdown(rows).splitlines()
-    assert len(lines) == 4
-    assert lines[2] == "| BM25 | - | 1 | 0.6863 | 0.9127 | - | - | - |"
-    assert lines[3] == "| m-prefix-squad | squad | 1 | 0.5000 | 0.9123 | 0.250 | 2.55% | 670 |"
+    assert len(lines) == 5
+    assert lines[2] == "| BM25 | - | 1 | 0.6863 | 0.9127 | - | - | - | - | - |"
+    assert lines[3] == "| m-prefix-squad | squad | 1 | 0.5000 | 0.9123 | 0.250 | 2.55% | 670 | 3.46 | 2.4 MB |"
+    assert lines[4] == "| m-lora-r8-squad | squad | 1 | 0.5000 | 0.9000 | 0.250 | 1.00% | 10 | - | 2 kB |"
 
 
 def test_several_seeds_give_a_mean_and_standard_deviation_row(quality):
@@ -84,6 +99,8 @@ def test_several_seeds_give_a_mean_and_standard_deviation_row(quality):
             "trainable": 10,
             "trainable_share": 0.01,
             "train_seconds": 10.0,
+            "step_seconds": seed / 10,
+            "checkpoint_bytes": 100,
             "checkpoint": f"c{seed}",
         }
 
@@ -92,8 +109,9 @@ def test_several_seeds_give_a_mean_and_standard_deviation_row(quality):
     assert mean["nDCG@10"] == pytest.approx(0.72) and mean["nDCG@10_std"] == pytest.approx(0.02)  # sample std
     assert mean["R@100"] == pytest.approx(0.91) and mean["R@100_std"] == pytest.approx(0.017320508)
     assert quality.markdown([mean]).splitlines()[2] == (
-        "| m-prefix-scifact | scifact | 3 | 0.7200 ± 0.0200 | 0.9100 ± 0.0173 | 0.100 | 1.00% | 10 |"
+        "| m-prefix-scifact | scifact | 3 | 0.7200 ± 0.0200 | 0.9100 ± 0.0173 | 0.100 | 1.00% | 10 | 0.20 | 100 B |"
     )
+    assert mean["step_seconds"] == pytest.approx(0.2)
     assert quality.run_name("m", "prefix", "scifact", 12345) == "m-prefix-scifact"  # the first sweep's names stay
     assert quality.run_name("m", "prefix", "scifact", 2) == "m-prefix-scifact-s2"
 
@@ -118,10 +136,43 @@ def test_markdown_by_mode_pairs_in_and_out_of_domain_rows(quality):
         r("m-prefix-scifact", "prefix", "scifact", 0.7),
         r("m-prefix-squad", "prefix", "squad", 0.6),
         r("m-bitfit-scifact", "bitfit", "scifact", 0.65),
+        r("m-lora-r32-scifact", "lora-r32", "scifact", 0.66),
+        r("m-lora-r8-scifact", "lora-r8", "scifact", 0.64),
     ]
     lines = quality.markdown_by_mode(rows).splitlines()
-    assert len(lines) == 4
+    assert len(lines) == 6
+    # LoRA ranks follow the named modes, smallest rank first
+    assert lines[4] == "| m | LoRA r8 | 1.00% | 0.6400 / 0.9000 / 0.300 | not run | - |"
+    assert lines[5] == "| m | LoRA r32 | 1.00% | 0.6600 / 0.9000 / 0.300 | not run | - |"
     assert (
         lines[2] == "| m | prefix (P-tuning v2) | 1.00% | 0.7000 / 0.9000 / 0.300 | 0.6000 / 0.9000 / 0.300 | -0.1000 |"
     )
     assert lines[3] == "| m | BitFit | 1.00% | 0.6500 / 0.9000 / 0.300 | not run | - |"
+
+
+def test_each_lora_rank_is_its_own_row_kind_with_its_own_flags(quality):
+    args = quality.argparse.Namespace(
+        modes=["prefix", "lora", "finetune"], lora_r=[8, 32], pre_seq_len=64, lora_alpha=16.0, dropout=0.0
+    )
+    assert quality.variants(args) == [
+        ("prefix", "prefix", None),
+        ("lora-r8", "lora", 8),
+        ("lora-r32", "lora", 32),
+        ("finetune", "finetune", None),
+    ]
+    flags = quality.mode_flags(args, "lora", 32)
+    assert flags[:5] == ["--lora", "--lora_r", "32", "--lora_alpha", "16.0"]
+    assert "--lora_dropout" in flags
+    assert quality.run_name("m", "lora-r32", "scifact", 2) == "m-lora-r32-scifact-s2"
+
+
+def test_step_time_is_the_median_of_the_logged_rates(tmp_path, quality):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert quality.step_seconds(str(run)) is None  # nothing logged
+    lines = [{"samples_per_s": rate, "step": i} for i, rate in enumerate([8.0, 16.0, 4.0])]
+    (run / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    (run / "quality_train.json").write_text(json.dumps({"train_seconds": 1.0}), encoding="utf-8")
+    assert quality.step_seconds(str(run)) is None  # a run timed before the batch size was kept
+    (run / "quality_train.json").write_text(json.dumps({"train_seconds": 1.0, "batch_size": 32}), encoding="utf-8")
+    assert quality.step_seconds(str(run)) == pytest.approx(4.0)  # median of 4, 2 and 8 s per step
