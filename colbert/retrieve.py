@@ -43,6 +43,7 @@ from dpr.evaluation.metrics import evaluate_run, write_trec_run
 from dpr.models.hub import load_tokenizer
 from dpr.options import ConfigError
 
+FAISS_DEFAULTS = {"nprobe": 10, "faiss_depth": 1024}
 logger = logging.getLogger("colbert.retrieve")  # not __name__: under `python -m` that is "__main__"
 
 REPORTED = ("MRR@10", "R@50", "R@200", "R@1000", "nDCG@10")
@@ -65,8 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--output_dir", required=True, help="ranking.tsv, ranking.trec and metrics.json go here")
     r = parser.add_argument_group("retrieval")
     r.add_argument("--brute_force", action="store_true", help="exact MaxSim against every document")
-    r.add_argument("--nprobe", type=int, default=10, help="IVF cells visited per query token")
-    r.add_argument("--faiss_depth", type=int, default=1024, help="nearest document tokens per query token")
+    r.add_argument(
+        "--nprobe", type=int, help=f"FAISS index: IVF cells visited per query token ({FAISS_DEFAULTS['nprobe']})"
+    )
+    r.add_argument(
+        "--faiss_depth",
+        type=int,
+        help=f"FAISS index: nearest document tokens per query token ({FAISS_DEFAULTS['faiss_depth']})",
+    )
     r.add_argument("--ncells", type=int, help=f"PLAID: centroids a query token visits ({PLAID_DEFAULTS['ncells']})")
     r.add_argument(
         "--centroid_score_threshold",
@@ -119,6 +126,33 @@ def _plaid_flags(args: argparse.Namespace, meta: dict[str, Any] | None) -> dict[
         name: default if getattr(args, name) is None else getattr(args, name)
         for name, default in PLAID_DEFAULTS.items()
     }
+
+
+def _faiss_flags(args: argparse.Namespace) -> dict[str, int]:
+    """The FAISS token index's search settings (flags over defaults)."""
+    return {
+        name: default if getattr(args, name) is None else getattr(args, name)
+        for name, default in FAISS_DEFAULTS.items()
+    }
+
+
+def _warn_plaid(args: argparse.Namespace, settings: dict[str, Any]) -> None:
+    """Say what a PLAID search will not do that the flags ask for (PT-Retrieval's scripts pass FAISS flags)."""
+    given = [name for name in FAISS_DEFAULTS if getattr(args, name) is not None]
+    if given:
+        logger.warning(
+            "--%s: FAISS token-index settings, ignored by a --index_mode plaid index (its settings are --ncells, "
+            "--centroid_score_threshold and --ndocs)",
+            ", --".join(given),
+        )
+    if args.depth > settings["ndocs"]:
+        logger.warning(
+            "--depth %d > --ndocs %d: PLAID ranks at most --ndocs candidates per query, so rankings stop at %d "
+            "documents; raise --ndocs for deeper ones",
+            args.depth,
+            settings["ndocs"],
+            settings["ndocs"],
+        )
 
 
 def _mode(args: argparse.Namespace, meta: dict[str, Any] | None) -> str:
@@ -217,6 +251,7 @@ def _search(args: argparse.Namespace, index_dir: str | None, queries: dict[str, 
     elif _mode(args, meta) == "plaid":
         _, store, plaid = load_index(index_dir, True, dtype)
         assert isinstance(plaid, PlaidIndex)
+        _warn_plaid(args, _plaid_flags(args, meta))
         ranking = plaid_search(
             q,
             qids,
@@ -236,8 +271,7 @@ def _search(args: argparse.Namespace, index_dir: str | None, queries: dict[str, 
             store,
             token_index,
             depth=args.depth,
-            faiss_depth=args.faiss_depth,
-            nprobe=args.nprobe,
+            **_faiss_flags(args),
             similarity=similarity,
             device=device,
             progress=args.progress,
@@ -274,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": mode,
         "index": index_dir,
         "depth": args.depth,
-        **(_plaid_flags(args, meta) if mode == "plaid" else {"faiss_depth": args.faiss_depth, "nprobe": args.nprobe}),
+        **(_plaid_flags(args, meta) if mode == "plaid" else _faiss_flags(args)),
     }
     if qrels is not None:
         record["metrics"] = _evaluate(args, ranking, qrels)

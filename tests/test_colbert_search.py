@@ -3,7 +3,9 @@ interaction, the codec, the index on disk and the CLIs, on synthetic vectors and
 
 from __future__ import annotations
 
+import collections
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -163,7 +165,7 @@ def test_compressed_index_is_small_and_round_trips_through_disk(indexes):
     assert vector_bytes["residual"] < 0.4 * vector_bytes["plaid"]  # tiny dim 16: 4 + 2 bytes a token against 32 + 2
 
 
-def test_cli_plaid_compressed_index_and_retrieve(data_files, tiny_bert_dir, tmp_path, capsys):  # noqa: F811
+def test_cli_plaid_compressed_index_and_retrieve(data_files, tiny_bert_dir, tmp_path, capsys, caplog):  # noqa: F811
     assert _train(data_files, tiny_bert_dir, tmp_path / "run", "--maxsteps", "0") == 0
     ckpt = str(tmp_path / "run" / "colbert-0")
     plaid_flags = ["--index_mode", "plaid", "--ncentroids", "8", "--compression", "residual", "--nbits", "2"]
@@ -179,6 +181,17 @@ def test_cli_plaid_compressed_index_and_retrieve(data_files, tiny_bert_dir, tmp_
     record = json.loads((tmp_path / "plaid" / "metrics.json").read_text())
     assert record["mode"] == "plaid" and record["ndocs"] == 48 and "nDCG@10" in record["metrics"]
     assert colbert_retrieve.main([*common, "--output_dir", str(tmp_path / "defaults")]) == 0  # PLAID's defaults
+    # FAISS flags (PT-Retrieval's scripts pass them) and a --depth beyond --ndocs are said, not silently dropped
+    with caplog.at_level(logging.WARNING, logger="colbert.retrieve"):
+        shallow = ["--nprobe", "4", "--depth", "5", "--ndocs", "3", "--output_dir", str(tmp_path / "shallow")]
+        assert colbert_retrieve.main([*common, *shallow]) == 0
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "--nprobe: FAISS token-index settings, ignored" in said
+    assert "--depth 5 > --ndocs 3" in said and "stop at 3 documents" in said
+    per_query = collections.Counter(
+        line.split("\t")[0] for line in (tmp_path / "shallow" / "ranking.tsv").read_text().splitlines()
+    )
+    assert len(per_query) == 4 and max(per_query.values()) == 3
     # PLAID flags on brute force, and compression without PLAID, are refused
     assert run_cli(colbert_retrieve.main, [*common, "--brute_force", "--ndocs", "4", "--output_dir", "x"]) == 2
     assert "PLAID settings" in capsys.readouterr().err
