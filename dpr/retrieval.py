@@ -224,7 +224,7 @@ class TaskEncoder:
         return self.library.tasks
 
     def register(self, name: str, checkpoint_path: str, config: BiEncoderConfig | None = None) -> CheckpointInfo:
-        """Register the checkpoint folder ``checkpoint_path`` as task ``name``.
+        """Register the checkpoint folder ``checkpoint_path`` (or a training run folder: its best) as task ``name``.
 
         ``config`` (default: the checkpoint's) may change settings that do not alter the network, such
         as ``sequence_length``; an architecture field that differs from the checkpoint's is an error.
@@ -232,6 +232,7 @@ class TaskEncoder:
         if name == AUTO:
             raise TaskError(f"task name {AUTO!r} is reserved: encode(task={AUTO!r}) routes each query to a task")
         info = read_checkpoint_info(checkpoint_path)
+        checkpoint_path = info.path  # a training output folder stands for its best checkpoint
         if config is None:
             config = info.encoder
         ours, stored = config.to_flat(), info.encoder.to_flat()

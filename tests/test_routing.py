@@ -286,6 +286,14 @@ def test_training_writes_a_task_summary(tmp_path, tiny_bert_dir, tiny_dpr_files,
     summary = read_summary(str(out / best))
     assert summary.questions + summary.held_out == 24 and summary.model_name == tiny_bert_dir
     assert summary.pooling == "cls"  # auto pooling of a plain BERT folder, as the tasks resolve it
+    # the run folder stands for its best checkpoint (run_scripts/cpu_routing_bench.sh passes run folders)
+    by_run, by_best = (
+        TaskEncoder.from_checkpoints({"t": str(out)}),
+        TaskEncoder.from_checkpoints({"t": str(out / best)}),
+    )
+    assert by_run.checkpoint("t") == by_best.checkpoint("t") == os.path.abspath(out / best)
+    texts = ["a question about cells", "another one"]
+    assert np.array_equal(by_run.encode(texts, task="t"), by_best.encode(texts, task="t"))
     code = run_cli(
         train_dense_encoder.main,
         [*argv[:-1], str(tmp_path / "ft"), "--sequence_length", "32", "--num_train_epochs", "1", "--task_summary"],
