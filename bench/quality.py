@@ -192,6 +192,11 @@ def run_name(model: str, variant: str, train_data: str, seed: int) -> str:
     return f"{model}-{variant}-{train_data}" + ("" if seed == DEFAULT_SEED else f"-s{seed}")
 
 
+def row_name(run: str, seed: int, seeds: list[int]) -> str:
+    """A seed's row name: the run's, with ``-s12345`` too when several seeds share the mean row's name."""
+    return f"{run}-s{seed}" if seed == DEFAULT_SEED and len(seeds) > 1 else run
+
+
 def train(
     args: argparse.Namespace, variant: tuple[str, str, int | None], data: str, train_data: str, seed: int
 ) -> tuple[str, float]:
@@ -493,7 +498,18 @@ def main() -> int:
                 best = resolve_checkpoint(run)
                 name = run_name(args.model, variant[0], train_data, seed)
                 metrics = evaluate(args, name, ["--model_file", best])
-                per_seed.append(row(name, variant[0], train_data, metrics, best, seconds, args.model, run))
+                per_seed.append(
+                    row(
+                        row_name(name, seed, args.seeds),
+                        variant[0],
+                        train_data,
+                        metrics,
+                        best,
+                        seconds,
+                        args.model,
+                        run,
+                    )
+                )
                 print(json.dumps(per_seed[-1]), flush=True)
             rows += (
                 per_seed

@@ -114,6 +114,10 @@ def test_several_seeds_give_a_mean_and_standard_deviation_row(quality):
     assert mean["step_seconds"] == pytest.approx(0.2)
     assert quality.run_name("m", "prefix", "scifact", 12345) == "m-prefix-scifact"  # the first sweep's names stay
     assert quality.run_name("m", "prefix", "scifact", 2) == "m-prefix-scifact-s2"
+    # the first seed's row keeps its own name beside the mean row, which takes the run name
+    assert quality.row_name("m-prefix-scifact", 12345, [12345, 1, 2]) == "m-prefix-scifact-s12345"
+    assert quality.row_name("m-prefix-scifact", 12345, [12345]) == "m-prefix-scifact"
+    assert quality.row_name("m-prefix-scifact-s1", 1, [12345, 1]) == "m-prefix-scifact-s1"
 
 
 def test_markdown_by_mode_pairs_in_and_out_of_domain_rows(quality):
