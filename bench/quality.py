@@ -6,9 +6,10 @@ the best checkpoint, evaluate on SciFact test with dense_retriever.py. Zero-shot
 the same corpus and qrels. Out of domain (``--train_data squad``) trains on a seeded SQuAD train subset
 as large as SciFact train, with the same epochs, so both see the same number of steps. Writes one JSON
 table (``--table``, rows: name, model, mode, train_data, trainable_share, trainable, nDCG@10, R@100, ECE,
-train_seconds) that BENCHMARKS.md and bench/plot_results.py read. The table is updated after every row
-and merged by name with the rows already in it; finished runs and evaluations are reused, so a sweep
-can be stopped and started again, or split over calls.
+train_seconds, step_seconds, checkpoint_bytes) that BENCHMARKS.md and bench/plot_results.py read. The table
+is updated after every row and merged by name with the rows already in it; finished runs and evaluations are
+reused, so a sweep can be stopped and started again, or split over calls. LoRA rows are one kind per rank
+(mode ``lora-r8``, ``lora-r32``).
 
     python bench/quality.py --model bert-tiny --modes prefix prompt bitfit adapter lora finetune \\
         --train_data scifact squad --epochs 3 --seeds 12345 1 2 --table runs/quality/bert-tiny.json
