@@ -49,9 +49,15 @@ MODE_COLOURS = {
     "zero-shot": "tab:gray",
     "bm25": "black",
 }
+
 MODEL_MARKERS = ("o", "s", "^", "D", "v", "P")
 LINE_STYLES = ("-", (0, (5, 1)), (0, (1, 1)), (0, (3, 1, 1, 1)))
 METRIC_KEYS = {"nDCG@10": ("nDCG@10", "ndcg10"), "R@100": ("R@100", "r100")}
+
+
+def mode_colour(mode: str, fallback: str | None) -> str | None:
+    """A mode's colour; a variant of a mode (``lora-r8``, ``lora-r32``) takes its mode's."""
+    return MODE_COLOURS.get(mode, MODE_COLOURS.get(mode.split("-", 1)[0], fallback))
 
 
 class InputError(ValueError):
@@ -127,7 +133,7 @@ def plot_curves(runs: list[Run], out: str) -> None:
     fig, (loss_ax, rank_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
     styles: dict[str, int] = {}
     for run in runs:
-        colour = MODE_COLOURS.get(run.mode, None)
+        colour = mode_colour(run.mode, None)
         style = LINE_STYLES[styles.get(run.mode, 0) % len(LINE_STYLES)]  # runs of one mode: new dashes
         styles[run.mode] = styles.get(run.mode, 0) + 1
         train = [(r["global_step"], r["train_loss"]) for r in run.records if r.get("train_loss") is not None]
@@ -211,13 +217,13 @@ def plot_quality(rows: list[dict[str, Any]], in_domain: str, out: str) -> None:
         for i, r in enumerate(baselines):  # untrained: no x position on a log axis, so a line
             ax.axhline(
                 r[metric],
-                color=MODE_COLOURS.get(r["mode"], "gray"),
+                color=mode_colour(r["mode"], "gray"),
                 linewidth=1,
                 linestyle=LINE_STYLES[1 + i % (len(LINE_STYLES) - 1)],
                 label=r["name"],
             )
         for r in trained:
-            colour = MODE_COLOURS.get(r["mode"], "tab:brown")
+            colour = mode_colour(r["mode"], "tab:brown")
             filled = r["train_data"] in (in_domain, "-")  # no train_data: no out-of-domain claim
             marker = MODEL_MARKERS[models.index(r["model"]) % len(MODEL_MARKERS)]
             ax.scatter(

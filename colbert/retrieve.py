@@ -122,18 +122,17 @@ def _plaid_flags(args: argparse.Namespace, meta: dict[str, Any] | None) -> dict[
         raise ConfigError(
             f"--{', --'.join(sorted(given))}: PLAID settings, for end-to-end search of a --index_mode plaid index"
         )
-    return {
-        name: default if getattr(args, name) is None else getattr(args, name)
-        for name, default in PLAID_DEFAULTS.items()
-    }
+    return _over_defaults(args, PLAID_DEFAULTS)
 
 
 def _faiss_flags(args: argparse.Namespace) -> dict[str, int]:
     """The FAISS token index's search settings (flags over defaults)."""
-    return {
-        name: default if getattr(args, name) is None else getattr(args, name)
-        for name, default in FAISS_DEFAULTS.items()
-    }
+    return _over_defaults(args, FAISS_DEFAULTS)
+
+
+def _over_defaults(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Each setting of ``defaults`` from its flag where one was given (flags default to None)."""
+    return {name: default if getattr(args, name) is None else getattr(args, name) for name, default in defaults.items()}
 
 
 def _warn_plaid(args: argparse.Namespace, settings: dict[str, Any]) -> None:
