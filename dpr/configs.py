@@ -338,6 +338,8 @@ ARCHITECTURE_FIELDS = (
     "normalize",
     "title_mode",
 )
+# Fields whose values are sets written as lists: --lora_target value,query selects the same layers as query,value.
+ORDERLESS_FIELDS = ("lora_target",)
 _FLAG_NAMES = {"tuning": "the tuning mode (--prefix/--prompt/--bitfit/--adapter/--lora, none = fine-tuning)"}
 _PARTS = {"backbone": BackboneConfig, "head": HeadConfig, "passages": PassageFormat, "sides": SidesConfig}
 
@@ -476,12 +478,19 @@ def apply_overrides(
     return base.with_settings(**overrides) if overrides else base
 
 
+def same_setting(name: str, a: Any, b: Any) -> bool:
+    """Whether two values of the field ``name`` mean the same (in any order for ORDERLESS_FIELDS)."""
+    if name in ORDERLESS_FIELDS and isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return sorted(a) == sorted(b)
+    return a == b
+
+
 def check_agrees(
     given: Mapping[str, Any], stored: Mapping[str, Any], names: tuple[str, ...], source: str, verb: str = "trained"
 ) -> None:
     """Refuse a ``given`` value of one of ``names`` that differs from ``stored``'s, naming both."""
     for name in names:
-        if name in given and given[name] != stored.get(name):
+        if name in given and not same_setting(name, given[name], stored.get(name)):
             flag = _FLAG_NAMES.get(name, f"--{name}")
             raise ConfigError(
                 f"{flag} is {given[name]!r} but {source} was {verb} with "

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dpr.configs import BiEncoderConfig
+from dpr.configs import BiEncoderConfig, same_setting
 
 
 def encoder_digest(encoder: nn.Module) -> str:
@@ -43,7 +43,7 @@ def _diff(ours: Mapping[str, Any], theirs: Mapping[str, Any], prefix: str = "", 
     return [
         f"{prefix}{name}: {_show(ours.get(name))} -> {_show(theirs.get(name))}"
         for name in names
-        if ours.get(name) != theirs.get(name)
+        if not same_setting(name, ours.get(name), theirs.get(name))
     ]
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from dpr.atomic import atomic_directory
-from dpr.configs import ARCHITECTURE_FIELDS, FLAT_FIELDS, BiEncoderConfig, ConfigError, apply_overrides
+from dpr.configs import ARCHITECTURE_FIELDS, FLAT_FIELDS, BiEncoderConfig, ConfigError, apply_overrides, same_setting
 from dpr.data.corpus import lookup_passages, resolve_corpus_path
 from dpr.data.readers import Passage
 from dpr.device import INFERENCE_REQUESTS, quantize_int8, resolve_precision, select_device
@@ -236,7 +236,11 @@ class TaskEncoder:
         if config is None:
             config = info.encoder
         ours, stored = config.to_flat(), info.encoder.to_flat()
-        diffs = [f"{f}: {ours[f]!r} vs checkpoint {stored[f]!r}" for f in ARCHITECTURE_FIELDS if ours[f] != stored[f]]
+        diffs = [
+            f"{f}: {ours[f]!r} vs checkpoint {stored[f]!r}"
+            for f in ARCHITECTURE_FIELDS
+            if not same_setting(f, ours[f], stored[f])
+        ]
         if diffs:
             raise ConfigError(f"task {name!r}: config contradicts {checkpoint_path} ({'; '.join(diffs)})")
         summary = read_summary(info.path)  # before registering: a damaged file must not leave a half-registered task

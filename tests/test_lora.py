@@ -15,9 +15,18 @@ from test_tasks import PASSAGES, QUESTIONS, make_checkpoint
 
 from colbert import train as colbert_train
 from colbert.checkpoint import load_colbert
-from dpr.configs import BiEncoderConfig, ConfigError, LoraConfig, tuning_from_dict
+from dpr.configs import (
+    ARCHITECTURE_FIELDS,
+    BiEncoderConfig,
+    ConfigError,
+    LoraConfig,
+    apply_overrides,
+    check_agrees,
+    tuning_from_dict,
+)
 from dpr.device import quantize_int8
 from dpr.encoding import encode_texts
+from dpr.identity import EncoderIdentity
 from dpr.models.biencoder import build_biencoder, build_biencoder_from_backbone
 from dpr.models.checkpoint_format import load_biencoder
 from dpr.models.encoder import parameter_counts
@@ -236,6 +245,23 @@ def test_flags_build_the_config_and_it_survives_json():
     assert tuning_from_dict(stored) == config.tuning
     assert BiEncoderConfig.from_dict(config.to_dict()) == config
     assert BiEncoderConfig.from_flat(config.to_flat()) == config
+
+
+def test_the_order_of_lora_target_names_is_not_a_contradiction():
+    """``--lora_target value,query`` adapts the same layers as ``query,value``: flags, tasks and indexes agree."""
+    stored = BiEncoderConfig.from_flat(pretrained_model_cfg="tiny", tuning="lora", lora_target="query,value")
+    check_agrees({"lora_target": ("value", "query")}, stored.to_flat(), ARCHITECTURE_FIELDS, "ckpt")
+    assert apply_overrides(stored, {"lora_target": ("value", "query")}, "ckpt").tuning.lora_target == (
+        "value",
+        "query",
+    )
+    with pytest.raises(ConfigError, match="--lora_target is .*'key'.* but ckpt was trained"):
+        check_agrees({"lora_target": ("query", "key")}, stored.to_flat(), ARCHITECTURE_FIELDS, "ckpt")
+    ours = EncoderIdentity({"tuning": "lora", "lora_target": ["query", "value"]}, {}, "d")
+    assert ours.diff(EncoderIdentity({"tuning": "lora", "lora_target": ["value", "query"]}, {}, "d")) == []
+    assert ours.diff(EncoderIdentity({"tuning": "lora", "lora_target": ["query"]}, {}, "d")) == [
+        "lora_target: ['query', 'value'] -> ['query']"
+    ]
 
 
 @pytest.mark.parametrize(
