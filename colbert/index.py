@@ -25,6 +25,7 @@ from colbert.checkpoint import load_colbert
 from colbert.data import iter_collection
 from colbert.faiss_index import FaissSettings
 from colbert.indexing import INDEX_MODES, build_index, index_bytes
+from colbert.model import merge_lora
 from colbert.options import add_colbert_model_params, colbert_overrides_from_args
 from colbert.plaid import COMPRESSIONS, PlaidSettings
 from colbert.tokenization import ColBERTTokenizer
@@ -32,7 +33,7 @@ from dpr.cli import run_cli, setup_logging
 from dpr.device import add_hardware_params, resolve_precision, select_device
 from dpr.models.encoder import trainable_report
 from dpr.models.hub import load_tokenizer
-from dpr.options import ConfigError
+from dpr.options import ConfigError, add_merge_lora_param
 
 logger = logging.getLogger("colbert.index")  # not __name__: under `python -m` that is "__main__"
 
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shard_size", type=int, default=100_000, help="documents per shard")
     g.add_argument("--bsize", type=int, default=64, help="documents per encoder batch")
     h = add_hardware_params(parser, training=False, amp_alias=True)
+    add_merge_lora_param(h, "--checkpoint")
     h.add_argument("--no_progress", dest="progress", action="store_false")
     return parser
 
@@ -97,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     device = select_device(args.no_cuda, args.precision)
     precision = resolve_precision(args.precision, device)
     model, _ = load_colbert(args.checkpoint, colbert_overrides_from_args(args))
+    if args.merge_lora:
+        model = merge_lora(model)
     model.to(device)
     logger.info("%s", trainable_report(model))
     backbone = model.config.backbone

@@ -23,8 +23,10 @@ from transformers import BertModel
 from colbert.options import COLBERT_FIELDS, ColBERTConfig
 from colbert.scoring import maxsim_all
 from dpr.identity import EncoderIdentity, encoder_digest
+from dpr.models.biencoder import merged_encoder
 from dpr.models.encoder import TunedEncoder, build_tuned_encoder
 from dpr.models.hub import load_backbone
+from dpr.models.lora import LoraError
 from dpr.models.serialization import backbone_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -41,9 +43,10 @@ def colbert_identity(config: ColBERTConfig, backbone: dict[str, Any], digest: st
 class ColBERT(nn.Module):
     """Token vectors ``(B, T, dim)``, unit length, for queries and documents (Tevatron-style interface)."""
 
-    def __init__(self, encoder: TunedEncoder, config: ColBERTConfig) -> None:
+    def __init__(self, encoder: TunedEncoder, config: ColBERTConfig, identity: EncoderIdentity | None = None) -> None:
         super().__init__()
         self.config = config
+        self._identity = identity  # fixed by merge_lora: the merged copy searches the index of its source
         self.encoder = encoder
         # No bias, as in ColBERT v1: the vectors are normalised right after, a bias would only tilt them.
         self.linear = nn.Linear(encoder.backbone.config.hidden_size, config.dim, bias=False)
@@ -75,6 +78,8 @@ class ColBERT(nn.Module):
     def identity(self) -> EncoderIdentity:
         """What an index built with this model records: every setting that shapes a token vector (the
         backbone, tuning and ColBERT settings; not dropout), the backbone's shape and the weights."""
+        if self._identity is not None:
+            return self._identity
         return colbert_identity(self.config, backbone_fingerprint(self.backbone), encoder_digest(self))
 
     def compute_similarity(self, q: torch.Tensor, d: torch.Tensor, d_mask: torch.Tensor) -> torch.Tensor:
@@ -86,6 +91,19 @@ class ColBERT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Both sides in one call: ``(B, Lq, dim)`` query and ``(C, Ld, dim)`` document vectors."""
         return self.encode_query(q_ids, q_mask), self.encode_passage(d_ids, d_mask)
+
+
+def merge_lora(model: ColBERT) -> ColBERT:
+    """An inference copy of a --lora ColBERT with the deltas folded into a copy of the backbone, without hooks.
+
+    Same token vectors (up to float rounding) and the same :meth:`ColBERT.identity`, so an index built with
+    either model is searched with the other; ``model`` is left as it was. For encoding, not for checkpoints.
+    """
+    if model.config.tuning.method != "lora":
+        raise LoraError(f"--merge_lora applies to --lora checkpoints; this one is {model.config.tuning.method}")
+    merged = ColBERT(merged_encoder(model.encoder), model.config, identity=model.identity())
+    merged.linear.load_state_dict(model.linear.state_dict())
+    return merged.requires_grad_(False).train(model.training).to(model.linear.weight.device)
 
 
 def build_colbert_from_backbone(

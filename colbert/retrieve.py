@@ -29,7 +29,7 @@ from colbert.checkpoint import load_colbert
 from colbert.data import read_collection, read_queries
 from colbert.encoding import encode_documents, encode_queries
 from colbert.indexing import DocStore, check_model, index_mode, load_index, read_meta
-from colbert.model import ColBERT
+from colbert.model import ColBERT, merge_lora
 from colbert.options import add_colbert_model_params, colbert_overrides_from_args
 from colbert.plaid import PlaidIndex
 from colbert.retrieval import Ranking, brute_force, end_to_end, plaid_search, rerank
@@ -41,7 +41,7 @@ from dpr.data.readers import DataFormatError
 from dpr.device import add_hardware_params, resolve_precision, select_device
 from dpr.evaluation.metrics import evaluate_run, write_trec_run
 from dpr.models.hub import load_tokenizer
-from dpr.options import ConfigError
+from dpr.options import ConfigError, add_merge_lora_param
 
 FAISS_DEFAULTS = {"nprobe": 10, "faiss_depth": 1024}
 logger = logging.getLogger("colbert.retrieve")  # not __name__: under `python -m` that is "__main__"
@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop a document whose id equals the query id (BEIR corpora that contain the queries)",
     )
     h = add_hardware_params(parser, training=False, amp_alias=True)
+    add_merge_lora_param(h, "--checkpoint")
     h.add_argument("--no_progress", dest="progress", action="store_false")
     return parser
 
@@ -185,6 +186,8 @@ def _model(args: argparse.Namespace, meta: dict[str, Any] | None, index_dir: str
     model, _ = load_colbert(checkpoint, colbert_overrides_from_args(args))
     if meta is not None:
         check_model(meta, model, index_dir or "")
+    if args.merge_lora:
+        model = merge_lora(model)
     return model.to(select_device(args.no_cuda, args.precision))
 
 

@@ -196,13 +196,13 @@ def add_tuning_params(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_merge_lora_param(group: argparse._ArgumentGroup) -> None:
+def add_merge_lora_param(group: argparse._ArgumentGroup, checkpoint_flag: str = "--model_file") -> None:
     """--merge_lora (inference): encode with the LoRA deltas folded into the weights instead of hooks."""
     group.add_argument(
         "--merge_lora",
         action="store_true",
-        help="with a --lora --model_file: fold its deltas into a copy of the backbone per side (W += alpha/r B A), "
-        "so encoding runs the plain BERT; same vectors, one backbone copy per tuned side",
+        help=f"with a --lora {checkpoint_flag}: fold its deltas into a copy of the backbone per tuned side "
+        "(W += alpha/r B A), so encoding runs the plain BERT; same vectors and index identity",
     )
 
 

@@ -13,8 +13,12 @@ from helpers import tiny_bert
 from safetensors.torch import load_file
 from test_tasks import PASSAGES, QUESTIONS, make_checkpoint
 
+from colbert import index as colbert_index
+from colbert import retrieve as colbert_retrieve
 from colbert import train as colbert_train
 from colbert.checkpoint import load_colbert
+from colbert.model import build_colbert_from_backbone, merge_lora
+from colbert.options import ColBERTConfig
 from dpr.configs import (
     ARCHITECTURE_FIELDS,
     BiEncoderConfig,
@@ -311,6 +315,24 @@ def test_colbert_trains_one_step_with_lora(tiny_bert_dir, tmp_path):
     assert "linear.weight" in tuned and all(n == "linear.weight" or ".lora.deltas." in n for n in tuned)
     b_weights = [p for n, p in model.named_parameters() if n.endswith(".B.weight")]
     assert b_weights and any(p.abs().max() > 0 for p in b_weights)  # B left zero: the step trained it
+    # --merge_lora for ColBERT: the same token vectors and index identity from a plain backbone copy
+    model.eval()
+    merged = merge_lora(model)
+    assert merged.encoder.lora is None and merged.backbone is not model.backbone
+    assert merged.identity() == model.identity()
+    ids, mask = batch()
+    with torch.no_grad():
+        for side in ("encode_query", "encode_passage"):
+            ours, theirs = getattr(merged, side)(ids, mask), getattr(model, side)(ids, mask)
+            assert (ours - theirs).abs().max() < 1e-5
+    path = model.encoder.lora.paths[0]  # the deltas went into the copy's weights, not into the shared backbone
+    assert (merged.backbone.get_submodule(path).weight - model.backbone.get_submodule(path).weight).abs().max() > 0
+    with pytest.raises(LoraError, match="--merge_lora applies to --lora checkpoints; this one is prefix"):
+        merge_lora(
+            build_colbert_from_backbone(
+                ColBERTConfig.from_flat({"tuning": "prefix", "dim": 16, "doc_maxlen": 32}), tiny_bert(0)
+            )
+        )
 
 
 def test_merge_lora_is_a_flag_of_the_embedding_and_retrieval_clis():
@@ -322,6 +344,11 @@ def test_merge_lora_is_a_flag_of_the_embedding_and_retrieval_clis():
         given = command.build_parser().parse_args([*argv, "--model_file", "ckpt", "--merge_lora"])
         assert inference_config_from_args(given).merge_lora
         assert not inference_config_from_args(command.build_parser().parse_args(argv)).merge_lora
+    colbert_argv = {colbert_index: ["--collection", "c.tsv", "--index_root", "r", "--index_name", "n"]}
+    colbert_argv[colbert_retrieve] = ["--queries", "q.tsv", "--output_dir", "o"]
+    for command, argv in colbert_argv.items():
+        assert command.build_parser().parse_args([*argv, "--checkpoint", "ckpt", "--merge_lora"]).merge_lora
+        assert not command.build_parser().parse_args(argv).merge_lora
 
 
 def test_a_deep_copy_and_int8_quantization_keep_applying_the_deltas():

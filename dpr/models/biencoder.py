@@ -156,14 +156,19 @@ def merge_lora(model: BiEncoder) -> BiEncoder:
     """
     if model.config.tuning.method != "lora":
         raise LoraError(f"--merge_lora applies to --lora checkpoints; this one is {model.config.tuning.method}")
-
-    def merged(encoder: TunedEncoder) -> TunedEncoder:
-        if encoder.lora is None:  # the fixed base passage encoder of --tune_side question
-            return encoder
-        plain = TunedEncoder(merged_backbone(encoder), FinetuneConfig(), encoder.head)
-        plain.projection = copy.deepcopy(encoder.projection)
-        return plain.requires_grad_(False).train(encoder.training)
-
     return BiEncoder(
-        merged(model.question_encoder), merged(model.ctx_encoder), model.config, identity=model.passage_identity()
+        merged_encoder(model.question_encoder),
+        merged_encoder(model.ctx_encoder),
+        model.config,
+        identity=model.passage_identity(),
     )
+
+
+def merged_encoder(encoder: TunedEncoder) -> TunedEncoder:
+    """A plain (hook-free, frozen) copy of a LoRA ``encoder`` with its deltas folded into its own backbone copy;
+    an encoder without LoRA (the fixed base passage side of --tune_side question) is returned as it is."""
+    if encoder.lora is None:
+        return encoder
+    plain = TunedEncoder(merged_backbone(encoder), FinetuneConfig(), encoder.head)
+    plain.projection = copy.deepcopy(encoder.projection)
+    return plain.requires_grad_(False).train(encoder.training)
