@@ -342,14 +342,16 @@ class ColBERTTrainer:
             disable=not progress or not self.ctx.is_main,
             mininterval=0.1 if sys.stderr.isatty() else 30.0,
         )
-        started, first = time.perf_counter(), self.step
+        seconds, first = 0.0, self.step  # time in training steps only: validations and saves are not in the rate
         while self.step < cfg.maxsteps:
+            started = time.perf_counter()
             loss = self.train_step()
+            seconds += time.perf_counter() - started
             self.losses.append(loss)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
             if self.step % cfg.log_every == 0 or self.step == cfg.maxsteps:
-                self._log_train(loss, (self.step - first) * cfg.bsize / (time.perf_counter() - started))
+                self._log_train(loss, (self.step - first) * cfg.bsize / seconds)
             if self._validation_due():
                 last = self.validate_and_save()
             elif self._checkpoint_due():

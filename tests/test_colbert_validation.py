@@ -118,3 +118,35 @@ def test_a_val_pool_keeps_only_the_dev_positives_and_first_hard_negatives(tiny_d
     assert (pooled.qrels, pooled.questions) == (whole.qrels, whole.questions)
     with pytest.raises(ConfigError, match="--val_pool"):
         ColBERTTrainConfig(dpr_train_file=("x.json",), val_pool=-1)
+
+
+def test_the_logged_rate_counts_training_steps_not_validations(tiny_bert_dir, tiny_dpr_files, tmp_path, monkeypatch):
+    """rows/s (train_log.jsonl samples_per_s) over the time spent in train_step: a fake clock gives each step one
+    second and each validation a hundred, so the rate is bsize rows/s exactly when validations are left out."""
+    from colbert import training
+
+    clock = [0.0]
+    monkeypatch.setattr(training, "time", type("FakeTime", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    step, validate = training.ColBERTTrainer.train_step, training.ColBERTTrainer.validate_and_save
+
+    def timed(seconds, method):
+        def run(self):
+            clock[0] += seconds
+            return method(self)
+
+        return run
+
+    monkeypatch.setattr(training.ColBERTTrainer, "train_step", timed(1.0, step))
+    monkeypatch.setattr(training.ColBERTTrainer, "validate_and_save", timed(100.0, validate))
+    train, dev = tiny_dpr_files
+    out = tmp_path / "run"
+    argv = [
+        *("--pretrained_model_cfg", tiny_bert_dir, "--prefix", "--pre_seq_len", "4", "--dim", "16"),
+        *("--query_maxlen", "12", "--doc_maxlen", "32", "--no_progress", "--output_dir", str(out)),
+        *("--dpr_train_file", train, "--bsize", "4", "--maxsteps", "4", "--lr", "1e-2", "--log_every", "1"),
+        *("--dev_file", dev, "--val_ctx_file", _corpus(tmp_path, dev), "--val_every", "2"),
+    ]
+    assert colbert_train.main(argv) == 0
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert [r["samples_per_s"] for r in log] == [4.0] * 4  # with validations counted: 4, 4, 4 / 103 * 3, ...
