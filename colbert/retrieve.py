@@ -285,7 +285,7 @@ def _search(args: argparse.Namespace, index_dir: str | None, queries: dict[str, 
 
 def _evaluate(args: argparse.Namespace, ranking: Ranking, qrels: dict[str, dict[str, int]]) -> dict[str, float]:
     run = {qid: dict(rows) for qid, rows in ranking.items()}
-    metrics = evaluate_run(qrels, run, ks=(10, 50, 200, 1000), ignore_identical_ids=args.ignore_identical_ids)
+    metrics = evaluate_run(qrels, run, ks=(10, 50, 100, 200, 1000), ignore_identical_ids=args.ignore_identical_ids)
     print("  ".join(f"{name} {metrics[name]:.4f}" for name in REPORTED))
     return metrics
 
@@ -310,8 +310,11 @@ def main(argv: list[str] | None = None) -> int:
         "mode": mode,
         "index": index_dir,
         "depth": args.depth,
-        **(_plaid_flags(args, meta) if mode == "plaid" else _faiss_flags(args)),
     }
+    if mode == "plaid":
+        record.update(_plaid_flags(args, meta))
+    elif mode == "end_to_end":  # the settings only the search that ran used (brute force and re-ranking have none)
+        record.update(_faiss_flags(args))
     if qrels is not None:
         record["metrics"] = _evaluate(args, ranking, qrels)
     with atomic_file(os.path.join(args.output_dir, "metrics.json")) as handle:

@@ -238,8 +238,11 @@ def test_cli_train_index_retrieve_rerank(files, tiny_bert_dir, tmp_path, capsys)
     e2e = (tmp_path / "e2e" / "ranking.tsv").read_text().splitlines()
     bf = (tmp_path / "bf" / "ranking.tsv").read_text().splitlines()
     assert len(e2e) == 4 * 5 and [r.split("\t")[:3] for r in e2e] == [r.split("\t")[:3] for r in bf]
-    metrics = json.loads((tmp_path / "e2e" / "metrics.json").read_text())["metrics"]
-    assert {"MRR@10", "R@50", "R@200", "R@1000", "nDCG@10"} <= set(metrics)
+    record = json.loads((tmp_path / "e2e" / "metrics.json").read_text())
+    assert {"MRR@10", "R@50", "R@100", "R@200", "R@1000", "nDCG@10"} <= set(record["metrics"])
+    assert record["faiss_depth"] == 10000 and record["nprobe"] == 10  # the settings the FAISS search ran with
+    brute = json.loads((tmp_path / "bf" / "metrics.json").read_text())
+    assert brute["mode"] == "brute_force" and "faiss_depth" not in brute and "nprobe" not in brute
     assert (tmp_path / "e2e" / "ranking.trec").read_text().split("\n")[0].split()[1] == "Q0"
     # re-ranking BM25-style candidates by encoding the collection on the fly gives the index's scores
     assert (
